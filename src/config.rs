@@ -1,0 +1,563 @@
+//! The configuration file: parsed once (unknown keys rejected), validated once into a
+//! [`Config`] that the rest of the daemon trusts.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use serde::Deserialize;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/s3drop/s3drop.toml";
+
+/// STS caps a session obtained by role chaining (instance profile → AssumeRole) at one hour.
+const MAX_CHAINED_SESSION_SECONDS: u64 = 3600;
+const MIN_SESSION_SECONDS: u64 = 900;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+/// What to do with a file once S3 has confirmed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AfterUpload {
+    Keep,
+    Delete,
+}
+
+/// The file as written by the operator.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    watch_dir: PathBuf,
+    #[serde(default = "default_state_dir")]
+    state_dir: PathBuf,
+    bucket: String,
+    role_arn: String,
+    #[serde(default = "default_key_prefix")]
+    key_prefix: String,
+    region: Option<String>,
+    external_id: Option<String>,
+    #[serde(default = "default_session_duration")]
+    session_duration_seconds: u64,
+    #[serde(default = "default_after_upload")]
+    after_upload: AfterUpload,
+    #[serde(default = "default_exclude")]
+    exclude: Vec<String>,
+    #[serde(default = "default_concurrency")]
+    concurrency: usize,
+    #[serde(default = "default_settle_seconds")]
+    settle_seconds: u64,
+    #[serde(default = "default_shutdown_timeout")]
+    shutdown_timeout_seconds: u64,
+    #[serde(default)]
+    force_path_style: bool,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/s3drop")
+}
+fn default_key_prefix() -> String {
+    "{instance_id}/".to_string()
+}
+fn default_session_duration() -> u64 {
+    MAX_CHAINED_SESSION_SECONDS
+}
+fn default_after_upload() -> AfterUpload {
+    AfterUpload::Keep
+}
+pub fn default_exclude() -> Vec<String> {
+    [".*", "*.tmp", "*.part", "*.swp", "*~"]
+        .map(String::from)
+        .to_vec()
+}
+fn default_concurrency() -> usize {
+    16
+}
+fn default_settle_seconds() -> u64 {
+    2
+}
+fn default_shutdown_timeout() -> u64 {
+    30
+}
+
+/// Validated configuration. Everything here has been checked; the key prefix still holds
+/// placeholders that only the instance metadata can fill ([`KeyPrefixTemplate::expand`]).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub watch_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub bucket: String,
+    pub role_arn: RoleArn,
+    pub key_prefix: KeyPrefixTemplate,
+    pub region: Option<String>,
+    pub external_id: Option<String>,
+    pub session_duration: Duration,
+    pub after_upload: AfterUpload,
+    pub exclude: Exclude,
+    pub concurrency: usize,
+    /// How long a file found by a scan (not by an event) must stay unmodified before it
+    /// counts as complete.
+    pub settle: Duration,
+    pub shutdown_timeout: Duration,
+    pub force_path_style: bool,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
+        raw.validate()
+    }
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, ConfigError> {
+        if !self.watch_dir.is_absolute() {
+            return Err(invalid("watch_dir", "must be an absolute path"));
+        }
+        if !self.state_dir.is_absolute() {
+            return Err(invalid("state_dir", "must be an absolute path"));
+        }
+        if self.state_dir.starts_with(&self.watch_dir)
+            || self.watch_dir.starts_with(&self.state_dir)
+        {
+            return Err(invalid(
+                "state_dir",
+                "must not be inside watch_dir (or contain it): the ledger would upload itself",
+            ));
+        }
+        validate_bucket(&self.bucket)?;
+        let role_arn = RoleArn::parse(&self.role_arn)?;
+        let key_prefix = KeyPrefixTemplate::parse(&self.key_prefix)?;
+        if let Some(region) = &self.region
+            && (region.is_empty()
+                || !region
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
+        {
+            return Err(invalid(
+                "region",
+                format!("{region:?} is not a region name like \"us-east-1\""),
+            ));
+        }
+        if let Some(id) = &self.external_id
+            && !(2..=1224).contains(&id.len())
+        {
+            return Err(invalid(
+                "external_id",
+                "must be 2 to 1224 characters long (STS limit)",
+            ));
+        }
+        if self.session_duration_seconds < MIN_SESSION_SECONDS {
+            return Err(invalid(
+                "session_duration_seconds",
+                format!(
+                    "{} is below STS's minimum of 900 seconds",
+                    self.session_duration_seconds
+                ),
+            ));
+        }
+        if self.session_duration_seconds > MAX_CHAINED_SESSION_SECONDS {
+            return Err(invalid(
+                "session_duration_seconds",
+                format!(
+                    "{} is above 3600: s3drop assumes the upload role with the instance role's \
+                     temporary credentials (role chaining), and STS limits a chained session \
+                     to one hour whatever the role's MaxSessionDuration says",
+                    self.session_duration_seconds
+                ),
+            ));
+        }
+        if self.concurrency == 0 || self.concurrency > 1024 {
+            return Err(invalid("concurrency", "must be between 1 and 1024"));
+        }
+        if self.settle_seconds > 3600 {
+            return Err(invalid("settle_seconds", "must be at most 3600"));
+        }
+        let exclude = Exclude::new(&self.exclude)?;
+        Ok(Config {
+            watch_dir: self.watch_dir,
+            state_dir: self.state_dir,
+            bucket: self.bucket,
+            role_arn,
+            key_prefix,
+            region: self.region,
+            external_id: self.external_id,
+            session_duration: Duration::from_secs(self.session_duration_seconds),
+            after_upload: self.after_upload,
+            exclude,
+            concurrency: self.concurrency,
+            settle: Duration::from_secs(self.settle_seconds),
+            shutdown_timeout: Duration::from_secs(self.shutdown_timeout_seconds),
+            force_path_style: self.force_path_style,
+        })
+    }
+}
+
+fn validate_bucket(bucket: &str) -> Result<(), ConfigError> {
+    let ok_chars = bucket
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-');
+    let ok_ends = bucket
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+        && bucket
+            .chars()
+            .last()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
+    if !(3..=63).contains(&bucket.len()) || !ok_chars || !ok_ends {
+        return Err(invalid(
+            "bucket",
+            format!(
+                "{bucket:?} is not a valid S3 bucket name (3-63 characters: lowercase letters, \
+                 digits, dots, hyphens; starting and ending with a letter or digit)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// An IAM role ARN, with the partition kept so the session policy names S3 in the same one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleArn {
+    arn: String,
+    partition: String,
+}
+
+impl RoleArn {
+    pub fn parse(arn: &str) -> Result<RoleArn, ConfigError> {
+        let bad = || {
+            invalid(
+                "role_arn",
+                format!(
+                    "{arn:?} is not an IAM role ARN like \
+                     \"arn:aws:iam::123456789012:role/s3drop-upload\""
+                ),
+            )
+        };
+        let parts: Vec<&str> = arn.splitn(6, ':').collect();
+        let [prefix, partition, service, region, account, resource] = parts[..] else {
+            return Err(bad());
+        };
+        let account_ok = account.len() == 12 && account.chars().all(|c| c.is_ascii_digit());
+        let partition_ok = matches!(partition, "aws" | "aws-cn" | "aws-us-gov");
+        let name_ok = resource
+            .strip_prefix("role/")
+            .is_some_and(|name| !name.is_empty());
+        if prefix != "arn" || service != "iam" || !region.is_empty() || !account_ok {
+            return Err(bad());
+        }
+        if !partition_ok || !name_ok {
+            return Err(bad());
+        }
+        Ok(RoleArn {
+            arn: arn.to_string(),
+            partition: partition.to_string(),
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.arn
+    }
+
+    pub fn partition(&self) -> &str {
+        &self.partition
+    }
+}
+
+impl fmt::Display for RoleArn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.arn)
+    }
+}
+
+/// `key_prefix` before the instance's facts are known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPrefixTemplate(String);
+
+/// Values for the placeholders of [`KeyPrefixTemplate`].
+pub struct PrefixFacts<'a> {
+    pub instance_id: &'a str,
+    pub region: &'a str,
+}
+
+const PLACEHOLDERS: [&str; 2] = ["instance_id", "region"];
+
+impl KeyPrefixTemplate {
+    pub fn parse(template: &str) -> Result<KeyPrefixTemplate, ConfigError> {
+        let mut rest = template;
+        while let Some(start) = rest.find('{') {
+            let Some(len) = rest[start..].find('}') else {
+                return Err(invalid("key_prefix", "has a `{` without a closing `}`"));
+            };
+            let name = &rest[start + 1..start + len];
+            if !PLACEHOLDERS.contains(&name) {
+                return Err(invalid(
+                    "key_prefix",
+                    format!(
+                        "unknown placeholder {{{name}}} (known: {})",
+                        PLACEHOLDERS.map(|p| format!("{{{p}}}")).join(", ")
+                    ),
+                ));
+            }
+            rest = &rest[start + len + 1..];
+        }
+        if rest.contains('}') {
+            return Err(invalid("key_prefix", "has a `}` without an opening `{`"));
+        }
+        // Check the literal parts now so that a bad prefix fails at start-up, not at IMDS time.
+        check_expanded_prefix(&template.replace(['{', '}'], ""))?;
+        Ok(KeyPrefixTemplate(template.to_string()))
+    }
+
+    pub fn expand(&self, facts: &PrefixFacts<'_>) -> Result<String, ConfigError> {
+        let expanded = self
+            .0
+            .replace("{instance_id}", facts.instance_id)
+            .replace("{region}", facts.region);
+        check_expanded_prefix(&expanded)?;
+        Ok(expanded)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The prefix ends up in an IAM resource ARN: characters that IAM reads as wildcards or
+/// policy variables would widen the session policy, so they are refused.
+fn check_expanded_prefix(prefix: &str) -> Result<(), ConfigError> {
+    if prefix.is_empty() {
+        return Err(invalid(
+            "key_prefix",
+            "must not be empty: the session policy would then allow writing anywhere in the bucket",
+        ));
+    }
+    if prefix.starts_with('/') {
+        return Err(invalid(
+            "key_prefix",
+            "must not start with `/` (S3 keys have no leading slash)",
+        ));
+    }
+    if let Some(c) = prefix
+        .chars()
+        .find(|c| matches!(c, '*' | '?' | '$') || c.is_control())
+    {
+        return Err(invalid(
+            "key_prefix",
+            format!(
+                "must not contain {c:?}: IAM would read it as a wildcard or policy variable and \
+                 widen the session policy"
+            ),
+        ));
+    }
+    if prefix.len() > 512 {
+        return Err(invalid("key_prefix", "must be at most 512 bytes"));
+    }
+    Ok(())
+}
+
+/// Exclusion globs. A pattern without `/` is matched against every component of the path
+/// relative to `watch_dir` (so `.*` excludes dotfiles and everything under dot-directories);
+/// a pattern with `/` is matched against the whole relative path.
+#[derive(Debug, Clone)]
+pub struct Exclude {
+    by_component: GlobSet,
+    by_path: GlobSet,
+}
+
+impl Exclude {
+    pub fn new(patterns: &[String]) -> Result<Exclude, ConfigError> {
+        let mut by_component = GlobSetBuilder::new();
+        let mut by_path = GlobSetBuilder::new();
+        for pattern in patterns {
+            let glob = Glob::new(pattern.trim_start_matches('/'))
+                .map_err(|e| invalid("exclude", format!("pattern {pattern:?}: {e}")))?;
+            if pattern.contains('/') {
+                by_path.add(glob);
+            } else {
+                by_component.add(glob);
+            }
+        }
+        let build = |b: GlobSetBuilder| b.build().map_err(|e| invalid("exclude", e.to_string()));
+        Ok(Exclude {
+            by_component: build(by_component)?,
+            by_path: build(by_path)?,
+        })
+    }
+
+    /// `relative` is relative to `watch_dir`.
+    pub fn is_excluded(&self, relative: &Path) -> bool {
+        self.by_path.is_match(relative)
+            || relative
+                .components()
+                .any(|c| self.by_component.is_match(c.as_os_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        watch_dir = "/srv/drop"
+        bucket = "my-bucket"
+        role_arn = "arn:aws:iam::123456789012:role/s3drop-upload"
+    "#;
+
+    fn with(extra: &str) -> Result<Config, ConfigError> {
+        Config::parse(&format!("{MINIMAL}\n{extra}"))
+    }
+
+    fn err_of(extra: &str) -> String {
+        with(extra).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.state_dir, Path::new("/var/lib/s3drop"));
+        assert_eq!(c.key_prefix.as_str(), "{instance_id}/");
+        assert_eq!(c.session_duration, Duration::from_secs(3600));
+        assert_eq!(c.after_upload, AfterUpload::Keep);
+        assert!(c.region.is_none());
+        assert!(c.external_id.is_none());
+        assert_eq!(c.role_arn.partition(), "aws");
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_by_name() {
+        let e = err_of("bukket = \"x\"");
+        assert!(e.contains("bukket"), "{e}");
+    }
+
+    #[test]
+    fn missing_required_key_is_named() {
+        let e = Config::parse("watch_dir = \"/x\"\nbucket = \"abc\"").unwrap_err();
+        assert!(e.to_string().contains("role_arn"), "{e}");
+    }
+
+    #[test]
+    fn session_duration_over_an_hour_explains_role_chaining() {
+        let e = err_of("session_duration_seconds = 7200");
+        assert!(e.contains("session_duration_seconds"), "{e}");
+        assert!(e.contains("role chaining"), "{e}");
+        assert!(err_of("session_duration_seconds = 600").contains("900"));
+        assert!(with("session_duration_seconds = 900").is_ok());
+    }
+
+    #[test]
+    fn after_upload_accepts_only_keep_and_delete() {
+        assert_eq!(
+            with("after_upload = \"delete\"").unwrap().after_upload,
+            AfterUpload::Delete
+        );
+        assert!(err_of("after_upload = \"shred\"").contains("after_upload"));
+    }
+
+    #[test]
+    fn bad_bucket_and_role_are_refused() {
+        let e = Config::parse(&MINIMAL.replace("my-bucket", "My_Bucket")).unwrap_err();
+        assert!(e.to_string().contains("`bucket`"), "{e}");
+        let e = Config::parse(&MINIMAL.replace("role/s3drop-upload", "user/bob")).unwrap_err();
+        assert!(e.to_string().contains("`role_arn`"), "{e}");
+    }
+
+    #[test]
+    fn key_prefix_placeholders_expand_and_unknown_ones_fail() {
+        let c = with("key_prefix = \"fleet/{region}/{instance_id}/\"").unwrap();
+        let facts = PrefixFacts {
+            instance_id: "i-0abc",
+            region: "eu-west-1",
+        };
+        assert_eq!(
+            c.key_prefix.expand(&facts).unwrap(),
+            "fleet/eu-west-1/i-0abc/"
+        );
+        assert!(err_of("key_prefix = \"{hostname}/\"").contains("unknown placeholder"));
+        assert!(err_of("key_prefix = \"{instance_id/\"").contains("closing"));
+    }
+
+    #[test]
+    fn key_prefix_that_would_widen_the_policy_is_refused() {
+        for bad in ["logs/*", "a?b/", "${aws:username}/", "", "/abs/"] {
+            let e = err_of(&format!("key_prefix = {bad:?}"));
+            assert!(e.contains("key_prefix"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn relative_or_nested_dirs_are_refused() {
+        assert!(
+            Config::parse(&MINIMAL.replace("/srv/drop", "drop"))
+                .unwrap_err()
+                .to_string()
+                .contains("watch_dir")
+        );
+        assert!(err_of("state_dir = \"/srv/drop/.state\"").contains("state_dir"));
+    }
+
+    #[test]
+    fn default_excludes_cover_dotfiles_and_temp_names() {
+        let c = Config::parse(MINIMAL).unwrap();
+        for excluded in [
+            ".hidden",
+            "a/.git/config",
+            "x.tmp",
+            "x.part",
+            ".x.swp",
+            "notes~",
+        ] {
+            assert!(c.exclude.is_excluded(Path::new(excluded)), "{excluded}");
+        }
+        for kept in ["report.csv", "a/b/c.log", "tmp/x.json"] {
+            assert!(!c.exclude.is_excluded(Path::new(kept)), "{kept}");
+        }
+    }
+
+    #[test]
+    fn exclude_patterns_with_a_slash_match_the_whole_path() {
+        let c = with("exclude = [\"cache/**\"]").unwrap();
+        assert!(c.exclude.is_excluded(Path::new("cache/a/b")));
+        assert!(!c.exclude.is_excluded(Path::new("data/cache.txt")));
+        assert!(
+            !c.exclude.is_excluded(Path::new(".hidden")),
+            "replaces defaults"
+        );
+    }
+}

@@ -1,0 +1,227 @@
+//! The ledger: a durable record, in `state_dir`, of which files S3 has confirmed, so that a
+//! restart uploads nothing twice. Stored in redb (one file, ACID, crash-safe commits); each
+//! record is versioned JSON keyed by the file's path relative to `watch_dir`.
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+const FILES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("files_v1");
+const LEDGER_FILE: &str = "ledger.redb";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error(
+        "the ledger {path} is in use by another process: is another s3drop running with the \
+         same state_dir?"
+    )]
+    InUse { path: PathBuf },
+    #[error("cannot open the ledger {path}: {message}")]
+    Open { path: PathBuf, message: String },
+    #[error("ledger {op} failed: {message} (is state_dir full or read-only?)")]
+    Store { op: &'static str, message: String },
+    #[error("ledger record for {path:?} is unreadable: {message}")]
+    Corrupt { path: PathBuf, message: String },
+}
+
+fn store_err(op: &'static str) -> impl FnOnce(redb::Error) -> LedgerError {
+    move |e| LedgerError::Store {
+        op,
+        message: e.to_string(),
+    }
+}
+
+/// What identifies one version of a file on disk: if any of these change, it is new data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileIdentity {
+    pub dev: u64,
+    pub inode: u64,
+    pub size: u64,
+    pub mtime_ns: i128,
+}
+
+impl FileIdentity {
+    pub fn of(meta: &std::fs::Metadata) -> FileIdentity {
+        use std::os::unix::fs::MetadataExt;
+        FileIdentity {
+            dev: meta.dev(),
+            inode: meta.ino(),
+            size: meta.size(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum FileState {
+    /// S3 confirmed the object `key` with this CRC32C (base64).
+    Uploaded { key: String, crc32c: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    pub identity: FileIdentity,
+    #[serde(flatten)]
+    pub state: FileState,
+    pub updated_unix: u64,
+}
+
+impl FileRecord {
+    pub fn is_uploaded_as(&self, identity: &FileIdentity) -> bool {
+        matches!(self.state, FileState::Uploaded { .. }) && self.identity == *identity
+    }
+}
+
+pub struct Ledger {
+    db: Database,
+}
+
+impl Ledger {
+    /// Opens (or creates) the ledger in `state_dir`. The store holds an exclusive lock, so a
+    /// second daemon on the same state fails here instead of racing.
+    pub fn open(state_dir: &Path) -> Result<Ledger, LedgerError> {
+        let path = state_dir.join(LEDGER_FILE);
+        let db = Database::create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => LedgerError::InUse { path: path.clone() },
+            other => LedgerError::Open {
+                path: path.clone(),
+                message: other.to_string(),
+            },
+        })?;
+        let txn = db.begin_write().map_err(|e| store_err("begin")(e.into()))?;
+        txn.open_table(FILES)
+            .map_err(|e| store_err("create table")(e.into()))?;
+        txn.commit().map_err(|e| store_err("commit")(e.into()))?;
+        Ok(Ledger { db })
+    }
+
+    pub fn get(&self, relative: &Path) -> Result<Option<FileRecord>, LedgerError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| store_err("read")(e.into()))?;
+        let table = txn
+            .open_table(FILES)
+            .map_err(|e| store_err("read")(e.into()))?;
+        let Some(value) = table
+            .get(relative.as_os_str().as_bytes())
+            .map_err(|e| store_err("read")(e.into()))?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_slice(value.value())
+            .map(Some)
+            .map_err(|e| LedgerError::Corrupt {
+                path: relative.to_owned(),
+                message: e.to_string(),
+            })
+    }
+
+    /// Durably records `record` (the commit is fsynced before this returns).
+    pub fn put(&self, relative: &Path, record: &FileRecord) -> Result<(), LedgerError> {
+        let value = serde_json::to_vec(record).expect("ledger records always serialize");
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(|e| store_err("write")(e.into()))?;
+        {
+            let mut table = txn
+                .open_table(FILES)
+                .map_err(|e| store_err("write")(e.into()))?;
+            table
+                .insert(relative.as_os_str().as_bytes(), value.as_slice())
+                .map_err(|e| store_err("write")(e.into()))?;
+        }
+        txn.commit().map_err(|e| store_err("commit")(e.into()))
+    }
+
+    pub fn remove(&self, relative: &Path) -> Result<(), LedgerError> {
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(|e| store_err("write")(e.into()))?;
+        {
+            let mut table = txn
+                .open_table(FILES)
+                .map_err(|e| store_err("write")(e.into()))?;
+            table
+                .remove(relative.as_os_str().as_bytes())
+                .map_err(|e| store_err("write")(e.into()))?;
+        }
+        txn.commit().map_err(|e| store_err("commit")(e.into()))
+    }
+
+    pub fn len(&self) -> Result<u64, LedgerError> {
+        use redb::ReadableTableMetadata;
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| store_err("read")(e.into()))?;
+        let table = txn
+            .open_table(FILES)
+            .map_err(|e| store_err("read")(e.into()))?;
+        table.len().map_err(|e| store_err("read")(e.into()))
+    }
+
+    pub fn is_empty(&self) -> Result<bool, LedgerError> {
+        Ok(self.len()? == 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(size: u64) -> FileRecord {
+        FileRecord {
+            identity: FileIdentity {
+                dev: 1,
+                inode: 2,
+                size,
+                mtime_ns: 3,
+            },
+            state: FileState::Uploaded {
+                key: "p/a".into(),
+                crc32c: "AAAAAA==".into(),
+            },
+            updated_unix: 4,
+        }
+    }
+
+    #[test]
+    fn records_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let ledger = Ledger::open(dir.path()).unwrap();
+            ledger.put(Path::new("a/b.txt"), &record(10)).unwrap();
+        }
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let got = ledger.get(Path::new("a/b.txt")).unwrap().unwrap();
+        assert!(got.is_uploaded_as(&record(10).identity));
+        assert!(!got.is_uploaded_as(&record(11).identity));
+        assert!(ledger.get(Path::new("other")).unwrap().is_none());
+        ledger.remove(Path::new("a/b.txt")).unwrap();
+        assert!(ledger.is_empty().unwrap());
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_state_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Ledger::open(dir.path()).unwrap();
+        let err = Ledger::open(dir.path()).err().unwrap();
+        assert!(matches!(err, LedgerError::InUse { .. }), "{err}");
+    }
+
+    #[test]
+    fn non_utf8_paths_are_keys_too() {
+        use std::ffi::OsStr;
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let name = Path::new(OsStr::from_bytes(b"bad\xffname"));
+        ledger.put(name, &record(1)).unwrap();
+        assert!(ledger.get(name).unwrap().is_some());
+    }
+}

@@ -1,0 +1,77 @@
+//! The inline session policy sent with `sts:AssumeRole`. The effective permissions of the
+//! session are the intersection of the upload role's policies and this document, so even
+//! a broadly-permitted upload role yields credentials that can write only under one prefix.
+
+use serde_json::json;
+
+/// STS refuses inline session policies longer than this (after packing).
+pub const MAX_SESSION_POLICY_CHARS: usize = 2048;
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the session policy is {len} characters long; STS accepts at most {MAX_SESSION_POLICY_CHARS}"
+)]
+pub struct PolicyTooLong {
+    pub len: usize,
+}
+
+/// The one resource the session may write: `arn:<partition>:s3:::<bucket>/<prefix>*`.
+pub fn object_arn_pattern(partition: &str, bucket: &str, prefix: &str) -> String {
+    format!("arn:{partition}:s3:::{bucket}/{prefix}*")
+}
+
+/// Builds the session policy: `s3:PutObject` under the prefix and nothing else (no List,
+/// no Get/Head, no other bucket). Prefix characters that IAM would treat as wildcards or
+/// variables are refused earlier, by the config validation.
+pub fn session_policy(
+    partition: &str,
+    bucket: &str,
+    prefix: &str,
+) -> Result<String, PolicyTooLong> {
+    let document = json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": "S3dropPutUnderPrefix",
+            "Effect": "Allow",
+            "Action": ["s3:PutObject"],
+            "Resource": object_arn_pattern(partition, bucket, prefix),
+        }]
+    });
+    let packed = document.to_string();
+    if packed.len() > MAX_SESSION_POLICY_CHARS {
+        return Err(PolicyTooLong { len: packed.len() });
+    }
+    Ok(packed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    #[test]
+    fn policy_allows_only_put_object_under_the_prefix() {
+        let text = session_policy("aws", "drop-bucket", "i-0abc/").unwrap();
+        let doc: Value = serde_json::from_str(&text).unwrap();
+        let statements = doc["Statement"].as_array().unwrap();
+        assert_eq!(statements.len(), 1);
+        let s = &statements[0];
+        assert_eq!(s["Effect"], "Allow");
+        assert_eq!(s["Action"], json!(["s3:PutObject"]));
+        assert_eq!(s["Resource"], "arn:aws:s3:::drop-bucket/i-0abc/*");
+        assert!(!text.contains(' '), "packed: {text}");
+    }
+
+    #[test]
+    fn partition_follows_the_role() {
+        let text = session_policy("aws-cn", "b", "p/").unwrap();
+        assert!(text.contains("arn:aws-cn:s3:::b/p/*"));
+    }
+
+    #[test]
+    fn overlong_policy_is_refused() {
+        let prefix = "p".repeat(2100);
+        let err = session_policy("aws", "b", &prefix).unwrap_err();
+        assert!(err.len > MAX_SESSION_POLICY_CHARS);
+    }
+}

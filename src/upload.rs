@@ -1,0 +1,338 @@
+//! Uploading one file: open it without following links or blocking on FIFOs, checksum it
+//! (CRC32C), PutObject with that checksum so S3 verifies what it stores, and classify
+//! failures by what s3drop should do next.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::{ByteStream, Length};
+use aws_smithy_checksums::ChecksumAlgorithm;
+use aws_smithy_types::error::display::DisplayErrorContext;
+
+use crate::credentials::SessionCredentials;
+use crate::ledger::FileIdentity;
+
+const READ_CHUNK: usize = 256 * 1024;
+
+/// Why a file could not be opened for upload.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("the file disappeared before it could be uploaded")]
+    Vanished,
+    #[error("not a regular file ({kind}); s3drop never opens or uploads these")]
+    NotRegular { kind: &'static str },
+    #[error("no permission to read the file: {0}")]
+    Permission(io::Error),
+    #[error("cannot read the file: {0}")]
+    Io(io::Error),
+}
+
+impl From<io::Error> for OpenError {
+    fn from(e: io::Error) -> Self {
+        match e.kind() {
+            io::ErrorKind::NotFound => OpenError::Vanished,
+            io::ErrorKind::PermissionDenied => OpenError::Permission(e),
+            _ if e.raw_os_error() == Some(libc::ELOOP) => OpenError::NotRegular { kind: "symlink" },
+            _ => OpenError::Io(e),
+        }
+    }
+}
+
+/// A regular file opened for reading, with the identity it had when opened.
+#[derive(Debug)]
+pub struct OpenedFile {
+    file: File,
+    pub identity: FileIdentity,
+}
+
+pub fn file_kind(file_type: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if file_type.is_file() {
+        "regular file"
+    } else if file_type.is_dir() {
+        "directory"
+    } else if file_type.is_symlink() {
+        "symlink"
+    } else if file_type.is_fifo() {
+        "FIFO"
+    } else if file_type.is_socket() {
+        "socket"
+    } else if file_type.is_block_device() || file_type.is_char_device() {
+        "device"
+    } else {
+        "unknown file type"
+    }
+}
+
+impl OpenedFile {
+    /// `O_NOFOLLOW` refuses a symlink even if one is swapped in after the scan, and
+    /// `O_NONBLOCK` keeps a FIFO from blocking the open; the type is then checked on the
+    /// descriptor itself.
+    pub fn open(path: &Path) -> Result<OpenedFile, OpenError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)?;
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(OpenError::NotRegular {
+                kind: file_kind(&meta.file_type()),
+            });
+        }
+        Ok(OpenedFile {
+            identity: FileIdentity::of(&meta),
+            file,
+        })
+    }
+
+    /// CRC32C (base64, as S3 spells it) of the first `identity.size` bytes.
+    pub fn crc32c(&self) -> io::Result<String> {
+        let mut hasher = ChecksumAlgorithm::Crc32c.into_impl();
+        let mut buf = vec![0u8; READ_CHUNK];
+        let mut offset = 0u64;
+        while offset < self.identity.size {
+            let want = READ_CHUNK.min((self.identity.size - offset) as usize);
+            let n = self.file.read_at(&mut buf[..want], offset)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the file was truncated while it was read",
+                ));
+            }
+            hasher.update(&buf[..n]);
+            offset += n as u64;
+        }
+        Ok(aws_smithy_types::base64::encode(hasher.finalize()))
+    }
+
+    /// Has the file changed (on its descriptor, or the path now names another file) since
+    /// it was opened?
+    pub fn changed_since_open(&self, path: &Path) -> io::Result<bool> {
+        let now_fd = FileIdentity::of(&self.file.metadata()?);
+        let now_path = match std::fs::symlink_metadata(path) {
+            Ok(meta) => Some(FileIdentity::of(&meta)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        Ok(now_fd != self.identity || now_path.is_some_and(|p| p != self.identity))
+    }
+
+    /// A path that reopens this very inode (not whatever the name points to now), so the
+    /// SDK can re-read the body when it retries a request.
+    fn proc_path(&self) -> String {
+        format!("/proc/self/fd/{}", self.file.as_raw_fd())
+    }
+}
+
+/// What S3 confirmed.
+#[derive(Debug, Clone)]
+pub struct Confirmed {
+    pub crc32c: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error("S3 denied the write ({code}): {message}")]
+    Denied { code: String, message: String },
+    #[error("the bucket does not exist: {message}")]
+    NoSuchBucket { message: String },
+    #[error("S3 refused the session token as expired or invalid ({code})")]
+    TokenExpired { code: String },
+    #[error("S3 found the body did not match its checksum (the file changed while being sent)")]
+    ChecksumMismatch,
+    #[error("transient failure: {0}")]
+    Transient(String),
+    #[error("S3 rejected the request ({code}): {message}")]
+    Rejected { code: String, message: String },
+    #[error("cannot read the file for upload: {0}")]
+    Read(io::Error),
+}
+
+impl UploadError {
+    /// Permanent failures need an operator (permissions, bucket, key); retrying soon will
+    /// not help.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            UploadError::Denied { .. }
+                | UploadError::NoSuchBucket { .. }
+                | UploadError::Rejected { .. }
+        )
+    }
+}
+
+fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
+    err: SdkError<E, aws_smithy_runtime_api::http::Response>,
+) -> UploadError {
+    let detail = DisplayErrorContext(&err).to_string();
+    let SdkError::ServiceError(service) = &err else {
+        // Timeouts, connection failures, unreadable responses, and failures to obtain
+        // credentials (IMDS or STS unavailable) are all worth retrying.
+        return UploadError::Transient(detail);
+    };
+    let status = service.raw().status().as_u16();
+    let code = service.err().code().unwrap_or("").to_string();
+    let message = service.err().message().unwrap_or("").to_string();
+    match code.as_str() {
+        "ExpiredToken"
+        | "InvalidToken"
+        | "TokenRefreshRequired"
+        | "ExpiredTokenException"
+        | "InvalidAccessKeyId" => UploadError::TokenExpired { code },
+        "BadDigest"
+        | "InvalidDigest"
+        | "XAmzContentChecksumMismatch"
+        | "XAmzContentSHA256Mismatch" => UploadError::ChecksumMismatch,
+        "NoSuchBucket" => UploadError::NoSuchBucket { message },
+        // The emulator says AccessDeniedException where S3 says AccessDenied.
+        "AccessDenied" | "AccessDeniedException" => UploadError::Denied { code, message },
+        "SlowDown" | "RequestTimeout" | "InternalError" | "ServiceUnavailable" => {
+            UploadError::Transient(detail)
+        }
+        _ if status == 403 => UploadError::Denied { code, message },
+        _ if status >= 500 || status == 429 || status == 408 => UploadError::Transient(detail),
+        _ => UploadError::Rejected {
+            code: if code.is_empty() {
+                status.to_string()
+            } else {
+                code
+            },
+            message,
+        },
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Uploader {
+    client: Client,
+    bucket: String,
+    credentials: SessionCredentials,
+}
+
+impl Uploader {
+    pub fn new(client: Client, bucket: String, credentials: SessionCredentials) -> Self {
+        Uploader {
+            client,
+            bucket,
+            credentials,
+        }
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// PUTs the file under `key` with its CRC32C; S3 stores it only if the bytes match.
+    pub async fn put_file(&self, file: &OpenedFile, key: &str) -> Result<Confirmed, UploadError> {
+        let crc32c = tokio::task::block_in_place(|| file.crc32c()).map_err(UploadError::Read)?;
+        let body = ByteStream::read_from()
+            .path(file.proc_path())
+            .length(Length::Exact(file.identity.size))
+            .build()
+            .await
+            .map_err(|e| UploadError::Read(io::Error::other(e)))?;
+        let result = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(body)
+            .content_length(file.identity.size as i64)
+            .checksum_crc32_c(&crc32c)
+            .send()
+            .await;
+        match result {
+            Ok(output) => {
+                if let Some(echoed) = output.checksum_crc32_c()
+                    && echoed != crc32c
+                {
+                    return Err(UploadError::Transient(format!(
+                        "S3 stored CRC32C {echoed}, expected {crc32c}"
+                    )));
+                }
+                Ok(Confirmed { crc32c })
+            }
+            Err(err) => {
+                let err = classify(err);
+                if matches!(err, UploadError::TokenExpired { .. }) {
+                    self.credentials.invalidate().await;
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// PUTs a small in-memory body (used by `check` for its probes).
+    pub async fn put_bytes(&self, key: &str, body: &'static [u8]) -> Result<(), UploadError> {
+        let mut crc = ChecksumAlgorithm::Crc32c.into_impl();
+        crc.update(body);
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(ByteStream::from_static(body))
+            .checksum_crc32_c(aws_smithy_types::base64::encode(crc.finalize()))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(classify)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc32c_matches_the_known_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"123456789").unwrap();
+        let file = OpenedFile::open(&path).unwrap();
+        // CRC-32C check value for "123456789" is 0xE3069283.
+        assert_eq!(
+            file.crc32c().unwrap(),
+            aws_smithy_types::base64::encode(0xE306_9283u32.to_be_bytes())
+        );
+    }
+
+    #[test]
+    fn symlinks_fifos_and_dirs_are_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        std::fs::write(&target, b"x").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+
+        let kind = |p: &Path| match OpenedFile::open(p) {
+            Err(OpenError::NotRegular { kind }) => kind,
+            other => panic!("{p:?}: {other:?}"),
+        };
+        assert_eq!(kind(&link), "symlink");
+        assert_eq!(kind(&fifo), "FIFO");
+        assert_eq!(kind(dir.path()), "directory");
+        assert!(matches!(
+            OpenedFile::open(&dir.path().join("gone")),
+            Err(OpenError::Vanished)
+        ));
+    }
+
+    #[test]
+    fn changes_after_open_are_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"first").unwrap();
+        let file = OpenedFile::open(&path).unwrap();
+        assert!(!file.changed_since_open(&path).unwrap());
+        std::fs::write(&path, b"second, longer").unwrap();
+        assert!(file.changed_since_open(&path).unwrap());
+    }
+}

@@ -1,0 +1,564 @@
+//! Fixtures shared by s3drop's end-to-end tests and the demo: a fakecloud server in strict
+//! IAM mode with SigV4 checks, the world s3drop expects (bucket, instance role, upload
+//! role) created through the normal AWS APIs, and the real `s3drop` binary run against it.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use aws_config::BehaviorVersion;
+use aws_credential_types::Credentials;
+use serde_json::json;
+
+pub const ACCOUNT: &str = "123456789012";
+pub const REGION: &str = "us-east-1";
+pub const INSTANCE_ID: &str = "i-0123456789abcdef0";
+pub const INSTANCE_ROLE: &str = "s3drop-instance";
+pub const UPLOAD_ROLE: &str = "s3drop-upload";
+
+pub fn role_arn(name: &str) -> String {
+    format!("arn:aws:iam::{ACCOUNT}:role/{name}")
+}
+
+/// The `fakecloud` binary: `$FAKECLOUD_BIN`, else `fakecloud` on PATH.
+pub fn fakecloud_bin() -> PathBuf {
+    std::env::var_os("FAKECLOUD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("fakecloud"))
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A running fakecloud, killed on drop. Its log (debug level: one line per request) is
+/// kept in a file so tests can count the requests a client really made.
+pub struct FakeCloud {
+    child: Child,
+    pub endpoint: String,
+    log_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl FakeCloud {
+    pub fn start() -> Result<FakeCloud> {
+        let dir = tempfile::tempdir()?;
+        let log_path = dir.path().join("fakecloud.log");
+        let mut last_err = None;
+        // A port picked free can be taken before fakecloud binds it; try a few.
+        for _ in 0..5 {
+            let port = free_port()?;
+            let log = std::fs::File::create(&log_path)?;
+            let child = Command::new(fakecloud_bin())
+                .args(["--addr", &format!("127.0.0.1:{port}")])
+                .args(["--iam", "strict", "--verify-sigv4"])
+                .args(["--credentials-role-arn", &role_arn(INSTANCE_ROLE)])
+                .args(["--imds-instance-id", INSTANCE_ID])
+                .args(["--region", REGION, "--log-level", "debug"])
+                .env("NO_COLOR", "1")
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .stdin(Stdio::null())
+                .spawn()
+                .with_context(|| {
+                    format!(
+                        "cannot start {} (install it: cargo install fakecloud --version 0.51.0 --locked)",
+                        fakecloud_bin().display()
+                    )
+                })?;
+            let mut fc = FakeCloud {
+                child,
+                endpoint: format!("http://127.0.0.1:{port}"),
+                log_path: log_path.clone(),
+                _dir: tempfile::tempdir()?,
+            };
+            match fc.wait_healthy(Duration::from_secs(60)) {
+                Ok(()) => {
+                    fc._dir = dir;
+                    return Ok(fc);
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap())
+    }
+
+    fn wait_healthy(&mut self, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        let addr = self.endpoint.trim_start_matches("http://").to_string();
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("fakecloud exited early ({status}): {}", self.log());
+            }
+            if http_get_status(&addr, "/_fakecloud/health").is_ok_and(|s| s == 200) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("fakecloud did not become healthy: {}", self.log())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// How many PUT requests fakecloud answered for each object key in `bucket` (from its
+    /// debug log), whatever their status. Bucket-level PUTs (`/bucket/`) are not counted.
+    pub fn object_puts(&self, bucket: &str) -> BTreeMap<String, usize> {
+        let marker = format!("uri=/{bucket}/");
+        let mut counts = BTreeMap::new();
+        for line in self.log().lines() {
+            if !line.contains("finished processing request") || !line.contains("method=PUT") {
+                continue;
+            }
+            let Some(start) = line.find(&marker) else {
+                continue;
+            };
+            let rest = &line[start + marker.len()..];
+            let end = rest
+                .find([' ', '}', '?'])
+                .unwrap_or(rest.len());
+            if end > 0 {
+                *counts.entry(percent_decode(&rest[..end])).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
+    /// Environment that points an unmodified AWS SDK client (s3drop) at this server, with
+    /// credentials only from the emulated IMDS.
+    pub fn sdk_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_EC2_METADATA_SERVICE_ENDPOINT", self.endpoint.clone()),
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_REGION", REGION.to_string()),
+        ]
+    }
+}
+
+impl Drop for FakeCloud {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A plain HTTP/1.1 GET on loopback, returning the status code.
+fn http_get_status(addr: &str, path: &str) -> Result<u16> {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head)?;
+    let text = std::str::from_utf8(&head)?;
+    Ok(text[9..12].parse()?)
+}
+
+/// Policy documents the world is built from.
+pub mod policies {
+    use super::*;
+
+    /// EC2 may assume the instance role.
+    pub fn ec2_trust() -> String {
+        json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+            "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
+        .to_string()
+    }
+
+    /// The instance role may only assume the upload role.
+    pub fn instance_role_policy() -> String {
+        json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+            "Action": "sts:AssumeRole", "Resource": role_arn(UPLOAD_ROLE)}]})
+        .to_string()
+    }
+
+    /// Trust for the upload role. On AWS this names the instance role; fakecloud 0.51 does
+    /// not match a role principal against that role's sessions, so the tests trust the
+    /// account and rely on the instance role's own policy (see ../shared/LOCAL-AWS.md).
+    pub fn upload_trust() -> String {
+        json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+            "Principal": {"AWS": format!("arn:aws:iam::{ACCOUNT}:root")},
+            "Action": "sts:AssumeRole"}]})
+        .to_string()
+    }
+
+    /// A trust policy that lets nobody in: "the instance role may not assume the upload role".
+    pub fn upload_trust_nobody() -> String {
+        json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+            "Principal": {"AWS": "arn:aws:iam::999999999999:root"},
+            "Action": "sts:AssumeRole"}]})
+        .to_string()
+    }
+
+    /// The upload role may write anywhere in the bucket: the session policy is what
+    /// narrows it to one prefix.
+    pub fn upload_role_policy(bucket: &str) -> String {
+        json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+            "Action": "s3:PutObject", "Resource": format!("arn:aws:s3:::{bucket}/*")}]})
+        .to_string()
+    }
+
+    /// An upload role policy that forgot PutObject.
+    pub fn upload_role_policy_without_put(bucket: &str) -> String {
+        json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+            "Action": "s3:GetObject", "Resource": format!("arn:aws:s3:::{bucket}/*")}]})
+        .to_string()
+    }
+}
+
+/// The provisioned world, and admin clients (fakecloud's root identity) to inspect it.
+pub struct World {
+    pub bucket: String,
+    pub endpoint: String,
+    pub s3: aws_sdk_s3::Client,
+    pub iam: aws_sdk_iam::Client,
+}
+
+async fn admin_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .endpoint_url(endpoint)
+        .credentials_provider(Credentials::new(
+            "test",
+            "test",
+            None,
+            None,
+            "fakecloud-root",
+        ))
+        .load()
+        .await
+}
+
+impl World {
+    /// Creates the bucket, the instance role (may only AssumeRole the upload role) and the
+    /// upload role (PutObject on the whole bucket), as an operator would.
+    pub async fn provision(fc: &FakeCloud, bucket: &str) -> Result<World> {
+        let conf = admin_config(&fc.endpoint).await;
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&conf)
+                .force_path_style(true)
+                .build(),
+        );
+        let iam = aws_sdk_iam::Client::new(&conf);
+        s3.create_bucket().bucket(bucket).send().await?;
+        iam.create_role()
+            .role_name(INSTANCE_ROLE)
+            .assume_role_policy_document(policies::ec2_trust())
+            .send()
+            .await?;
+        iam.put_role_policy()
+            .role_name(INSTANCE_ROLE)
+            .policy_name("assume-upload-role")
+            .policy_document(policies::instance_role_policy())
+            .send()
+            .await?;
+        iam.create_role()
+            .role_name(UPLOAD_ROLE)
+            .assume_role_policy_document(policies::upload_trust())
+            .max_session_duration(3600)
+            .send()
+            .await?;
+        let world = World {
+            bucket: bucket.to_string(),
+            endpoint: fc.endpoint.clone(),
+            s3,
+            iam,
+        };
+        world
+            .set_upload_role_policy(&policies::upload_role_policy(bucket))
+            .await?;
+        Ok(world)
+    }
+
+    pub async fn set_upload_role_policy(&self, document: &str) -> Result<()> {
+        self.iam
+            .put_role_policy()
+            .role_name(UPLOAD_ROLE)
+            .policy_name("s3drop-put")
+            .policy_document(document)
+            .send()
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_upload_trust(&self, document: &str) -> Result<()> {
+        self.iam
+            .update_assume_role_policy()
+            .role_name(UPLOAD_ROLE)
+            .policy_document(document)
+            .send()
+            .await?;
+        Ok(())
+    }
+
+    pub async fn get_object(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        match self
+            .s3
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(out.body.collect().await?.into_bytes().to_vec())),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn keys(&self) -> Result<Vec<String>> {
+        let mut keys = Vec::new();
+        let mut pages = self
+            .s3
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            for object in page?.contents() {
+                keys.extend(object.key().map(String::from));
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Waits until `key` exists, returning its bytes.
+    pub async fn wait_for_object(&self, key: &str, limit: Duration) -> Result<Vec<u8>> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(bytes) = self.get_object(key).await? {
+                return Ok(bytes);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{key} did not arrive within {limit:?}; keys now: {:?}",
+                    self.keys().await?
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Credentials for the upload role as the instance role would get them, with or
+    /// without a session policy: used to show what the policy takes away.
+    pub async fn assume_upload_role(&self, policy: Option<&str>) -> Result<Credentials> {
+        let imds = aws_config::imds::credentials::ImdsCredentialsProvider::builder()
+            .imds_client(
+                aws_config::imds::Client::builder()
+                    .endpoint(&self.endpoint)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    .build(),
+            )
+            .build();
+        let conf = aws_config::defaults(BehaviorVersion::latest())
+            .region(aws_config::Region::new(REGION))
+            .endpoint_url(&self.endpoint)
+            .credentials_provider(imds)
+            .load()
+            .await;
+        let sts = aws_sdk_sts::Client::new(&conf);
+        let out = sts
+            .assume_role()
+            .role_arn(role_arn(UPLOAD_ROLE))
+            .role_session_name("testkit")
+            .set_policy(policy.map(String::from))
+            .send()
+            .await?;
+        let c = out.credentials().context("no credentials")?;
+        Ok(Credentials::new(
+            c.access_key_id(),
+            c.secret_access_key(),
+            Some(c.session_token().to_string()),
+            None,
+            "testkit",
+        ))
+    }
+
+    /// An S3 client signing with `credentials` (IAM evaluated, unlike the admin client).
+    pub async fn s3_as(&self, credentials: Credentials) -> aws_sdk_s3::Client {
+        let conf = aws_config::defaults(BehaviorVersion::latest())
+            .region(aws_config::Region::new(REGION))
+            .endpoint_url(&self.endpoint)
+            .credentials_provider(credentials)
+            .load()
+            .await;
+        aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&conf)
+                .force_path_style(true)
+                .build(),
+        )
+    }
+}
+
+/// A config file for s3drop in a fresh temporary directory, with `watch/` and `state/`.
+pub struct Site {
+    pub dir: tempfile::TempDir,
+    pub watch: PathBuf,
+    pub state: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Site {
+    pub fn new(bucket: &str, extra: &str) -> Result<Site> {
+        let dir = tempfile::tempdir()?;
+        let watch = dir.path().join("watch");
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&watch)?;
+        let config = dir.path().join("s3drop.toml");
+        let site = Site {
+            watch,
+            state,
+            config,
+            dir,
+        };
+        site.write_config(bucket, extra)?;
+        Ok(site)
+    }
+
+    pub fn write_config(&self, bucket: &str, extra: &str) -> Result<()> {
+        std::fs::write(
+            &self.config,
+            format!(
+                "watch_dir = {:?}\nstate_dir = {:?}\nbucket = {bucket:?}\nrole_arn = {:?}\n\
+                 settle_seconds = 1\n{extra}\n",
+                self.watch,
+                self.state,
+                role_arn(UPLOAD_ROLE)
+            ),
+        )?;
+        Ok(())
+    }
+
+    /// `s3drop <args> --config <this site>` with the SDK pointed at `fc` and no access
+    /// keys in the environment.
+    pub fn command(&self, s3drop: &Path, fc: &FakeCloud, args: &[&str]) -> Command {
+        let mut cmd = Command::new(s3drop);
+        cmd.args(args).arg("--config").arg(&self.config);
+        for var in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_PROFILE",
+            "AWS_DEFAULT_REGION",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.envs(fc.sdk_env()).stdin(Stdio::null());
+        cmd
+    }
+}
+
+/// A running `s3drop run`, its stderr (JSON logs) collected to a file. Killed on drop.
+pub struct Daemon {
+    child: Child,
+    log_path: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(site: &Site, s3drop: &Path, fc: &FakeCloud) -> Result<Daemon> {
+        let log_path = unique(site.dir.path().join("s3drop-run.log"));
+        let log = std::fs::File::create(&log_path)?;
+        let child = site
+            .command(s3drop, fc, &["run", "--log-format", "json"])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start s3drop")?;
+        Ok(Daemon { child, log_path })
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits until the log has a line containing `needle`.
+    pub fn wait_for_log(&mut self, needle: &str, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "s3drop exited ({status}) before logging {needle:?}:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "s3drop did not log {needle:?} within {limit:?}:\n{}",
+            self.log()
+        )
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("s3drop did not stop after SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The JSON log lines whose message is `message`.
+    pub fn events(&self, message: &str) -> Vec<serde_json::Value> {
+        self.log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["message"] == message)
+            .collect()
+    }
+}
+
+fn unique(path: PathBuf) -> PathBuf {
+    let mut candidate = path.clone();
+    let mut n = 0;
+    while candidate.exists() {
+        n += 1;
+        candidate = path.with_extension(format!("{n}.log"));
+    }
+    candidate
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,387 @@
+//! End to end: fakecloud in strict IAM mode with SigV4 checks, a world provisioned through
+//! the AWS APIs, and the real s3drop binary with credentials only from the emulated IMDS.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use s3drop_testkit::{Daemon, FakeCloud, INSTANCE_ID, Site, World, policies};
+
+const S3DROP: &str = env!("CARGO_BIN_EXE_s3drop");
+const BUCKET: &str = "drop-bucket";
+const ARRIVAL: Duration = Duration::from_secs(30);
+
+fn s3drop() -> &'static Path {
+    Path::new(S3DROP)
+}
+
+fn key(relative: &str) -> String {
+    format!("{INSTANCE_ID}/{relative}")
+}
+
+async fn setup(extra_config: &str) -> (FakeCloud, World, Site) {
+    let fc = FakeCloud::start().expect("fakecloud starts");
+    let world = World::provision(&fc, BUCKET).await.expect("provisioning");
+    let site = Site::new(BUCKET, extra_config).unwrap();
+    (fc, world, site)
+}
+
+/// Content that differs per file and is not all one byte, so a swapped or truncated
+/// upload shows.
+fn content(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn files_arrive_whole_under_the_right_keys_and_nothing_partial_is_sent() {
+    let (fc, world, site) = setup("").await;
+    // Backlog: present before s3drop starts.
+    let backlog = content(1, 10_000);
+    std::fs::write(site.watch.join("backlog.csv"), &backlog).unwrap();
+    std::fs::write(site.watch.join("ignored.tmp"), b"temporary").unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", site.watch.join("link-out")).unwrap();
+
+    let mut daemon = Daemon::start(&site, s3drop(), &fc).unwrap();
+    daemon.wait_for_log("s3drop started", ARRIVAL).unwrap();
+    assert_eq!(
+        world
+            .wait_for_object(&key("backlog.csv"), ARRIVAL)
+            .await
+            .unwrap(),
+        backlog
+    );
+
+    // A new subdirectory, created after start, with a file in it.
+    let nested_dir = site.watch.join("2026/11/24");
+    std::fs::create_dir_all(&nested_dir).unwrap();
+    let nested = content(2, 70_000);
+    std::fs::write(nested_dir.join("nested.json"), &nested).unwrap();
+
+    // Written elsewhere, renamed into place.
+    let renamed = content(3, 5_000);
+    let staging = site.dir.path().join("staging.bin");
+    std::fs::write(&staging, &renamed).unwrap();
+    std::fs::rename(&staging, site.watch.join("renamed.bin")).unwrap();
+
+    // Written slowly, in several writes, with pauses longer than settle_seconds.
+    let slow_parts: Vec<Vec<u8>> = (0..4).map(|i| content(10 + i, 3_000)).collect();
+    let mut slow = std::fs::File::create(site.watch.join("slow.log")).unwrap();
+    for part in &slow_parts {
+        slow.write_all(part).unwrap();
+        slow.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(1_300));
+    }
+    drop(slow);
+    let slow_whole = slow_parts.concat();
+
+    assert_eq!(
+        world
+            .wait_for_object(&key("2026/11/24/nested.json"), ARRIVAL)
+            .await
+            .unwrap(),
+        nested
+    );
+    assert_eq!(
+        world
+            .wait_for_object(&key("renamed.bin"), ARRIVAL)
+            .await
+            .unwrap(),
+        renamed
+    );
+    assert_eq!(
+        world
+            .wait_for_object(&key("slow.log"), ARRIVAL)
+            .await
+            .unwrap(),
+        slow_whole
+    );
+
+    // Let any stray upload happen before counting.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let status = daemon.stop().unwrap();
+    assert!(status.success(), "SIGTERM exits 0: {status}");
+
+    // Server-side truth: every key was PUT exactly once (a partial upload followed by the
+    // whole file would show as two PUTs), and nothing else was written.
+    let puts = fc.object_puts(BUCKET);
+    let expected: Vec<String> = [
+        "2026/11/24/nested.json",
+        "backlog.csv",
+        "renamed.bin",
+        "slow.log",
+    ]
+    .iter()
+    .map(|r| key(r))
+    .collect();
+    assert_eq!(
+        puts.keys().cloned().collect::<Vec<_>>(),
+        expected,
+        "{puts:?}"
+    );
+    assert!(
+        puts.values().all(|&n| n == 1),
+        "each key PUT once: {puts:?}"
+    );
+    assert_eq!(world.keys().await.unwrap(), expected);
+
+    // Each upload was logged with path, key, bytes and duration.
+    let uploaded = daemon_events(&site, "uploaded");
+    assert_eq!(uploaded.len(), 4, "{uploaded:?}");
+    for event in &uploaded {
+        for field in ["path", "key", "bytes", "duration_ms"] {
+            assert!(!event[field].is_null(), "{field} missing in {event}");
+        }
+    }
+    let skipped = std::fs::read_to_string(site.dir.path().join("s3drop-run.log")).unwrap();
+    assert!(
+        skipped.contains("link-out") && skipped.contains("not a regular file"),
+        "{skipped}"
+    );
+}
+
+fn daemon_events(site: &Site, message: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(site.dir.path().join("s3drop-run.log"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == message)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_uploads_nothing_twice() {
+    let (fc, world, site) = setup("").await;
+    for i in 0..20u8 {
+        std::fs::write(site.watch.join(format!("f{i:02}.dat")), content(i, 2_000)).unwrap();
+    }
+    let mut first = Daemon::start(&site, s3drop(), &fc).unwrap();
+    first.wait_for_log("s3drop started", ARRIVAL).unwrap();
+    for i in 0..20u8 {
+        world
+            .wait_for_object(&key(&format!("f{i:02}.dat")), ARRIVAL)
+            .await
+            .unwrap();
+    }
+    assert!(first.stop().unwrap().success());
+
+    let mut second = Daemon::start(&site, s3drop(), &fc).unwrap();
+    second
+        .wait_for_log("backlog scan at start", ARRIVAL)
+        .unwrap();
+    std::fs::write(site.watch.join("after-restart.dat"), b"new").unwrap();
+    world
+        .wait_for_object(&key("after-restart.dat"), ARRIVAL)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(second.stop().unwrap().success());
+
+    let puts = fc.object_puts(BUCKET);
+    assert_eq!(puts.len(), 21, "{puts:?}");
+    assert!(puts.values().all(|&n| n == 1), "no key PUT twice: {puts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_session_policy_denies_writes_outside_the_prefix_that_the_role_allows() {
+    let (fc, world, site) = setup("").await;
+    // s3drop's own session: `check` writes a probe under the prefix and must be denied
+    // outside it.
+    let out = site.command(s3drop(), &fc, &["check"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("✔ write under prefix"), "{stdout}");
+    assert!(stdout.contains("✔ scope holds"), "{stdout}");
+
+    // The same role without the session policy may write outside the prefix: the denial
+    // above comes from the session policy, not from the role.
+    let unscoped = world
+        .s3_as(world.assume_upload_role(None).await.unwrap())
+        .await;
+    unscoped
+        .put_object()
+        .bucket(BUCKET)
+        .key("elsewhere/allowed-by-role.txt")
+        .body(b"x".to_vec().into())
+        .send()
+        .await
+        .expect("the upload role alone may write anywhere in the bucket");
+
+    // And with exactly the policy s3drop sends, the same write is denied.
+    let policy = s3drop::policy::session_policy("aws", BUCKET, &key("")).unwrap();
+    let scoped = world
+        .s3_as(world.assume_upload_role(Some(&policy)).await.unwrap())
+        .await;
+    let denied = scoped
+        .put_object()
+        .bucket(BUCKET)
+        .key("elsewhere/denied-by-session-policy.txt")
+        .body(b"x".to_vec().into())
+        .send()
+        .await
+        .expect_err("the session policy must deny writes outside the prefix");
+    assert_eq!(
+        denied.raw_response().map(|r| r.status().as_u16()),
+        Some(403)
+    );
+    scoped
+        .put_object()
+        .bucket(BUCKET)
+        .key(key("inside.txt"))
+        .body(b"x".to_vec().into())
+        .send()
+        .await
+        .expect("inside the prefix is allowed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_names_the_first_broken_link() {
+    let (fc, world, site) = setup("").await;
+    let check = || site.command(s3drop(), &fc, &["check"]).output().unwrap();
+
+    let good = check();
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stdout)
+    );
+
+    world
+        .set_upload_role_policy(&policies::upload_role_policy_without_put(BUCKET))
+        .await
+        .unwrap();
+    let no_put = check();
+    let text = String::from_utf8_lossy(&no_put.stdout);
+    assert!(!no_put.status.success(), "{text}");
+    assert!(text.contains("✗ write under prefix"), "{text}");
+    assert!(text.contains("s3:PutObject"), "{text}");
+
+    world
+        .set_upload_role_policy(&policies::upload_role_policy(BUCKET))
+        .await
+        .unwrap();
+    world
+        .set_upload_trust(&policies::upload_trust_nobody())
+        .await
+        .unwrap();
+    let no_assume = check();
+    let text = String::from_utf8_lossy(&no_assume.stdout);
+    assert!(!no_assume.status.success(), "{text}");
+    assert!(text.contains("✗ assume upload role"), "{text}");
+    assert!(
+        !text.contains("write under prefix"),
+        "stops at the first broken link: {text}"
+    );
+
+    // `run` refuses to start on the same broken chain, with the cause and a non-zero exit.
+    let run = site.command(s3drop(), &fc, &["run"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(stderr.contains("sts:AssumeRole"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delete_mode_removes_files_only_after_s3_confirms() {
+    let (fc, world, site) = setup("after_upload = \"delete\"").await;
+    let mut daemon = Daemon::start(&site, s3drop(), &fc).unwrap();
+    daemon.wait_for_log("s3drop started", ARRIVAL).unwrap();
+    std::fs::write(site.watch.join("gone-after.txt"), b"payload").unwrap();
+    world
+        .wait_for_object(&key("gone-after.txt"), ARRIVAL)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + ARRIVAL;
+    while site.watch.join("gone-after.txt").exists() {
+        assert!(std::time::Instant::now() < deadline, "file not deleted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // With PutObject taken away, uploads fail and the file stays.
+    world
+        .set_upload_role_policy(&policies::upload_role_policy_without_put(BUCKET))
+        .await
+        .unwrap();
+    std::fs::write(site.watch.join("kept.txt"), b"must stay").unwrap();
+    daemon.wait_for_log("upload refused", ARRIVAL).unwrap();
+    assert!(site.watch.join("kept.txt").exists());
+    assert!(world.get_object(&key("kept.txt")).await.unwrap().is_none());
+    assert!(daemon.stop().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_never_carry_secrets_even_at_trace_level() {
+    let (fc, world, site) = setup("").await;
+    let mut cmd = site.command(s3drop(), &fc, &["run"]);
+    let log_path = site.dir.path().join("trace.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = cmd
+        .env("RUST_LOG", "trace")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    std::fs::write(site.watch.join("secret-check.txt"), b"x").unwrap();
+    world
+        .wait_for_object(&key("secret-check.txt"), ARRIVAL)
+        .await
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(text.contains("uploaded"), "the log was captured");
+    // Credentials STS handed out, as an XML response body or as values.
+    for needle in ["<SecretAccessKey>", "<SessionToken>", "SecretAccessKey\":"] {
+        assert!(!text.contains(needle), "log shows {needle}");
+    }
+    // fakecloud's IMDS hands out the same instance-role secret to every caller.
+    let imds_secret = imds_secret(&fc).await;
+    assert!(
+        !text.contains(&imds_secret),
+        "log shows the instance role's secret key"
+    );
+}
+
+async fn imds_secret(fc: &FakeCloud) -> String {
+    use aws_credential_types::provider::ProvideCredentials;
+    let provider = aws_config::imds::credentials::ImdsCredentialsProvider::builder()
+        .imds_client(
+            aws_config::imds::Client::builder()
+                .endpoint(&fc.endpoint)
+                .unwrap()
+                .build(),
+        )
+        .build();
+    let creds = provider.provide_credentials().await.unwrap();
+    creds.secret_access_key().to_string()
+}
+
+#[test]
+fn bad_config_exits_non_zero_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "watch_dir = \"/tmp\"\nbucket = \"b-b-b\"\nrole_arn = \"arn:aws:iam::123456789012:role/r\"\n\
+         session_duration_seconds = 7200\n",
+    )
+    .unwrap();
+    for sub in ["validate", "run", "check"] {
+        let out = std::process::Command::new(s3drop())
+            .args([sub, "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{sub}: {all}");
+        assert!(all.contains("session_duration_seconds"), "{sub}: {all}");
+    }
+}
