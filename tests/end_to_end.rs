@@ -338,15 +338,23 @@ async fn logs_never_carry_secrets_even_at_trace_level() {
     for needle in ["<SecretAccessKey>", "<SessionToken>", "SecretAccessKey\":"] {
         assert!(!text.contains(needle), "log shows {needle}");
     }
-    // fakecloud's IMDS hands out the same instance-role secret to every caller.
-    let imds_secret = imds_secret(&fc).await;
     assert!(
-        !text.contains(&imds_secret),
+        text.lines().count() > 100,
+        "trace level really logged the SDK's requests"
+    );
+    let (secret, token) = instance_role_secrets(&fc).await;
+    assert!(
+        !text.contains(&secret),
         "log shows the instance role's secret key"
+    );
+    assert!(
+        !text.contains(&token),
+        "log shows the instance role's session token"
     );
 }
 
-async fn imds_secret(fc: &FakeCloud) -> String {
+/// fakecloud's IMDS hands out the same instance-role credentials to every caller.
+async fn instance_role_secrets(fc: &FakeCloud) -> (String, String) {
     use aws_credential_types::provider::ProvideCredentials;
     let provider = aws_config::imds::credentials::ImdsCredentialsProvider::builder()
         .imds_client(
@@ -357,7 +365,10 @@ async fn imds_secret(fc: &FakeCloud) -> String {
         )
         .build();
     let creds = provider.provide_credentials().await.unwrap();
-    creds.secret_access_key().to_string()
+    (
+        creds.secret_access_key().to_string(),
+        creds.session_token().unwrap().to_string(),
+    )
 }
 
 #[test]

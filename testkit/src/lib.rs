@@ -119,9 +119,7 @@ impl FakeCloud {
                 continue;
             };
             let rest = &line[start + marker.len()..];
-            let end = rest
-                .find([' ', '}', '?'])
-                .unwrap_or(rest.len());
+            let end = rest.find([' ', '}', '?']).unwrap_or(rest.len());
             if end > 0 {
                 *counts.entry(percent_decode(&rest[..end])).or_insert(0) += 1;
             }
