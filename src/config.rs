@@ -34,12 +34,22 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
     }
 }
 
-/// What to do with a file once S3 has confirmed it.
+/// `after_upload` as written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
+enum AfterUploadKind {
+    Keep,
+    Delete,
+    Move,
+}
+
+/// What to do with a file once S3 has confirmed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AfterUpload {
     Keep,
     Delete,
+    /// Move it to this directory, keeping its path relative to `watch_dir`.
+    Move(PathBuf),
 }
 
 /// The file as written by the operator.
@@ -58,7 +68,8 @@ struct RawConfig {
     #[serde(default = "default_session_duration")]
     session_duration_seconds: u64,
     #[serde(default = "default_after_upload")]
-    after_upload: AfterUpload,
+    after_upload: AfterUploadKind,
+    move_to: Option<PathBuf>,
     #[serde(default = "default_exclude")]
     exclude: Vec<String>,
     #[serde(default = "default_concurrency")]
@@ -67,6 +78,8 @@ struct RawConfig {
     settle_seconds: u64,
     #[serde(default = "default_shutdown_timeout")]
     shutdown_timeout_seconds: u64,
+    #[serde(default = "default_rescan_interval")]
+    rescan_interval_seconds: u64,
     #[serde(default)]
     force_path_style: bool,
 }
@@ -80,8 +93,8 @@ fn default_key_prefix() -> String {
 fn default_session_duration() -> u64 {
     MAX_CHAINED_SESSION_SECONDS
 }
-fn default_after_upload() -> AfterUpload {
-    AfterUpload::Keep
+fn default_after_upload() -> AfterUploadKind {
+    AfterUploadKind::Keep
 }
 pub fn default_exclude() -> Vec<String> {
     [".*", "*.tmp", "*.part", "*.swp", "*~"]
@@ -96,6 +109,9 @@ fn default_settle_seconds() -> u64 {
 }
 fn default_shutdown_timeout() -> u64 {
     30
+}
+fn default_rescan_interval() -> u64 {
+    300
 }
 
 /// Validated configuration. Everything here has been checked; the key prefix still holds
@@ -117,6 +133,8 @@ pub struct Config {
     /// counts as complete.
     pub settle: Duration,
     pub shutdown_timeout: Duration,
+    /// A full scan at this interval catches anything the events missed.
+    pub rescan_interval: Duration,
     pub force_path_style: bool,
 }
 
@@ -209,6 +227,42 @@ impl RawConfig {
             return Err(invalid("settle_seconds", "must be at most 3600"));
         }
         let exclude = Exclude::new(&self.exclude)?;
+        let after_upload = match (self.after_upload, self.move_to) {
+            (AfterUploadKind::Move, Some(dir)) => {
+                if !dir.is_absolute() {
+                    return Err(invalid("move_to", "must be an absolute path"));
+                }
+                if dir.starts_with(&self.watch_dir) || dir.starts_with(&self.state_dir) {
+                    return Err(invalid(
+                        "move_to",
+                        "must not be inside watch_dir (moved files would be uploaded again) \
+                         or state_dir",
+                    ));
+                }
+                AfterUpload::Move(dir)
+            }
+            (AfterUploadKind::Move, None) => {
+                return Err(invalid(
+                    "move_to",
+                    "is required with after_upload = \"move\" (the directory to move uploaded \
+                     files to)",
+                ));
+            }
+            (_, Some(_)) => {
+                return Err(invalid(
+                    "move_to",
+                    "is only used with after_upload = \"move\"",
+                ));
+            }
+            (AfterUploadKind::Keep, None) => AfterUpload::Keep,
+            (AfterUploadKind::Delete, None) => AfterUpload::Delete,
+        };
+        if !(10..=86_400).contains(&self.rescan_interval_seconds) {
+            return Err(invalid(
+                "rescan_interval_seconds",
+                "must be between 10 and 86400",
+            ));
+        }
         Ok(Config {
             watch_dir: self.watch_dir,
             state_dir: self.state_dir,
@@ -218,11 +272,12 @@ impl RawConfig {
             region: self.region,
             external_id: self.external_id,
             session_duration: Duration::from_secs(self.session_duration_seconds),
-            after_upload: self.after_upload,
+            after_upload,
             exclude,
             concurrency: self.concurrency,
             settle: Duration::from_secs(self.settle_seconds),
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_seconds),
+            rescan_interval: Duration::from_secs(self.rescan_interval_seconds),
             force_path_style: self.force_path_style,
         })
     }
@@ -482,12 +537,24 @@ mod tests {
     }
 
     #[test]
-    fn after_upload_accepts_only_keep_and_delete() {
+    fn after_upload_is_keep_delete_or_move_with_a_directory() {
         assert_eq!(
             with("after_upload = \"delete\"").unwrap().after_upload,
             AfterUpload::Delete
         );
+        assert_eq!(
+            with("after_upload = \"move\"\nmove_to = \"/srv/done\"")
+                .unwrap()
+                .after_upload,
+            AfterUpload::Move(PathBuf::from("/srv/done"))
+        );
         assert!(err_of("after_upload = \"shred\"").contains("after_upload"));
+        assert!(err_of("after_upload = \"move\"").contains("move_to"));
+        assert!(err_of("move_to = \"/srv/done\"").contains("only used"));
+        assert!(
+            err_of("after_upload = \"move\"\nmove_to = \"/srv/drop/done\"")
+                .contains("inside watch_dir")
+        );
     }
 
     #[test]

@@ -48,7 +48,19 @@ pub enum CredentialsError {
          upload role's trust policy must trust the instance role, and the instance role's \
          policy must allow sts:AssumeRole on it)"
     )]
-    AssumeRole { role_arn: String, message: String },
+    AssumeRole {
+        role_arn: String,
+        message: String,
+        /// Refused (denied, malformed policy) rather than unreachable.
+        refused: bool,
+    },
+}
+
+impl CredentialsError {
+    /// Will trying again without an operator's change not help?
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, CredentialsError::AssumeRole { refused: true, .. })
+    }
 }
 
 /// What IMDS tells s3drop about the instance it runs on.
@@ -230,9 +242,21 @@ impl SessionCredentials {
                     tracing::warn!(error = %message, "refreshing credentials failed; using the current ones until they expire");
                     return Ok(c.credentials.clone());
                 }
+                let refused = matches!(
+                    e,
+                    provider::error::CredentialsError::InvalidConfiguration(_)
+                ) || [
+                    "AccessDenied",
+                    "not authorized",
+                    "InvalidClientTokenId",
+                    "MalformedPolicy",
+                ]
+                .iter()
+                .any(|needle| message.contains(needle));
                 Err(CredentialsError::AssumeRole {
                     role_arn: self.inner.role_arn.clone(),
                     message,
+                    refused,
                 })
             }
         }

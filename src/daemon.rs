@@ -2,20 +2,24 @@
 //! start the watch, the intake and the upload workers, and stop them on one path when a
 //! signal arrives.
 
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{AfterUpload, Config};
 use crate::ledger::Ledger;
 use crate::queue::Queue;
 use crate::session::Session;
-use crate::watch::{self, DirWatcher, Intake};
+use crate::watch::{self, DirWatcher, Intake, IntakeConfig};
 use crate::worker::Worker;
+
+const STARTUP_RETRY_CAP: Duration = Duration::from_secs(60);
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     watch::check_root(&config.watch_dir)?;
@@ -24,10 +28,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .mode(0o700)
         .create(&config.state_dir)
         .with_context(|| format!("cannot create state_dir {}", config.state_dir.display()))?;
+    if let AfterUpload::Move(dir) = &config.after_upload {
+        check_move_target(&config, dir)?;
+    }
     let ledger = Arc::new(Ledger::open(&config.state_dir)?);
-    let session = Session::establish(&config)
-        .await
-        .context("cannot establish the upload session")?;
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+
+    let session = tokio::select! {
+        session = establish(&config) => session?,
+        _ = sigterm.recv() => return Ok(()),
+        _ = sigint.recv() => return Ok(()),
+    };
     tracing::info!(
         instance_id = session.facts.instance_id,
         region = session.facts.region,
@@ -38,38 +52,54 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "s3drop started"
     );
 
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-
     let queue = Arc::new(Queue::new());
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let rescan_now = Arc::new(Notify::new());
+    let retry_now = Arc::new(Notify::new());
 
     // Watch before the backlog scan, so nothing that lands during the scan is missed.
     let watcher = DirWatcher::start(&config.watch_dir)?;
     let intake = Intake::new(
-        config.watch_dir.clone(),
-        config.exclude.clone(),
-        config.settle,
+        IntakeConfig {
+            root: config.watch_dir.clone(),
+            exclude: config.exclude.clone(),
+            settle: config.settle,
+            rescan_interval: config.rescan_interval,
+            skip_recorded: config.after_upload == AfterUpload::Keep,
+        },
+        watcher,
         queue.clone(),
+        ledger.clone(),
     );
-    tracker.spawn(intake.run(watcher, cancel.clone()));
+    tracker.spawn(intake.run(rescan_now.clone(), cancel.clone()));
 
     let worker = Arc::new(Worker::new(
         config.watch_dir.clone(),
         session.scope.prefix.clone(),
-        config.after_upload,
+        config.after_upload.clone(),
         ledger,
         session.uploader.clone(),
         queue.clone(),
     ));
     for _ in 0..config.concurrency {
-        tracker.spawn(worker.clone().run(tracker.clone(), cancel.clone()));
+        tracker.spawn(
+            worker
+                .clone()
+                .run(tracker.clone(), retry_now.clone(), cancel.clone()),
+        );
     }
 
-    let signal_name = tokio::select! {
-        _ = sigterm.recv() => "SIGTERM",
-        _ = sigint.recv() => "SIGINT",
+    let signal_name = loop {
+        tokio::select! {
+            _ = sigterm.recv() => break "SIGTERM",
+            _ = sigint.recv() => break "SIGINT",
+            _ = sighup.recv() => {
+                tracing::info!("SIGHUP: rescanning watch_dir and retrying failed files now");
+                rescan_now.notify_one();
+                retry_now.notify_waiters();
+            }
+        }
     };
     tracing::info!(
         signal = signal_name,
@@ -86,5 +116,42 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!("shutdown deadline passed; unfinished uploads will be redone at next start");
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Establishes the session, retrying with backoff while IMDS or STS are unreachable (at
+/// boot the network or the instance profile may not be ready). A refusal is final.
+async fn establish(config: &Config) -> anyhow::Result<Session> {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match Session::establish(config).await {
+            Ok(session) => return Ok(session),
+            Err(e) if e.is_permanent() => {
+                return Err(e).context("cannot establish the upload session");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "cannot establish the upload session yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(STARTUP_RETRY_CAP);
+            }
+        }
+    }
+}
+
+/// Moving is a rename: the target must exist and be on the same filesystem.
+fn check_move_target(config: &Config, dir: &std::path::Path) -> anyhow::Result<()> {
+    let target = std::fs::metadata(dir)
+        .with_context(|| format!("move_to {} is not usable", dir.display()))?;
+    let source = std::fs::metadata(&config.watch_dir)?;
+    if !target.is_dir() {
+        bail!("move_to {} is not a directory", dir.display());
+    }
+    if target.dev() != source.dev() {
+        bail!(
+            "move_to {} is on another filesystem than watch_dir; files are moved by rename, \
+             so it must be on the same one",
+            dir.display()
+        );
+    }
     Ok(())
 }

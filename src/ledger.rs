@@ -59,6 +59,8 @@ impl FileIdentity {
 pub enum FileState {
     /// S3 confirmed the object `key` with this CRC32C (base64).
     Uploaded { key: String, crc32c: String },
+    /// S3 refused the upload for a reason an operator must fix; retried later.
+    Failed { key: String, error: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,6 +156,33 @@ impl Ledger {
         txn.commit().map_err(|e| store_err("commit")(e.into()))
     }
 
+    /// Forgets every record for which `keep(relative_path)` is false (files that are gone),
+    /// so the ledger does not grow forever. Returns how many were removed.
+    pub fn prune(&self, mut keep: impl FnMut(&Path) -> bool) -> Result<u64, LedgerError> {
+        use std::ffi::OsStr;
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(|e| store_err("write")(e.into()))?;
+        let mut removed = 0;
+        {
+            let mut table = txn
+                .open_table(FILES)
+                .map_err(|e| store_err("write")(e.into()))?;
+            table
+                .retain(|path, _| {
+                    let kept = keep(Path::new(OsStr::from_bytes(path)));
+                    if !kept {
+                        removed += 1;
+                    }
+                    kept
+                })
+                .map_err(|e| store_err("prune")(e.into()))?;
+        }
+        txn.commit().map_err(|e| store_err("commit")(e.into()))?;
+        Ok(removed)
+    }
+
     pub fn len(&self) -> Result<u64, LedgerError> {
         use redb::ReadableTableMetadata;
         let txn = self
@@ -205,6 +234,19 @@ mod tests {
         assert!(ledger.get(Path::new("other")).unwrap().is_none());
         ledger.remove(Path::new("a/b.txt")).unwrap();
         assert!(ledger.is_empty().unwrap());
+    }
+
+    #[test]
+    fn prune_forgets_only_what_the_predicate_rejects() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        for name in ["keep/a", "gone/b", "gone/c"] {
+            ledger.put(Path::new(name), &record(1)).unwrap();
+        }
+        let removed = ledger.prune(|p| p.starts_with("keep")).unwrap();
+        assert_eq!(removed, 2);
+        assert_eq!(ledger.len().unwrap(), 1);
+        assert!(ledger.get(Path::new("keep/a")).unwrap().is_some());
     }
 
     #[test]

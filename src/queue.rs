@@ -48,22 +48,24 @@ impl Queue {
             // Register interest before checking, so a push between the check and the wait
             // is not missed.
             let notified = self.ready.notified();
-            {
-                let mut state = self.state.lock().expect("queue lock");
-                if let Some(path) = state.order.pop_front() {
-                    state.queued.remove(&path);
-                    state.in_flight.insert(path.clone());
-                    let more = !state.order.is_empty();
-                    drop(state);
-                    if more {
-                        // Pass the wake-up on: one notify_one may stand for many pushes.
-                        self.ready.notify_one();
-                    }
-                    return path;
+            if let Some(path) = self.try_pop() {
+                if !self.state.lock().expect("queue lock").order.is_empty() {
+                    // Pass the wake-up on: one notify_one may stand for many pushes.
+                    self.ready.notify_one();
                 }
+                return path;
             }
             notified.await;
         }
+    }
+
+    /// The next path if one is waiting (marked in flight, like [`Queue::pop`]).
+    pub fn try_pop(&self) -> Option<PathBuf> {
+        let mut state = self.state.lock().expect("queue lock");
+        let path = state.order.pop_front()?;
+        state.queued.remove(&path);
+        state.in_flight.insert(path.clone());
+        Some(path)
     }
 
     /// The upload of `path` is over; if it was reported again meanwhile, requeue it.

@@ -23,6 +23,17 @@ pub enum SessionError {
     Policy(#[from] PolicyTooLong),
 }
 
+impl SessionError {
+    /// A bad prefix or a refused AssumeRole needs an operator; IMDS or STS being
+    /// unreachable may pass.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            SessionError::Credentials(e) => e.is_permanent(),
+            SessionError::Prefix(_) | SessionError::Policy(_) => true,
+        }
+    }
+}
+
 /// The key prefix for this instance and the session policy that confines writes to it.
 #[derive(Debug, Clone)]
 pub struct Scope {

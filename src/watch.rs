@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 
 use crate::config::Exclude;
+use crate::ledger::{FileIdentity, Ledger};
 use crate::queue::Queue;
 use crate::upload::file_kind;
 
@@ -157,12 +158,25 @@ pub fn check_root(root: &Path) -> Result<(), WatchError> {
     Ok(())
 }
 
+/// Settings for [`Intake`].
+pub struct IntakeConfig {
+    pub root: PathBuf,
+    pub exclude: Exclude,
+    pub settle: Duration,
+    pub rescan_interval: Duration,
+    /// Keep mode: a scanned file the ledger already has as uploaded (same identity) needs no
+    /// work at all. In delete/move mode it still needs its after-upload action.
+    pub skip_recorded: bool,
+}
+
+/// How often the existence of `watch_dir` itself is checked.
+const ROOT_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
 /// Turns changes and scans into queued paths.
 pub struct Intake {
-    root: PathBuf,
-    exclude: Exclude,
-    settle: Duration,
+    config: IntakeConfig,
     queue: Arc<Queue>,
+    ledger: Arc<Ledger>,
     /// Files with a create/write event and no close yet.
     writing: HashSet<PathBuf>,
     /// Scanned files waiting to settle.
@@ -170,48 +184,109 @@ pub struct Intake {
     deferred_set: HashSet<PathBuf>,
     /// Non-regular files already reported, so rescans do not repeat the warning.
     reported: HashSet<PathBuf>,
+    /// The watch on `root`, absent while `root` is missing.
+    watcher: Option<DirWatcher>,
+    /// (dev, inode) of `root` when it was last watched.
+    root_identity: Option<(u64, u64)>,
 }
 
 /// One entry of a scan.
 struct Found {
     path: PathBuf,
+    meta: Option<std::fs::Metadata>,
     file_type: std::fs::FileType,
-    modified: Option<SystemTime>,
+}
+
+fn dir_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .ok()
+        .filter(|m| m.is_dir())
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// The next change; `Some(Rescan)` if events were dropped; `None` if the watch ended.
+/// Pending forever while there is no watch.
+async fn next_change(watcher: &mut Option<DirWatcher>) -> Option<Change> {
+    let Some(w) = watcher else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        change = w.changes.recv() => change,
+        _ = w.lost.notified() => Some(Change::Rescan("event channel overflowed")),
+    }
 }
 
 impl Intake {
-    pub fn new(root: PathBuf, exclude: Exclude, settle: Duration, queue: Arc<Queue>) -> Self {
+    pub fn new(
+        config: IntakeConfig,
+        watcher: DirWatcher,
+        queue: Arc<Queue>,
+        ledger: Arc<Ledger>,
+    ) -> Self {
         Intake {
-            root,
-            exclude,
-            settle,
+            root_identity: dir_identity(&config.root),
+            config,
             queue,
+            ledger,
             writing: HashSet::new(),
             deferred: DelayQueue::new(),
             deferred_set: HashSet::new(),
             reported: HashSet::new(),
+            watcher: Some(watcher),
         }
     }
 
     /// Scans the whole tree once (the backlog), then follows the watcher until cancelled.
-    pub async fn run(mut self, mut watcher: DirWatcher, cancel: CancellationToken) {
-        self.scan(self.root.clone(), "backlog scan at start").await;
+    /// `rescan_now` (SIGHUP) asks for a full scan at once.
+    pub async fn run(mut self, rescan_now: Arc<Notify>, cancel: CancellationToken) {
+        self.full_scan("backlog scan at start").await;
+        let mut rescan = tokio::time::interval(self.config.rescan_interval);
+        rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        rescan.reset(); // the first tick would fire at once; the backlog scan just ran
+        let mut root_check = tokio::time::interval(ROOT_CHECK_INTERVAL);
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                change = watcher.changes.recv() => match change {
+                change = next_change(&mut self.watcher) => match change {
                     Some(change) => self.on_change(change).await,
-                    None => return,
+                    None => self.watcher = None,
                 },
-                _ = watcher.lost.notified() => {
-                    self.scan(self.root.clone(), "event channel overflowed").await;
-                }
                 Some(expired) = poll_fn(|cx| self.deferred.poll_expired(cx)), if !self.deferred.is_empty() => {
                     let path = expired.into_inner();
                     self.deferred_set.remove(&path);
                     self.consider_settling(path).await;
                 }
+                _ = rescan.tick() => self.full_scan("periodic safety rescan").await,
+                _ = rescan_now.notified() => self.full_scan("SIGHUP").await,
+                _ = root_check.tick() => self.check_root().await,
             }
+        }
+    }
+
+    /// Notices `watch_dir` disappearing (the watch dies with it) and coming back (watch it
+    /// again and scan it).
+    async fn check_root(&mut self) {
+        let now = dir_identity(&self.config.root);
+        if now == self.root_identity && (now.is_none() || self.watcher.is_some()) {
+            return;
+        }
+        let root = self.config.root.clone();
+        if now.is_none() {
+            tracing::warn!(watch_dir = %root.display(), "watch_dir disappeared; waiting for it to be recreated");
+            self.watcher = None;
+            self.writing.clear();
+            self.root_identity = None;
+            return;
+        }
+        match DirWatcher::start(&root) {
+            Ok(watcher) => {
+                tracing::info!(watch_dir = %root.display(), "watch_dir is (back) in place; watching it again");
+                self.watcher = Some(watcher);
+                self.root_identity = now;
+                self.full_scan("watch_dir recreated").await;
+            }
+            Err(e) => tracing::error!(error = %e, "cannot watch watch_dir again; will retry"),
         }
     }
 
@@ -226,21 +301,24 @@ impl Intake {
             }
             Change::Gone(path) => {
                 self.writing.remove(&path);
+                if path == self.config.root {
+                    self.check_root().await;
+                }
             }
             Change::DirCreated(path) => self.scan(path, "new directory").await,
-            Change::Rescan(reason) => self.scan(self.root.clone(), reason).await,
+            Change::Rescan(reason) => self.full_scan(reason).await,
         }
     }
 
     fn relative<'a>(&self, path: &'a Path) -> Option<&'a Path> {
-        path.strip_prefix(&self.root)
+        path.strip_prefix(&self.config.root)
             .ok()
             .filter(|r| !r.as_os_str().is_empty())
     }
 
     fn excluded(&self, path: &Path) -> bool {
         self.relative(path)
-            .is_none_or(|r| self.exclude.is_excluded(r))
+            .is_none_or(|r| self.config.exclude.is_excluded(r))
     }
 
     fn report_skip(&mut self, path: &Path, kind: &'static str) {
@@ -274,14 +352,21 @@ impl Intake {
 
     /// A deferred scanned file: take it once it has settled.
     async fn consider_settling(&mut self, path: PathBuf) {
-        match tokio::fs::symlink_metadata(&path).await {
-            Ok(meta) if meta.is_file() => self.take_found(Found {
+        if let Ok(meta) = tokio::fs::symlink_metadata(&path).await {
+            self.take_found(Found {
                 path,
                 file_type: meta.file_type(),
-                modified: meta.modified().ok(),
-            }),
-            _ => {}
+                meta: Some(meta),
+            });
         }
+    }
+
+    fn already_recorded(&self, found: &Found) -> bool {
+        let (Some(meta), Some(relative)) = (&found.meta, self.relative(&found.path)) else {
+            return false;
+        };
+        self.config.skip_recorded
+            && matches!(self.ledger.get(relative), Ok(Some(r)) if r.is_uploaded_as(&FileIdentity::of(meta)))
     }
 
     fn take_found(&mut self, found: Found) {
@@ -290,24 +375,48 @@ impl Intake {
             self.report_skip(&found.path, kind);
             return;
         }
-        if self.writing.contains(&found.path) {
-            return; // its close event will queue it
+        if self.writing.contains(&found.path) || self.already_recorded(&found) {
+            return; // a close event will queue it, or there is nothing to do
         }
         let age = found
-            .modified
+            .meta
+            .as_ref()
+            .and_then(|m| m.modified().ok())
             .and_then(|m| SystemTime::now().duration_since(m).ok())
             .unwrap_or(Duration::ZERO);
-        if age >= self.settle {
+        if age >= self.config.settle {
             self.queue.push(found.path);
         } else if self.deferred_set.insert(found.path.clone()) {
-            self.deferred.insert(found.path, self.settle - age);
+            self.deferred.insert(found.path, self.config.settle - age);
+        }
+    }
+
+    /// Scans the whole tree, then forgets ledger records of files that are gone.
+    async fn full_scan(&mut self, reason: &'static str) {
+        if dir_identity(&self.config.root).is_none() {
+            return; // check_root reports it
+        }
+        self.scan(self.config.root.clone(), reason).await;
+        let root = self.config.root.clone();
+        let ledger = self.ledger.clone();
+        let pruned = tokio::task::spawn_blocking(move || {
+            ledger.prune(|relative| std::fs::symlink_metadata(root.join(relative)).is_ok())
+        })
+        .await;
+        match pruned {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => {
+                tracing::info!(records = n, "forgot ledger records of files that are gone")
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "ledger pruning failed"),
+            Err(e) => tracing::warn!(error = %e, "ledger pruning task failed"),
         }
     }
 
     /// Walks `dir` (never following symlinks) and takes every complete file.
     async fn scan(&mut self, dir: PathBuf, reason: &'static str) {
-        let root = self.root.clone();
-        let exclude = self.exclude.clone();
+        let root = self.config.root.clone();
+        let exclude = self.config.exclude.clone();
         let started = std::time::Instant::now();
         let walked = tokio::task::spawn_blocking(move || {
             let mut found = Vec::new();
@@ -325,7 +434,7 @@ impl Intake {
                 match entry {
                     Ok(entry) if entry.file_type().is_dir() => {}
                     Ok(entry) => found.push(Found {
-                        modified: entry.metadata().ok().and_then(|m| m.modified().ok()),
+                        meta: entry.metadata().ok(),
                         file_type: entry.file_type(),
                         path: entry.into_path(),
                     }),
@@ -343,12 +452,14 @@ impl Intake {
             tracing::warn!(%error, "scan could not read an entry");
         }
         let files = found.len();
+        let queued_before = self.queue.depth();
         for f in found {
             self.take_found(f);
         }
         tracing::info!(
             reason,
             files,
+            queued = self.queue.depth().saturating_sub(queued_before),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "scan done"
         );
@@ -407,13 +518,39 @@ mod tests {
         );
     }
 
-    fn intake(root: &Path, settle: Duration) -> (Intake, Arc<Queue>) {
+    struct Fixture {
+        intake: Intake,
+        queue: Arc<Queue>,
+        _state: tempfile::TempDir,
+    }
+
+    fn intake(root: &Path, settle: Duration) -> Fixture {
         let queue = Arc::new(Queue::new());
-        let exclude = Exclude::new(&crate::config::default_exclude()).unwrap();
-        (
-            Intake::new(root.to_owned(), exclude, settle, queue.clone()),
+        let state = tempfile::tempdir().unwrap();
+        let ledger = Arc::new(Ledger::open(state.path()).unwrap());
+        let config = IntakeConfig {
+            root: root.to_owned(),
+            exclude: Exclude::new(&crate::config::default_exclude()).unwrap(),
+            settle,
+            rescan_interval: Duration::from_secs(300),
+            skip_recorded: true,
+        };
+        let watcher = DirWatcher::start(root).unwrap();
+        Fixture {
+            intake: Intake::new(config, watcher, queue.clone(), ledger),
             queue,
-        )
+            _state: state,
+        }
+    }
+
+    fn drain(queue: &Queue) -> Vec<PathBuf> {
+        let mut got = Vec::new();
+        while let Some(p) = queue.try_pop() {
+            queue.finish(&p);
+            got.push(p);
+        }
+        got.sort();
+        got
     }
 
     #[tokio::test]
@@ -429,20 +566,13 @@ mod tests {
         let fifo = std::ffi::CString::new(root.join("fifo").to_str().unwrap()).unwrap();
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
 
-        let (mut intake, queue) = intake(root, Duration::ZERO);
-        intake.scan(root.to_owned(), "test").await;
-        let mut got = Vec::new();
-        while queue.depth() > 0 {
-            let p = queue.pop().await;
-            queue.finish(&p);
-            got.push(p.strip_prefix(root).unwrap().to_owned());
-        }
-        got.sort();
+        let mut f = intake(root, Duration::ZERO);
+        f.intake.scan(root.to_owned(), "test").await;
         assert_eq!(
-            got,
-            vec![PathBuf::from("a.txt"), PathBuf::from("sub/b.txt")]
+            drain(&f.queue),
+            vec![root.join("a.txt"), root.join("sub/b.txt")]
         );
-        assert_eq!(intake.reported.len(), 2, "link and fifo reported");
+        assert_eq!(f.intake.reported.len(), 2, "link and fifo reported");
     }
 
     #[tokio::test]
@@ -451,13 +581,51 @@ mod tests {
         let root = dir.path();
         std::fs::write(root.join("fresh"), b"a").unwrap();
         std::fs::write(root.join("busy"), b"b").unwrap();
-        let (mut intake, queue) = intake(root, Duration::from_secs(60));
-        intake.on_change(Change::Writing(root.join("busy"))).await;
-        intake.scan(root.to_owned(), "test").await;
-        assert_eq!(queue.depth(), 0);
-        assert!(intake.deferred_set.contains(&root.join("fresh")));
-        assert!(!intake.deferred_set.contains(&root.join("busy")));
-        intake.on_change(Change::Closed(root.join("busy"))).await;
-        assert_eq!(queue.pop().await, root.join("busy"));
+        let mut f = intake(root, Duration::from_secs(60));
+        f.intake.on_change(Change::Writing(root.join("busy"))).await;
+        f.intake.scan(root.to_owned(), "test").await;
+        assert_eq!(f.queue.depth(), 0);
+        assert!(f.intake.deferred_set.contains(&root.join("fresh")));
+        assert!(!f.intake.deferred_set.contains(&root.join("busy")));
+        f.intake.on_change(Change::Closed(root.join("busy"))).await;
+        assert_eq!(drain(&f.queue), vec![root.join("busy")]);
+    }
+
+    #[tokio::test]
+    async fn rescans_skip_what_the_ledger_has_and_prune_what_is_gone() {
+        use crate::ledger::{FileRecord, FileState};
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::write(root.join("done"), b"uploaded before").unwrap();
+        std::fs::write(root.join("new"), b"not yet").unwrap();
+        let mut f = intake(root, Duration::ZERO);
+        let record = |path: &str| FileRecord {
+            identity: FileIdentity::of(&std::fs::symlink_metadata(root.join(path)).unwrap()),
+            state: FileState::Uploaded {
+                key: "k".into(),
+                crc32c: "c".into(),
+            },
+            updated_unix: 0,
+        };
+        f.intake
+            .ledger
+            .put(Path::new("done"), &record("done"))
+            .unwrap();
+        let mut gone = record("done");
+        gone.identity.inode += 1;
+        f.intake.ledger.put(Path::new("deleted"), &gone).unwrap();
+
+        f.intake.full_scan("test").await;
+        assert_eq!(drain(&f.queue), vec![root.join("new")]);
+        assert_eq!(
+            f.intake.ledger.len().unwrap(),
+            1,
+            "record of the deleted file pruned"
+        );
+
+        // A recorded file that changed since is taken again.
+        std::fs::write(root.join("done"), b"changed content").unwrap();
+        f.intake.full_scan("test").await;
+        assert_eq!(drain(&f.queue), vec![root.join("done"), root.join("new")]);
     }
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -70,7 +71,12 @@ impl Worker {
 
     /// Takes paths from the queue until cancelled. An upload already started is finished
     /// (the daemon bounds that with its shutdown deadline).
-    pub async fn run(self: Arc<Self>, tracker: TaskTracker, cancel: CancellationToken) {
+    pub async fn run(
+        self: Arc<Self>,
+        tracker: TaskTracker,
+        retry_now: Arc<Notify>,
+        cancel: CancellationToken,
+    ) {
         loop {
             let path = tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -83,11 +89,13 @@ impl Worker {
                     let delay = self.next_delay(&path, permanent);
                     let queue = self.queue.clone();
                     let cancel = cancel.clone();
+                    let retry_now = retry_now.clone();
                     tracing::info!(path = %path.display(), retry_in_s = delay.as_secs_f32(), "will retry");
                     tracker.spawn(async move {
                         tokio::select! {
                             _ = cancel.cancelled() => {}
                             _ = tokio::time::sleep(delay) => queue.push(path),
+                            _ = retry_now.notified() => queue.push(path),
                         }
                     });
                 }
@@ -133,6 +141,10 @@ impl Worker {
                 tracing::warn!(path = %path.display(), error = %e, "skipped");
                 return Outcome::Dropped;
             }
+            Err(e @ OpenError::Permission(_)) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot read the file; retried later (or at SIGHUP)");
+                return Outcome::Retry { permanent: true };
+            }
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "cannot open; will retry");
                 return Outcome::Retry { permanent: false };
@@ -153,7 +165,7 @@ impl Worker {
         let started = Instant::now();
         let confirmed = match self.uploader.put_file(&file, &key).await {
             Ok(confirmed) => confirmed,
-            Err(e) => return self.failed(path, &key, e),
+            Err(e) => return self.failed(path, relative, &file, &key, e),
         };
         match file.changed_since_open(path) {
             Ok(false) => {}
@@ -186,38 +198,134 @@ impl Worker {
         Outcome::Uploaded
     }
 
-    fn failed(&self, path: &Path, key: &str, error: UploadError) -> Outcome {
-        if error.is_permanent() {
-            tracing::error!(
-                path = %path.display(), key, bucket = self.uploader.bucket(), %error,
-                "upload refused; the file is kept and retried later"
-            );
-            Outcome::Retry { permanent: true }
-        } else {
+    fn failed(
+        &self,
+        path: &Path,
+        relative: &Path,
+        file: &OpenedFile,
+        key: &str,
+        error: UploadError,
+    ) -> Outcome {
+        if !error.is_permanent() {
             tracing::warn!(path = %path.display(), key, %error, "upload failed; will retry");
-            Outcome::Retry { permanent: false }
+            return Outcome::Retry { permanent: false };
         }
+        tracing::error!(
+            path = %path.display(), key, bucket = self.uploader.bucket(), %error,
+            "upload refused; the file is kept and retried later (or at SIGHUP)"
+        );
+        let record = FileRecord {
+            identity: file.identity,
+            state: FileState::Failed {
+                key: key.to_string(),
+                error: error.to_string(),
+            },
+            updated_unix: now_unix(),
+        };
+        if let Err(e) = tokio::task::block_in_place(|| self.ledger.put(relative, &record)) {
+            tracing::warn!(error = %e, "could not record the failure in the ledger");
+        }
+        Outcome::Retry { permanent: true }
     }
 
-    /// Runs only for a file S3 has confirmed (now or, per the ledger, earlier).
+    /// Runs only for a file S3 has confirmed (now or, per the ledger, earlier). Each step is
+    /// safe to repeat: after a crash the ledger still says "uploaded" and the action runs
+    /// again; once the file is gone, its record is pruned.
     async fn after_upload(&self, path: &Path, relative: &Path, file: &OpenedFile) {
-        if self.after_upload != AfterUpload::Delete {
+        if self.after_upload == AfterUpload::Keep {
             return;
         }
-        // Delete only the very version that was uploaded.
+        // Act only on the very version that was uploaded.
         if !matches!(file.changed_since_open(path), Ok(false)) {
             return;
         }
-        match tokio::fs::remove_file(path).await {
-            Ok(()) => {
-                tracing::debug!(path = %path.display(), "deleted after upload");
+        let done = match &self.after_upload {
+            AfterUpload::Keep => return,
+            AfterUpload::Delete => tokio::fs::remove_file(path).await.map(|()| None),
+            AfterUpload::Move(dir) => {
+                let path = path.to_owned();
+                let target = dir.join(relative);
+                tokio::task::spawn_blocking(move || {
+                    move_without_replacing(&path, &target).map(Some)
+                })
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            }
+        };
+        match done {
+            Ok(moved_to) => {
+                tracing::debug!(path = %path.display(), moved_to = ?moved_to, "after-upload action done");
                 if let Err(e) = tokio::task::block_in_place(|| self.ledger.remove(relative)) {
-                    tracing::warn!(error = %e, "could not forget a deleted file in the ledger");
+                    tracing::warn!(error = %e, "could not forget a moved or deleted file in the ledger");
                 }
             }
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "uploaded, but could not delete it")
-            }
+            Err(e) => tracing::warn!(
+                path = %path.display(), error = %e,
+                "uploaded, but the after-upload action failed; it is retried at the next scan"
+            ),
         }
+    }
+}
+
+/// Renames `from` to `to`, or to `to.1`, `to.2`, … if taken: an earlier file of the same
+/// name in the destination is never overwritten.
+fn move_without_replacing(from: &Path, to: &Path) -> std::io::Result<PathBuf> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes()).map_err(|e| std::io::Error::other(e.to_string()))
+    };
+    let from_c = c(from)?;
+    for n in 0u32.. {
+        let candidate = if n == 0 {
+            to.to_owned()
+        } else {
+            let mut name = to.as_os_str().to_owned();
+            name.push(format!(".{n}"));
+            PathBuf::from(name)
+        };
+        let to_c = c(&candidate)?;
+        // SAFETY: both are valid NUL-terminated paths; AT_FDCWD resolves them as given.
+        let rc = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                from_c.as_ptr(),
+                libc::AT_FDCWD,
+                to_c.as_ptr(),
+                libc::RENAME_NOREPLACE,
+            )
+        };
+        if rc == 0 {
+            return Ok(candidate);
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EEXIST) {
+            return Err(err);
+        }
+    }
+    unreachable!("u32 suffixes exhausted")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn moving_never_overwrites_an_earlier_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("done/sub/report.csv");
+        for (i, body) in ["first", "second", "third"].iter().enumerate() {
+            let src = dir.path().join(format!("in{i}"));
+            std::fs::write(&src, body).unwrap();
+            move_without_replacing(&src, &target).unwrap();
+            assert!(!src.exists());
+        }
+        let read = |p: &str| std::fs::read_to_string(dir.path().join(p)).unwrap();
+        assert_eq!(read("done/sub/report.csv"), "first");
+        assert_eq!(read("done/sub/report.csv.1"), "second");
+        assert_eq!(read("done/sub/report.csv.2"), "third");
     }
 }
