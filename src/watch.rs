@@ -306,7 +306,12 @@ impl Intake {
                 }
             }
             Change::DirCreated(path) => self.scan(path, "new directory").await,
-            Change::Rescan(reason) => self.full_scan(reason).await,
+            Change::Rescan(reason) => {
+                // Lost events may include the close of a file marked as being written:
+                // trust the scan's settle check instead, or such a file would wait forever.
+                self.writing.clear();
+                self.full_scan(reason).await;
+            }
         }
     }
 

@@ -14,6 +14,8 @@ use aws_config::BehaviorVersion;
 use aws_credential_types::Credentials;
 use serde_json::json;
 
+pub mod proxy;
+
 pub const ACCOUNT: &str = "123456789012";
 pub const REGION: &str = "us-east-1";
 pub const INSTANCE_ID: &str = "i-0123456789abcdef0";
@@ -458,7 +460,25 @@ impl Site {
     /// `s3drop <args> --config <this site>` with the SDK pointed at `fc` and no access
     /// keys in the environment.
     pub fn command(&self, s3drop: &Path, fc: &FakeCloud, args: &[&str]) -> Command {
-        let mut cmd = Command::new(s3drop);
+        self.command_with(&[], s3drop, &fc.sdk_env(), args)
+    }
+
+    /// The same, run through `wrapper` (e.g. `setpriv …`) with the given SDK variables.
+    pub fn command_with(
+        &self,
+        wrapper: &[&str],
+        s3drop: &Path,
+        env: &[(&'static str, String)],
+        args: &[&str],
+    ) -> Command {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg(s3drop);
+                cmd
+            }
+            None => Command::new(s3drop),
+        };
         cmd.args(args).arg("--config").arg(&self.config);
         for var in [
             "AWS_ACCESS_KEY_ID",
@@ -469,7 +489,8 @@ impl Site {
         ] {
             cmd.env_remove(var);
         }
-        cmd.envs(fc.sdk_env()).stdin(Stdio::null());
+        cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null());
         cmd
     }
 }
@@ -482,15 +503,39 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(site: &Site, s3drop: &Path, fc: &FakeCloud) -> Result<Daemon> {
+        Daemon::spawn(
+            site,
+            site.command(s3drop, fc, &["run", "--log-format", "json"]),
+        )
+    }
+
+    /// Starts `command` (an `s3drop run …` built with [`Site::command_with`]), logging to
+    /// a new file in the site.
+    pub fn spawn(site: &Site, mut command: Command) -> Result<Daemon> {
         let log_path = unique(site.dir.path().join("s3drop-run.log"));
         let log = std::fs::File::create(&log_path)?;
-        let child = site
-            .command(s3drop, fc, &["run", "--log-format", "json"])
+        let child = command
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .context("cannot start s3drop")?;
         Ok(Daemon { child, log_path })
+    }
+
+    /// Sends `signal` (e.g. "-HUP") to the daemon.
+    pub fn signal(&self, signal: &str) -> Result<()> {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill {signal} failed");
+        Ok(())
+    }
+
+    /// SIGKILL, and reap it.
+    pub fn kill(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
     }
 
     pub fn log(&self) -> String {
@@ -520,8 +565,7 @@ impl Daemon {
 
     /// SIGTERM, then wait for the exit status.
     pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status()?;
+        self.signal("-TERM")?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.try_wait()? {

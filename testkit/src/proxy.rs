@@ -1,0 +1,208 @@
+//! A fault-injecting HTTP proxy for loopback tests: it forwards requests to an upstream
+//! (fakecloud) unchanged, Host header included so SigV4 signatures stay valid, and fails a
+//! chosen share of them with 500 InternalError, 503 SlowDown, or a dropped connection. The
+//! share is exact, not left to chance: of every 20 requests, `percent / 5` fail, spread
+//! out by a fixed permutation. It can also be "down" (every connection dropped), e.g. to
+//! play an unreachable IMDS.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+use anyhow::Result;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// What the proxy did, by kind.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyStats {
+    pub forwarded: u64,
+    pub internal_error: u64,
+    pub slow_down: u64,
+    pub dropped: u64,
+}
+
+impl ProxyStats {
+    pub fn injected(&self) -> u64 {
+        self.internal_error + self.slow_down + self.dropped
+    }
+    pub fn total(&self) -> u64 {
+        self.forwarded + self.injected()
+    }
+}
+
+#[derive(Default)]
+struct State {
+    upstream: String,
+    failure_percent: AtomicU32,
+    down: AtomicBool,
+    seen: AtomicU64,
+    forwarded: AtomicU64,
+    internal_error: AtomicU64,
+    slow_down: AtomicU64,
+    dropped: AtomicU64,
+}
+
+pub struct FaultProxy {
+    pub endpoint: String,
+    state: Arc<State>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Debug)]
+struct Dropped;
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection dropped by the fault proxy")
+    }
+}
+impl std::error::Error for Dropped {}
+
+fn error_response(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    let xml = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>\
+         <Message>{message}</Message><RequestId>fault-proxy</RequestId></Error>"
+    );
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/xml")
+        .body(
+            Full::new(Bytes::from(xml))
+                .map_err(|never: Infallible| match never {})
+                .boxed(),
+        )
+        .expect("static response")
+}
+
+impl FaultProxy {
+    /// Listens on a free loopback port and forwards to `upstream` (`http://host:port`).
+    pub async fn start(upstream: &str, failure_percent: u32) -> Result<FaultProxy> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr: SocketAddr = listener.local_addr()?;
+        let state = Arc::new(State {
+            upstream: upstream.trim_end_matches('/').to_string(),
+            failure_percent: AtomicU32::new(failure_percent),
+            ..State::default()
+        });
+        let client: Client<HttpConnector, Incoming> =
+            Client::builder(TokioExecutor::new()).build_http();
+        let accept_state = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                if accept_state.down.load(Ordering::SeqCst) {
+                    accept_state.dropped.fetch_add(1, Ordering::SeqCst);
+                    drop(stream);
+                    continue;
+                }
+                let state = accept_state.clone();
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        handle(state.clone(), client.clone(), req)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(FaultProxy {
+            endpoint: format!("http://{addr}"),
+            state,
+            task,
+        })
+    }
+
+    pub fn set_failure_percent(&self, percent: u32) {
+        self.state.failure_percent.store(percent, Ordering::SeqCst);
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.state.down.store(down, Ordering::SeqCst);
+    }
+
+    pub fn stats(&self) -> ProxyStats {
+        let s = &self.state;
+        ProxyStats {
+            forwarded: s.forwarded.load(Ordering::SeqCst),
+            internal_error: s.internal_error.load(Ordering::SeqCst),
+            slow_down: s.slow_down.load(Ordering::SeqCst),
+            dropped: s.dropped.load(Ordering::SeqCst),
+        }
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn handle(
+    state: Arc<State>,
+    client: Client<HttpConnector, Incoming>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Dropped> {
+    if state.down.load(Ordering::SeqCst) {
+        state.dropped.fetch_add(1, Ordering::SeqCst);
+        return Err(Dropped);
+    }
+    let percent = u64::from(state.failure_percent.load(Ordering::SeqCst));
+    let n = state.seen.fetch_add(1, Ordering::SeqCst);
+    // 7 is coprime with 20, so (7n mod 20) visits every slot once per 20 requests.
+    if (n * 7) % 20 < percent / 5 {
+        return match n % 3 {
+            0 => {
+                state.internal_error.fetch_add(1, Ordering::SeqCst);
+                Ok(error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    "We encountered an internal error. Please try again.",
+                ))
+            }
+            1 => {
+                state.slow_down.fetch_add(1, Ordering::SeqCst);
+                Ok(error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "SlowDown",
+                    "Please reduce your request rate.",
+                ))
+            }
+            _ => {
+                state.dropped.fetch_add(1, Ordering::SeqCst);
+                Err(Dropped)
+            }
+        };
+    }
+    let (mut parts, body) = req.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    parts.uri = format!("{}{path}", state.upstream)
+        .parse()
+        .map_err(|_| Dropped)?;
+    match client.request(Request::from_parts(parts, body)).await {
+        Ok(response) => {
+            state.forwarded.fetch_add(1, Ordering::SeqCst);
+            Ok(response.map(|b| b.boxed()))
+        }
+        Err(_) => {
+            state.dropped.fetch_add(1, Ordering::SeqCst);
+            Err(Dropped)
+        }
+    }
+}

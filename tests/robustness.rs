@@ -1,0 +1,326 @@
+//! Bad input and bad days, end to end against fakecloud: odd names, links, FIFOs,
+//! unreadable files, a watch_dir that is deleted and recreated, S3 and STS failing under a
+//! fault-injecting proxy, IMDS unreachable at start, and after_upload = "move".
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use s3drop_testkit::proxy::FaultProxy;
+use s3drop_testkit::{Daemon, FakeCloud, INSTANCE_ID, REGION, Site, World};
+
+const S3DROP: &str = env!("CARGO_BIN_EXE_s3drop");
+const BUCKET: &str = "drop-bucket";
+const ARRIVAL: Duration = Duration::from_secs(30);
+
+fn s3drop() -> &'static Path {
+    Path::new(S3DROP)
+}
+
+fn key(relative: &str) -> String {
+    format!("{INSTANCE_ID}/{relative}")
+}
+
+async fn setup(extra_config: &str) -> (FakeCloud, World, Site) {
+    let fc = FakeCloud::start().expect("fakecloud starts");
+    let world = World::provision(&fc, BUCKET).await.expect("provisioning");
+    let site = Site::new(BUCKET, extra_config).unwrap();
+    (fc, world, site)
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Root reads any file whatever its mode; to make "no read permission" real, the daemon
+/// runs as root without the capabilities that bypass file permissions.
+fn without_dac_override() -> Vec<&'static str> {
+    if is_root() {
+        vec![
+            "setpriv",
+            "--inh-caps=-dac_override,-dac_read_search",
+            "--bounding-set=-dac_override,-dac_read_search",
+        ]
+    } else {
+        Vec::new()
+    }
+}
+
+async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn odd_names_links_fifos_and_unreadable_files_cost_no_other_file() {
+    let (fc, world, site) = setup("").await;
+    let w = &site.watch;
+    let write = |rel: &[u8], body: &[u8]| {
+        let path = w.join(OsStr::from_bytes(rel));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, body).unwrap();
+    };
+    // Names: spaces, unicode, a newline, invalid UTF-8, and a literal escape lookalike.
+    write(b"with space.txt", b"space");
+    write("ünïcødé 日本.txt".as_bytes(), b"unicode");
+    write(b"new\nline.txt", b"newline");
+    write(b"bad\xffutf8.bin", b"invalid utf-8");
+    write(b"literal%0A.txt", b"literal percent");
+    // A deep path that still fits in a key, and one that does not.
+    let deep: String = (0..40).map(|i| format!("d{i:02}/")).collect();
+    write(format!("{deep}deep.txt").as_bytes(), b"deep");
+    let too_long = format!("{}long.txt", format!("{}/", "x".repeat(200)).repeat(5));
+    write(too_long.as_bytes(), b"too long");
+    // A symlink to a file outside the drop directory, and a FIFO nobody writes to.
+    let outside = site.dir.path().join("outside-secret.txt");
+    std::fs::write(&outside, b"must never be uploaded").unwrap();
+    std::os::unix::fs::symlink(&outside, w.join("link-to-outside.txt")).unwrap();
+    let fifo = std::ffi::CString::new(w.join("pipe").as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    // A file the daemon may not read.
+    let locked = w.join("locked.txt");
+    std::fs::write(&locked, b"locked until chmod").unwrap();
+    std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+
+    let cmd = site.command_with(
+        &without_dac_override(),
+        s3drop(),
+        &fc.sdk_env(),
+        &["run", "--log-format", "json"],
+    );
+    let mut daemon = Daemon::spawn(&site, cmd).unwrap();
+    daemon.wait_for_log("s3drop started", ARRIVAL).unwrap();
+
+    let expect = [
+        ("with space.txt", &b"space"[..]),
+        ("ünïcødé 日本.txt", b"unicode"),
+        ("new%0Aline.txt", b"newline"),
+        ("bad%FFutf8.bin", b"invalid utf-8"),
+        ("literal%250A.txt", b"literal percent"),
+    ];
+    for (k, body) in expect {
+        assert_eq!(
+            world.wait_for_object(&key(k), ARRIVAL).await.unwrap(),
+            body,
+            "{k}"
+        );
+    }
+    assert_eq!(
+        world
+            .wait_for_object(&key(&format!("{deep}deep.txt")), ARRIVAL)
+            .await
+            .unwrap(),
+        b"deep"
+    );
+
+    daemon
+        .wait_for_log("cannot read the file", ARRIVAL)
+        .unwrap();
+    daemon
+        .wait_for_log("S3 allows at most 1024", ARRIVAL)
+        .unwrap();
+    // Make the locked file readable; SIGHUP retries it at once instead of in 5 minutes.
+    std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    daemon.signal("-HUP").unwrap();
+    assert_eq!(
+        world
+            .wait_for_object(&key("locked.txt"), ARRIVAL)
+            .await
+            .unwrap(),
+        b"locked until chmod"
+    );
+
+    // Nothing was uploaded for the link, the FIFO or the over-long name, and all are kept.
+    let keys = world.keys().await.unwrap();
+    assert!(
+        !keys
+            .iter()
+            .any(|k| k.contains("link-to-outside") || k.ends_with("/pipe"))
+    );
+    assert!(!keys.iter().any(|k| k.contains("long.txt")), "{keys:?}");
+    assert!(w.join(OsStr::from_bytes(too_long.as_bytes())).exists());
+    let log = daemon.log();
+    assert!(
+        log.contains("link-to-outside.txt") && log.contains("symlink"),
+        "{log}"
+    );
+    assert!(log.contains("FIFO"), "{log}");
+    assert!(!log.contains("must never be uploaded"));
+    assert!(daemon.stop().unwrap().success(), "{}", daemon.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_dir_deleted_and_recreated_is_watched_again() {
+    let (fc, world, site) = setup("").await;
+    let mut daemon = Daemon::start(&site, s3drop(), &fc).unwrap();
+    daemon.wait_for_log("s3drop started", ARRIVAL).unwrap();
+    std::fs::write(site.watch.join("before.txt"), b"before").unwrap();
+    world
+        .wait_for_object(&key("before.txt"), ARRIVAL)
+        .await
+        .unwrap();
+
+    std::fs::remove_dir_all(&site.watch).unwrap();
+    daemon
+        .wait_for_log("watch_dir disappeared", ARRIVAL)
+        .unwrap();
+    std::fs::create_dir(&site.watch).unwrap();
+    daemon.wait_for_log("watching it again", ARRIVAL).unwrap();
+    std::fs::write(site.watch.join("after.txt"), b"after").unwrap();
+    assert_eq!(
+        world
+            .wait_for_object(&key("after.txt"), ARRIVAL)
+            .await
+            .unwrap(),
+        b"after"
+    );
+    assert!(daemon.stop().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn move_mode_moves_confirmed_files_and_never_overwrites() {
+    let site_dir = tempfile::tempdir().unwrap();
+    let done = site_dir.path().join("done");
+    std::fs::create_dir(&done).unwrap();
+    let (fc, world, site) = setup(&format!(
+        "after_upload = \"move\"\nmove_to = {:?}",
+        done.to_str().unwrap()
+    ))
+    .await;
+    // move_to must be on watch_dir's filesystem; both are under the temp dir here.
+    let mut daemon = Daemon::start(&site, s3drop(), &fc).unwrap();
+    daemon.wait_for_log("s3drop started", ARRIVAL).unwrap();
+    std::fs::create_dir_all(site.watch.join("sub")).unwrap();
+    std::fs::write(site.watch.join("sub/report.csv"), b"first").unwrap();
+    world
+        .wait_for_object(&key("sub/report.csv"), ARRIVAL)
+        .await
+        .unwrap();
+    let moved = done.join("sub/report.csv");
+    wait_until("the first move", ARRIVAL, || moved.exists()).await;
+    std::fs::write(site.watch.join("sub/report.csv"), b"second").unwrap();
+    let second = done.join("sub/report.csv.1");
+    wait_until("the second move", ARRIVAL, || second.exists()).await;
+    assert_eq!(std::fs::read(&moved).unwrap(), b"first");
+    assert_eq!(std::fs::read(&second).unwrap(), b"second");
+    assert_eq!(
+        world
+            .get_object(&key("sub/report.csv"))
+            .await
+            .unwrap()
+            .unwrap(),
+        b"second"
+    );
+    assert!(!site.watch.join("sub/report.csv").exists());
+    assert!(daemon.stop().unwrap().success());
+}
+
+/// Content that differs per file.
+fn content(seed: u32, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) as u8)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_file_arrives_intact_through_a_proxy_failing_40_percent_of_requests() {
+    let (fc, world, site) = setup("concurrency = 8").await;
+    let proxy = FaultProxy::start(&fc.endpoint, 40).await.unwrap();
+    // S3 and STS through the proxy; IMDS too, so its hiccups are exercised as well.
+    let env = vec![
+        ("AWS_EC2_METADATA_SERVICE_ENDPOINT", proxy.endpoint.clone()),
+        ("AWS_ENDPOINT_URL", proxy.endpoint.clone()),
+        ("AWS_REGION", REGION.to_string()),
+    ];
+    let files: Vec<(String, Vec<u8>)> = (0..60u32)
+        .map(|i| {
+            let len = [0usize, 1, 4_096, 100_000, 700_000][i as usize % 5];
+            (format!("batch/f{i:03}.bin"), content(i, len))
+        })
+        .collect();
+    // Half before start (backlog), half while running.
+    let (early, late) = files.split_at(30);
+    std::fs::create_dir_all(site.watch.join("batch")).unwrap();
+    for (rel, body) in early {
+        std::fs::write(site.watch.join(rel), body).unwrap();
+    }
+    let started = Instant::now();
+    let cmd = site.command_with(&[], s3drop(), &env, &["run", "--log-format", "json"]);
+    let mut daemon = Daemon::spawn(&site, cmd).unwrap();
+    daemon
+        .wait_for_log("s3drop started", Duration::from_secs(120))
+        .unwrap();
+    for (rel, body) in late {
+        std::fs::write(site.watch.join(rel), body).unwrap();
+    }
+    for (rel, body) in &files {
+        let got = world
+            .wait_for_object(&key(rel), Duration::from_secs(180))
+            .await
+            .unwrap();
+        assert!(got == *body, "{rel} arrived corrupted");
+    }
+    let elapsed = started.elapsed();
+    assert!(daemon.stop().unwrap().success());
+    let stats = proxy.stats();
+    let retried =
+        daemon.events("will retry").len() + daemon.events("upload failed; will retry").len();
+    println!(
+        "fault test: {} files, {} requests through the proxy, {} failed on purpose \
+         ({} InternalError, {} SlowDown, {} dropped), {} retries logged by s3drop, {:.1} s",
+        files.len(),
+        stats.total(),
+        stats.injected(),
+        stats.internal_error,
+        stats.slow_down,
+        stats.dropped,
+        retried,
+        elapsed.as_secs_f64()
+    );
+    assert!(
+        stats.injected() * 100 >= stats.total() * 30,
+        "the proxy really failed a large share: {stats:?}"
+    );
+    // Files are kept in keep mode; every one is still there.
+    for (rel, _) in &files {
+        assert!(site.watch.join(rel).exists());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn imds_unreachable_at_start_is_retried_with_a_hint_then_recovers() {
+    let (fc, world, site) = setup("").await;
+    let imds = FaultProxy::start(&fc.endpoint, 0).await.unwrap();
+    imds.set_down(true);
+    let env = vec![
+        ("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.endpoint.clone()),
+        ("AWS_ENDPOINT_URL", fc.endpoint.clone()),
+        ("AWS_REGION", REGION.to_string()),
+    ];
+    std::fs::write(site.watch.join("waiting.txt"), b"waited for IMDS").unwrap();
+    let cmd = site.command_with(&[], s3drop(), &env, &["run", "--log-format", "json"]);
+    let mut daemon = Daemon::spawn(&site, cmd).unwrap();
+    daemon
+        .wait_for_log("cannot establish the upload session yet", ARRIVAL)
+        .unwrap();
+    assert!(
+        daemon.log().contains("HttpPutResponseHopLimit"),
+        "{}",
+        daemon.log()
+    );
+    imds.set_down(false);
+    assert_eq!(
+        world
+            .wait_for_object(&key("waiting.txt"), Duration::from_secs(90))
+            .await
+            .unwrap(),
+        b"waited for IMDS"
+    );
+    assert!(daemon.stop().unwrap().success());
+}
