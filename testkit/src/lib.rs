@@ -111,10 +111,22 @@ impl FakeCloud {
     /// How many PUT requests fakecloud answered for each object key in `bucket` (from its
     /// debug log), whatever their status. Bucket-level PUTs (`/bucket/`) are not counted.
     pub fn object_puts(&self, bucket: &str) -> BTreeMap<String, usize> {
+        self.count_puts(bucket, |_| true)
+    }
+
+    /// Like [`FakeCloud::object_puts`], counting only PUTs answered 200: objects stored.
+    pub fn objects_stored(&self, bucket: &str) -> BTreeMap<String, usize> {
+        self.count_puts(bucket, |line| line.contains("status=200"))
+    }
+
+    fn count_puts(&self, bucket: &str, keep: impl Fn(&str) -> bool) -> BTreeMap<String, usize> {
         let marker = format!("uri=/{bucket}/");
         let mut counts = BTreeMap::new();
         for line in self.log().lines() {
-            if !line.contains("finished processing request") || !line.contains("method=PUT") {
+            if !line.contains("finished processing request")
+                || !line.contains("method=PUT")
+                || !keep(line)
+            {
                 continue;
             }
             let Some(start) = line.find(&marker) else {
