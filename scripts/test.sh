@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
-scripts/install-fakecloud.sh
+scripts/install-deps.sh
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0

@@ -3,7 +3,7 @@
 //! shortly before they expire.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use aws_config::environment::region::EnvironmentVariableRegionProvider;
 use aws_config::imds;
@@ -21,9 +21,6 @@ use crate::config::Config;
 /// Refresh this long before the session's expiry, so no request (or long upload) starts
 /// with credentials about to lapse.
 const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(5 * 60);
-/// An invalidation within this long of a fetch is ignored: the fresh credentials are not
-/// the ones a concurrent request found expired.
-const MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
 
 const IMDS_HINT: &str = "is this an EC2 instance with the metadata service enabled and \
     HttpTokens allowing IMDSv2? In a container, the IMDSv2 token response needs \
@@ -194,7 +191,6 @@ struct Inner {
 #[derive(Debug)]
 struct Cached {
     credentials: Credentials,
-    fetched: Instant,
 }
 
 impl SessionCredentials {
@@ -230,7 +226,6 @@ impl SessionCredentials {
                 );
                 *cached = Some(Cached {
                     credentials: credentials.clone(),
-                    fetched: Instant::now(),
                 });
                 Ok(credentials)
             }
@@ -262,12 +257,14 @@ impl SessionCredentials {
         }
     }
 
-    /// S3 said the token expired or is invalid: fetch anew on the next request.
-    pub async fn invalidate(&self) {
+    /// S3 refused the session whose access key id is `used` as expired or invalid: fetch
+    /// anew on the next request, unless the cache already holds newer credentials (many
+    /// requests in flight report the same stale session).
+    pub async fn invalidate(&self, used: &str) {
         let mut cached = self.inner.cached.lock().await;
         if cached
             .as_ref()
-            .is_some_and(|c| c.fetched.elapsed() >= MIN_REFETCH_INTERVAL)
+            .is_some_and(|c| c.credentials.access_key_id() == used)
         {
             tracing::info!("S3 refused the session token; assuming the upload role again");
             *cached = None;
@@ -357,18 +354,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn invalidate_forces_a_new_session_but_not_twice_in_a_row() {
+    async fn invalidate_drops_only_the_session_that_was_refused() {
         let (creds, calls) = counting(Duration::from_secs(3600));
-        creds.get().await.unwrap();
-        // Just fetched: a concurrent request's "expired" refers to older credentials.
-        creds.invalidate().await;
-        creds.get().await.unwrap();
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
-        // Pretend the credentials were fetched long ago.
-        creds.inner.cached.lock().await.as_mut().unwrap().fetched =
-            Instant::now() - MIN_REFETCH_INTERVAL;
-        creds.invalidate().await;
-        creds.get().await.unwrap();
+        let first = creds.get().await.unwrap();
+        creds.invalidate(first.access_key_id()).await;
+        let second = creds.get().await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // A late report about the first session must not throw away the second.
+        creds.invalidate(first.access_key_id()).await;
+        assert_eq!(
+            creds.get().await.unwrap().access_key_id(),
+            second.access_key_id()
+        );
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 

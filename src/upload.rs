@@ -236,6 +236,8 @@ impl Uploader {
             .build()
             .await
             .map_err(|e| UploadError::Read(io::Error::other(e)))?;
+        // Which session signs this request, so an ExpiredToken answer drops that one only.
+        let session = self.credentials.get().await.ok();
         let result = self
             .client
             .put_object()
@@ -259,8 +261,8 @@ impl Uploader {
             }
             Err(err) => {
                 let err = classify(err);
-                if matches!(err, UploadError::TokenExpired { .. }) {
-                    self.credentials.invalidate().await;
+                if let (UploadError::TokenExpired { .. }, Some(session)) = (&err, &session) {
+                    self.credentials.invalidate(session.access_key_id()).await;
                 }
                 Err(err)
             }

@@ -163,7 +163,12 @@ impl Worker {
         }
 
         let started = Instant::now();
-        let confirmed = match self.uploader.put_file(&file, &key).await {
+        let mut result = self.uploader.put_file(&file, &key).await;
+        if matches!(result, Err(UploadError::TokenExpired { .. })) {
+            // The uploader has dropped the stale session; the next attempt assumes anew.
+            result = self.uploader.put_file(&file, &key).await;
+        }
+        let confirmed = match result {
             Ok(confirmed) => confirmed,
             Err(e) => return self.failed(path, relative, &file, &key, e),
         };

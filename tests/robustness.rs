@@ -324,3 +324,136 @@ async fn imds_unreachable_at_start_is_retried_with_a_hint_then_recovers() {
     );
     assert!(daemon.stop().unwrap().success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_that_expire_mid_stream_are_renewed_and_no_file_fails() {
+    let fc = match FakeCloud::start_with_shiftable_clock() {
+        Ok(fc) => fc,
+        Err(e) => panic!("{e:#} (the test setup installs it: see .ci/run)"),
+    };
+    let world = World::provision(&fc, BUCKET).await.unwrap();
+    let site = Site::new(BUCKET, "session_duration_seconds = 900").unwrap();
+    let mut daemon = Daemon::start(&site, s3drop(), &fc).unwrap();
+    daemon.wait_for_log("s3drop started", ARRIVAL).unwrap();
+    for round in 0..3 {
+        for i in 0..5 {
+            let rel = format!("round{round}/f{i}.txt");
+            std::fs::create_dir_all(site.watch.join(format!("round{round}"))).unwrap();
+            std::fs::write(site.watch.join(&rel), rel.as_bytes()).unwrap();
+        }
+        for i in 0..5 {
+            let rel = format!("round{round}/f{i}.txt");
+            assert_eq!(
+                world.wait_for_object(&key(&rel), ARRIVAL).await.unwrap(),
+                rel.as_bytes()
+            );
+        }
+        // Move the emulator's clock past the 15-minute session s3drop holds (and past
+        // the instance role's IMDS credentials); s3drop's own clock does not move, so only
+        // S3's ExpiredToken answer can tell it.
+        fc.shift_clock(1_000 * (round + 1)).unwrap();
+    }
+    let renewals = daemon
+        .events("assumed upload role with session policy")
+        .len();
+    let refused = daemon.events("S3 refused the session token; assuming the upload role again");
+    println!(
+        "expiry test: 15 files over 3 clock jumps of 1000 s; sessions assumed {renewals}, \
+         expired-token refreshes {}",
+        refused.len()
+    );
+    assert!(
+        refused.len() >= 2,
+        "the jumps really expired sessions: {}",
+        daemon.log()
+    );
+    assert!(renewals >= 3, "{}", daemon.log());
+    // The refused upload is retried at once with the new session: not even a transient
+    // failure reaches the retry queue.
+    assert!(
+        daemon.events("upload failed; will retry").is_empty(),
+        "{}",
+        daemon.log()
+    );
+    assert!(
+        daemon
+            .events("upload refused; the file is kept and retried later (or at SIGHUP)")
+            .is_empty(),
+        "no file failed"
+    );
+    assert!(daemon.stop().unwrap().success());
+}
+
+/// The SDK variables that send S3 (and STS) through `proxy`, IMDS straight to fakecloud.
+fn via(proxy: &FaultProxy, fc: &FakeCloud) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_EC2_METADATA_SERVICE_ENDPOINT", fc.endpoint.clone()),
+        ("AWS_ENDPOINT_URL", proxy.endpoint.clone()),
+        ("AWS_REGION", REGION.to_string()),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_truncated_during_its_upload_is_sent_again_and_a_deleted_one_is_dropped() {
+    let (fc, world, site) = setup("concurrency = 1").await;
+    let proxy = FaultProxy::start(&fc.endpoint, 0).await.unwrap();
+    let cmd = site.command_with(
+        &[],
+        s3drop(),
+        &via(&proxy, &fc),
+        &["run", "--log-format", "json"],
+    );
+    let mut daemon = Daemon::spawn(&site, cmd).unwrap();
+    daemon.wait_for_log("s3drop started", ARRIVAL).unwrap();
+    proxy.set_put_delay(Duration::from_millis(1_500));
+
+    // The first file's PUT is held by the proxy; meanwhile it is truncated in place
+    // (truncate(2): no close event), and a second file waits its turn and is deleted.
+    let changing = site.watch.join("changing.log");
+    std::fs::write(&changing, content(7, 10_000)).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let doomed = site.watch.join("doomed.txt");
+    std::fs::write(&doomed, b"deleted before its turn").unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let c = std::ffi::CString::new(changing.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::truncate(c.as_ptr(), 4_000) }, 0);
+    std::fs::remove_file(&doomed).unwrap();
+
+    daemon
+        .wait_for_log("file changed during upload", ARRIVAL)
+        .unwrap();
+    proxy.set_put_delay(Duration::ZERO);
+    daemon
+        .wait_for_log("file deleted before upload", ARRIVAL)
+        .unwrap();
+    let deadline = Instant::now() + ARRIVAL;
+    loop {
+        let now = world.get_object(&key("changing.log")).await.unwrap();
+        if now.as_deref() == Some(&content(7, 10_000)[..4_000]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the truncated version never replaced the first upload"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        world
+            .get_object(&key("doomed.txt"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(daemon.stop().unwrap().success());
+    // The ledger recorded the second version only: a restart sends nothing again.
+    let before = fc.objects_stored(BUCKET);
+    let mut again = Daemon::start(&site, s3drop(), &fc).unwrap();
+    again
+        .wait_for_log("backlog scan at start", ARRIVAL)
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(again.stop().unwrap().success());
+    assert_eq!(fc.objects_stored(BUCKET), before);
+}

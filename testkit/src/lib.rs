@@ -43,12 +43,44 @@ pub struct FakeCloud {
     child: Child,
     pub endpoint: String,
     log_path: PathBuf,
+    clock_file: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
 impl FakeCloud {
     pub fn start() -> Result<FakeCloud> {
+        FakeCloud::start_with(None)
+    }
+
+    /// Starts fakecloud with its wall clock under libfaketime (Debian package `faketime`),
+    /// so [`FakeCloud::shift_clock`] can move the emulator's time while it runs: sessions
+    /// it issued expire without waiting. Monotonic time is left alone.
+    pub fn start_with_shiftable_clock() -> Result<FakeCloud> {
+        anyhow::ensure!(
+            Path::new(LIBFAKETIME).exists(),
+            "{LIBFAKETIME} is missing: install Debian's `faketime` package"
+        );
+        FakeCloud::start_with(Some(()))
+    }
+
+    /// Moves fakecloud's clock to `seconds` ahead of real time.
+    pub fn shift_clock(&self, seconds: i64) -> Result<()> {
+        let file = self
+            .clock_file
+            .as_ref()
+            .context("fakecloud was not started with a shiftable clock")?;
+        std::fs::write(file, format!("{seconds:+}\n"))?;
+        Ok(())
+    }
+
+    fn start_with(shiftable_clock: Option<()>) -> Result<FakeCloud> {
         let dir = tempfile::tempdir()?;
+        let clock_file = shiftable_clock.map(|()| dir.path().join("faketime"));
+        if let Some(file) = &clock_file {
+            std::fs::write(file, "+0\n")?;
+        }
         let log_path = dir.path().join("fakecloud.log");
         let mut last_err = None;
         // A port picked free can be taken before fakecloud binds it; try a few.
@@ -62,6 +94,14 @@ impl FakeCloud {
                 .args(["--imds-instance-id", INSTANCE_ID])
                 .args(["--region", REGION, "--log-level", "debug"])
                 .env("NO_COLOR", "1")
+                .envs(clock_file.iter().flat_map(|file| {
+                    [
+                        ("LD_PRELOAD", PathBuf::from(LIBFAKETIME)),
+                        ("FAKETIME_TIMESTAMP_FILE", file.clone()),
+                        ("FAKETIME_NO_CACHE", PathBuf::from("1")),
+                        ("FAKETIME_DONT_FAKE_MONOTONIC", PathBuf::from("1")),
+                    ]
+                }))
                 .stdout(log.try_clone()?)
                 .stderr(log)
                 .stdin(Stdio::null())
@@ -76,6 +116,7 @@ impl FakeCloud {
                 child,
                 endpoint: format!("http://127.0.0.1:{port}"),
                 log_path: log_path.clone(),
+                clock_file: clock_file.clone(),
                 _dir: tempfile::tempdir()?,
             };
             match fc.wait_healthy(Duration::from_secs(60)) {

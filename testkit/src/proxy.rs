@@ -46,6 +46,8 @@ struct State {
     failure_percent: AtomicU32,
     down: AtomicBool,
     seen: AtomicU64,
+    /// Object PUTs are held this long before they are forwarded.
+    put_delay_ms: AtomicU64,
     forwarded: AtomicU64,
     internal_error: AtomicU64,
     slow_down: AtomicU64,
@@ -129,6 +131,14 @@ impl FaultProxy {
         self.state.failure_percent.store(percent, Ordering::SeqCst);
     }
 
+    /// Holds every object PUT (not IMDS's token PUT) for `delay` before forwarding it, so a
+    /// test can act while an upload is in flight.
+    pub fn set_put_delay(&self, delay: std::time::Duration) {
+        self.state
+            .put_delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
     pub fn set_down(&self, down: bool) {
         self.state.down.store(down, Ordering::SeqCst);
     }
@@ -185,6 +195,11 @@ async fn handle(
                 Err(Dropped)
             }
         };
+    }
+    let delay = state.put_delay_ms.load(Ordering::SeqCst);
+    if delay > 0 && req.method() == hyper::Method::PUT && !req.uri().path().starts_with("/latest/")
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
     }
     let (mut parts, body) = req.into_parts();
     let path = parts
