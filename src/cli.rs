@@ -54,7 +54,8 @@ At start: validates the config, opens the ledger in state_dir, reads the instanc
 region from IMDS, assumes the upload role with the prefix-scoped session policy (a refusal
 here exits non-zero with the cause), uploads files already in watch_dir, then uploads each
 new file as it completes. On SIGTERM it stops taking new files, lets uploads in flight
-finish within shutdown_timeout_seconds, and exits 0.
+finish within shutdown_timeout_seconds, and exits 0. SIGHUP rescans watch_dir and retries
+failed files now (it does not reload the config).
 
 Config keys (TOML; unknown keys are rejected):
   watch_dir                 required; directory to watch (recursively)
@@ -66,12 +67,15 @@ Config keys (TOML; unknown keys are rejected):
   region                    [default: AWS_REGION, else from IMDS]
   external_id               passed to AssumeRole when the role requires one
   session_duration_seconds  900-3600; STS caps chained sessions at 1 h [default: 3600]
-  after_upload              \"keep\" or \"delete\" (only after S3 confirmed) [default: keep]
+  after_upload              \"keep\", \"delete\" or \"move\" (only after S3 confirmed)
+                            [default: keep]
+  move_to                   with \"move\": directory on watch_dir's filesystem
   exclude                   globs; without '/' matched per path component
                             [default: [\".*\", \"*.tmp\", \"*.part\", \"*.swp\", \"*~\"]]
   concurrency               files uploaded at once [default: 16]
   settle_seconds            files found by a scan must be this old [default: 2]
   shutdown_timeout_seconds  grace for uploads in flight at stop [default: 30]
+  rescan_interval_seconds   safety rescan period [default: 300]
   force_path_style          path-style S3 URLs (S3-compatible servers) [default: false]")]
     Run(ConfigArg),
     /// Check the whole chain (config, directories, IMDS, AssumeRole, scoped writes) and

@@ -78,7 +78,26 @@ impl FileRecord {
 }
 
 pub struct Ledger {
-    db: Database,
+    path: PathBuf,
+    /// `None` only while it is being reopened.
+    db: std::sync::RwLock<Option<Database>>,
+}
+
+fn open_db(path: &Path) -> Result<Database, LedgerError> {
+    let db = Database::create(path).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => LedgerError::InUse {
+            path: path.to_owned(),
+        },
+        other => LedgerError::Open {
+            path: path.to_owned(),
+            message: other.to_string(),
+        },
+    })?;
+    let txn = db.begin_write().map_err(|e| store_err("begin")(e.into()))?;
+    txn.open_table(FILES)
+        .map_err(|e| store_err("create table")(e.into()))?;
+    txn.commit().map_err(|e| store_err("commit")(e.into()))?;
+    Ok(db)
 }
 
 impl Ledger {
@@ -86,113 +105,100 @@ impl Ledger {
     /// second daemon on the same state fails here instead of racing.
     pub fn open(state_dir: &Path) -> Result<Ledger, LedgerError> {
         let path = state_dir.join(LEDGER_FILE);
-        let db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => LedgerError::InUse { path: path.clone() },
-            other => LedgerError::Open {
-                path: path.clone(),
-                message: other.to_string(),
-            },
-        })?;
-        let txn = db.begin_write().map_err(|e| store_err("begin")(e.into()))?;
-        txn.open_table(FILES)
-            .map_err(|e| store_err("create table")(e.into()))?;
-        txn.commit().map_err(|e| store_err("commit")(e.into()))?;
-        Ok(Ledger { db })
+        let db = open_db(&path)?;
+        Ok(Ledger {
+            path,
+            db: std::sync::RwLock::new(Some(db)),
+        })
+    }
+
+    /// Runs `f` on the database. After an I/O error (a full or failing disk) redb refuses
+    /// all further work until reopened, so the ledger reopens it and tries once more.
+    fn with_db<T>(
+        &self,
+        op: &'static str,
+        f: impl Fn(&Database) -> Result<T, redb::Error>,
+    ) -> Result<T, LedgerError> {
+        let first = {
+            let guard = self.db.read().expect("ledger lock");
+            match guard.as_ref() {
+                Some(db) => f(db),
+                None => Err(redb::Error::DatabaseClosed),
+            }
+        };
+        match first {
+            Ok(v) => Ok(v),
+            Err(redb::Error::PreviousIo | redb::Error::Io(_) | redb::Error::DatabaseClosed) => {
+                let mut guard = self.db.write().expect("ledger lock");
+                *guard = None; // release the file lock before opening again
+                let db = open_db(&self.path)?;
+                let result = f(&db).map_err(store_err(op));
+                *guard = Some(db);
+                result
+            }
+            Err(e) => Err(store_err(op)(e)),
+        }
     }
 
     pub fn get(&self, relative: &Path) -> Result<Option<FileRecord>, LedgerError> {
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| store_err("read")(e.into()))?;
-        let table = txn
-            .open_table(FILES)
-            .map_err(|e| store_err("read")(e.into()))?;
-        let Some(value) = table
-            .get(relative.as_os_str().as_bytes())
-            .map_err(|e| store_err("read")(e.into()))?
-        else {
-            return Ok(None);
-        };
-        serde_json::from_slice(value.value())
-            .map(Some)
-            .map_err(|e| LedgerError::Corrupt {
+        let raw = self.with_db("read", |db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(FILES)?;
+            Ok(table
+                .get(relative.as_os_str().as_bytes())?
+                .map(|v| v.value().to_vec()))
+        })?;
+        raw.map(|bytes| {
+            serde_json::from_slice(&bytes).map_err(|e| LedgerError::Corrupt {
                 path: relative.to_owned(),
                 message: e.to_string(),
             })
+        })
+        .transpose()
     }
 
     /// Durably records `record` (the commit is fsynced before this returns).
     pub fn put(&self, relative: &Path, record: &FileRecord) -> Result<(), LedgerError> {
         let value = serde_json::to_vec(record).expect("ledger records always serialize");
-        let txn = self
-            .db
-            .begin_write()
-            .map_err(|e| store_err("write")(e.into()))?;
-        {
-            let mut table = txn
-                .open_table(FILES)
-                .map_err(|e| store_err("write")(e.into()))?;
-            table
-                .insert(relative.as_os_str().as_bytes(), value.as_slice())
-                .map_err(|e| store_err("write")(e.into()))?;
-        }
-        txn.commit().map_err(|e| store_err("commit")(e.into()))
+        self.with_db("write", |db| {
+            let txn = db.begin_write()?;
+            txn.open_table(FILES)?
+                .insert(relative.as_os_str().as_bytes(), value.as_slice())?;
+            Ok(txn.commit()?)
+        })
     }
 
     pub fn remove(&self, relative: &Path) -> Result<(), LedgerError> {
-        let txn = self
-            .db
-            .begin_write()
-            .map_err(|e| store_err("write")(e.into()))?;
-        {
-            let mut table = txn
-                .open_table(FILES)
-                .map_err(|e| store_err("write")(e.into()))?;
-            table
-                .remove(relative.as_os_str().as_bytes())
-                .map_err(|e| store_err("write")(e.into()))?;
-        }
-        txn.commit().map_err(|e| store_err("commit")(e.into()))
+        self.with_db("write", |db| {
+            let txn = db.begin_write()?;
+            txn.open_table(FILES)?
+                .remove(relative.as_os_str().as_bytes())?;
+            Ok(txn.commit()?)
+        })
     }
 
     /// Forgets every record for which `keep(relative_path)` is false (files that are gone),
     /// so the ledger does not grow forever. Returns how many were removed.
-    pub fn prune(&self, mut keep: impl FnMut(&Path) -> bool) -> Result<u64, LedgerError> {
+    pub fn prune(&self, keep: impl Fn(&Path) -> bool) -> Result<u64, LedgerError> {
         use std::ffi::OsStr;
-        let txn = self
-            .db
-            .begin_write()
-            .map_err(|e| store_err("write")(e.into()))?;
-        let mut removed = 0;
-        {
-            let mut table = txn
-                .open_table(FILES)
-                .map_err(|e| store_err("write")(e.into()))?;
-            table
-                .retain(|path, _| {
-                    let kept = keep(Path::new(OsStr::from_bytes(path)));
-                    if !kept {
-                        removed += 1;
-                    }
-                    kept
-                })
-                .map_err(|e| store_err("prune")(e.into()))?;
-        }
-        txn.commit().map_err(|e| store_err("commit")(e.into()))?;
-        Ok(removed)
+        self.with_db("prune", |db| {
+            let txn = db.begin_write()?;
+            let mut removed = 0;
+            txn.open_table(FILES)?.retain(|path, _| {
+                let kept = keep(Path::new(OsStr::from_bytes(path)));
+                removed += u64::from(!kept);
+                kept
+            })?;
+            txn.commit()?;
+            Ok(removed)
+        })
     }
 
     pub fn len(&self) -> Result<u64, LedgerError> {
         use redb::ReadableTableMetadata;
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| store_err("read")(e.into()))?;
-        let table = txn
-            .open_table(FILES)
-            .map_err(|e| store_err("read")(e.into()))?;
-        table.len().map_err(|e| store_err("read")(e.into()))
+        self.with_db("read", |db| {
+            Ok(db.begin_read()?.open_table(FILES)?.len()?)
+        })
     }
 
     pub fn is_empty(&self) -> Result<bool, LedgerError> {

@@ -188,8 +188,10 @@ impl Worker {
             updated_unix: now_unix(),
         };
         if let Err(e) = tokio::task::block_in_place(|| self.ledger.put(relative, &record)) {
-            tracing::error!(path = %path.display(), error = %e, "uploaded but could not record it; will retry");
-            return Outcome::Retry { permanent: false };
+            // The object is safe in S3; the file stays where it is and is sent again later
+            // (or at SIGHUP), when the record can be written.
+            tracing::error!(path = %path.display(), key, error = %e, "uploaded but could not record it; retried later");
+            return Outcome::Retry { permanent: true };
         }
         tracing::info!(
             path = %path.display(),

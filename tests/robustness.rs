@@ -457,3 +457,137 @@ async fn a_file_truncated_during_its_upload_is_sent_again_and_a_deleted_one_is_d
     assert!(again.stop().unwrap().success());
     assert_eq!(fc.objects_stored(BUCKET), before);
 }
+
+/// A small tmpfs mounted over a directory for the test's duration (root only).
+struct TinyFs {
+    path: std::path::PathBuf,
+}
+
+impl TinyFs {
+    fn mount(path: &Path, size: &str) -> Option<TinyFs> {
+        std::fs::create_dir_all(path).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(path)
+            .status()
+            .ok()?
+            .success();
+        ok.then(|| TinyFs {
+            path: path.to_owned(),
+        })
+    }
+}
+
+impl Drop for TinyFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_state_dir_loses_no_file_and_recovers() {
+    let (fc, world, site) = setup("").await;
+    let Some(_tmpfs) = TinyFs::mount(&site.state, "2M") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs (needs root); full state_dir not tested");
+        return;
+    };
+    let mut daemon = Daemon::start(&site, s3drop(), &fc).unwrap();
+    daemon.wait_for_log("s3drop started", ARRIVAL).unwrap();
+    std::fs::write(site.watch.join("early.txt"), b"recorded").unwrap();
+    world
+        .wait_for_object(&key("early.txt"), ARRIVAL)
+        .await
+        .unwrap();
+
+    // Fill the state filesystem to the last byte.
+    let filler = site.state.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+    }
+    for i in 0..5 {
+        std::fs::write(
+            site.watch.join(format!("while-full-{i}.txt")),
+            format!("{i}"),
+        )
+        .unwrap();
+    }
+    daemon
+        .wait_for_log("uploaded but could not record it", ARRIVAL)
+        .unwrap();
+    assert!(daemon.log().contains("is state_dir full or read-only?"));
+    // Nothing is lost: the files are in S3 and still on disk.
+    for i in 0..5 {
+        let rel = format!("while-full-{i}.txt");
+        world.wait_for_object(&key(&rel), ARRIVAL).await.unwrap();
+        assert!(site.watch.join(&rel).exists());
+    }
+    // Space comes back; SIGHUP retries at once, and this time the ledger records them.
+    std::fs::remove_file(&filler).unwrap();
+    daemon.signal("-HUP").unwrap();
+    let deadline = Instant::now() + ARRIVAL;
+    while daemon.events("uploaded").len() < 6 {
+        assert!(Instant::now() < deadline, "{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(daemon.stop().unwrap().success());
+    let before = fc.objects_stored(BUCKET);
+    let mut again = Daemon::start(&site, s3drop(), &fc).unwrap();
+    again
+        .wait_for_log("backlog scan at start", ARRIVAL)
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(again.stop().unwrap().success());
+    assert_eq!(
+        fc.objects_stored(BUCKET),
+        before,
+        "nothing sent twice after recovery"
+    );
+}
+
+#[test]
+fn a_read_only_state_dir_is_a_clear_error_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o500)).unwrap();
+    let watch = dir.path().join("watch");
+    std::fs::create_dir(&watch).unwrap();
+    let config = dir.path().join("s3drop.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "watch_dir = {watch:?}\nstate_dir = {state:?}\nbucket = \"b-b-b\"\n\
+             role_arn = \"arn:aws:iam::123456789012:role/r\"\n"
+        ),
+    )
+    .unwrap();
+    let wrapper = without_dac_override();
+    let mut cmd = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut c = std::process::Command::new(program);
+            c.args(rest).arg(s3drop());
+            c
+        }
+        None => std::process::Command::new(s3drop()),
+    };
+    let out = cmd.args(["run", "--config"]).arg(&config).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("ledger") && stderr.contains("Permission denied"),
+        "{stderr}"
+    );
+}
