@@ -591,3 +591,71 @@ fn a_read_only_state_dir_is_a_clear_error_at_start() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_the_upload_in_flight_finish_and_sigint_past_the_deadline_loses_nothing() {
+    let (fc, world, site) = setup("shutdown_timeout_seconds = 5").await;
+    let proxy = FaultProxy::start(&fc.endpoint, 0).await.unwrap();
+    let run = |site: &Site| {
+        Daemon::spawn(
+            site,
+            site.command_with(
+                &[],
+                s3drop(),
+                &via(&proxy, &fc),
+                &["run", "--log-format", "json"],
+            ),
+        )
+        .unwrap()
+    };
+
+    // SIGTERM while a PUT is held for 2 s: the daemon waits for it, records it, exits 0.
+    let mut daemon = run(&site);
+    daemon.wait_for_log("s3drop started", ARRIVAL).unwrap();
+    proxy.set_put_delay(Duration::from_secs(2));
+    std::fs::write(site.watch.join("in-flight.txt"), b"finish me").unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    daemon.signal("-TERM").unwrap();
+    let status = daemon.stop().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(daemon.log().contains("\"uploaded\""), "{}", daemon.log());
+    assert_eq!(
+        world
+            .get_object(&key("in-flight.txt"))
+            .await
+            .unwrap()
+            .unwrap(),
+        b"finish me"
+    );
+
+    // SIGINT while a PUT is held longer than the 5 s deadline: exit 0 without recording it;
+    // the next start uploads it.
+    let mut daemon = run(&site);
+    daemon.wait_for_log("s3drop started", ARRIVAL).unwrap();
+    proxy.set_put_delay(Duration::from_secs(8));
+    std::fs::write(site.watch.join("cut-off.txt"), b"next time").unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stopping = Instant::now();
+    daemon.signal("-INT").unwrap();
+    let status = daemon.stop().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(8),
+        "the deadline bounded the wait"
+    );
+    assert!(
+        daemon.log().contains("shutdown deadline passed"),
+        "{}",
+        daemon.log()
+    );
+    proxy.set_put_delay(Duration::ZERO);
+    let mut daemon = run(&site);
+    assert_eq!(
+        world
+            .wait_for_object(&key("cut-off.txt"), ARRIVAL)
+            .await
+            .unwrap(),
+        b"next time"
+    );
+    assert!(daemon.stop().unwrap().success());
+}
