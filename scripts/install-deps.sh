@@ -1,22 +1,41 @@
 #!/usr/bin/env bash
-# Installs what the tests and the demo need beyond a Rust toolchain, only when missing:
+# Installs what the tests and the demo need beyond a Rust toolchain, each only when missing:
 # - fakecloud 0.51.0, the local AWS emulator (a debug `cargo install`: ~10 minutes on
 #   2 cores, ~450 MB; never committed);
-# - Debian's faketime (libfaketime), to shift the emulator's clock in the expiry test.
+# - cargo-deb, to build the .deb;
+# - from Debian: faketime (moves the emulator's clock in the token-expiry test),
+#   systemd (systemd-analyze), cloud-init (schema check);
+# - from PyPI: cfn-lint (CloudFormation template lint).
 set -euo pipefail
-export PATH="$HOME/.cargo/bin:$PATH"
+export PATH="$HOME/.cargo/bin:$HOME/.local/bin:$PATH"
 
-want="0.51.0"
-if ! { command -v fakecloud >/dev/null 2>&1 && [ "$(fakecloud --version 2>/dev/null)" = "fakecloud $want" ]; }; then
-  echo "installing fakecloud $want (cargo install, debug build) ..." >&2
-  CARGO_PROFILE_DEV_DEBUG=0 cargo install fakecloud --version "$want" --locked --debug
+fakecloud_version="0.51.0"
+if ! { command -v fakecloud >/dev/null 2>&1 && [ "$(fakecloud --version 2>/dev/null)" = "fakecloud $fakecloud_version" ]; }; then
+  echo "installing fakecloud $fakecloud_version (cargo install, debug build) ..." >&2
+  CARGO_PROFILE_DEV_DEBUG=0 cargo install fakecloud --version "$fakecloud_version" --locked --debug
 fi
 
-if [ ! -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ]; then
-  echo "installing Debian's faketime ..." >&2
+cargo_deb_version="3.8.0"
+if ! { command -v cargo-deb >/dev/null 2>&1 && cargo deb --version 2>/dev/null | grep -q "$cargo_deb_version"; }; then
+  echo "installing cargo-deb $cargo_deb_version ..." >&2
+  cargo install cargo-deb --version "$cargo_deb_version" --locked
+fi
+
+apt_missing=()
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ] || apt_missing+=(faketime)
+command -v systemd-analyze >/dev/null 2>&1 || apt_missing+=(systemd)
+command -v cloud-init >/dev/null 2>&1 || apt_missing+=(cloud-init)
+if [ "${#apt_missing[@]}" -gt 0 ]; then
+  echo "installing from Debian: ${apt_missing[*]} ..." >&2
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
   export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get install -y -q faketime >/dev/null 2>&1 \
-    || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q faketime >/dev/null; }
+  $sudo apt-get install -y -q --no-install-recommends "${apt_missing[@]}" >/dev/null 2>&1 \
+    || { $sudo apt-get update -q >/dev/null \
+         && $sudo apt-get install -y -q --no-install-recommends "${apt_missing[@]}" >/dev/null; }
+fi
+
+if ! command -v cfn-lint >/dev/null 2>&1; then
+  echo "installing cfn-lint from PyPI ..." >&2
+  python3 -m pip install --quiet --user cfn-lint 2>/dev/null || python3 -m pip install --quiet cfn-lint
 fi

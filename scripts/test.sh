@@ -2,7 +2,7 @@
 # All of s3drop's tests: unit tests and end-to-end tests against fakecloud. See README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH="$HOME/.cargo/bin:$PATH"
+export PATH="$HOME/.cargo/bin:$HOME/.local/bin:$PATH"
 scripts/install-deps.sh
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

@@ -13,26 +13,81 @@ use crate::upload::UploadError;
 const PROBE_NAME: &str = "s3drop-check-probe";
 const PROBE_BODY: &[u8] = b"written by `s3drop check` to prove the upload session can write here\n";
 
+/// How `check` prints: a line per check as it goes, or one JSON document at the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(serde::Serialize)]
+struct Entry {
+    check: String,
+    ok: bool,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fix: Option<String>,
+}
+
 struct Report<W: Write> {
     out: W,
+    format: Format,
+    entries: Vec<Entry>,
     failed: bool,
 }
 
 impl<W: Write> Report<W> {
     fn ok(&mut self, what: &str, detail: impl std::fmt::Display) {
-        let _ = writeln!(self.out, "✔ {what}: {detail}");
+        if self.format == Format::Text {
+            let _ = writeln!(self.out, "✔ {what}: {detail}");
+        }
+        self.entries.push(Entry {
+            check: what.to_string(),
+            ok: true,
+            detail: detail.to_string(),
+            fix: None,
+        });
     }
 
     fn fail(&mut self, what: &str, problem: impl std::fmt::Display, fix: &str) {
         self.failed = true;
-        let _ = writeln!(self.out, "✗ {what}: {problem}");
-        let _ = writeln!(self.out, "  fix: {fix}");
+        if self.format == Format::Text {
+            let _ = writeln!(self.out, "✗ {what}: {problem}");
+            let _ = writeln!(self.out, "  fix: {fix}");
+        }
+        self.entries.push(Entry {
+            check: what.to_string(),
+            ok: false,
+            detail: problem.to_string(),
+            fix: Some(fix.to_string()),
+        });
+    }
+
+    fn finish(mut self) -> bool {
+        let ok = !self.failed;
+        match self.format {
+            Format::Text if ok => {
+                let _ = writeln!(self.out, "all checks passed");
+            }
+            Format::Text => {}
+            Format::Json => {
+                let doc = serde_json::json!({ "ok": ok, "checks": self.entries });
+                let _ = writeln!(self.out, "{doc:#}");
+            }
+        }
+        ok
     }
 }
 
-/// Returns whether every check passed.
-pub async fn run(config_path: &Path, out: impl Write) -> bool {
-    let mut r = Report { out, failed: false };
+/// Prints the checks to `out`; returns whether every one passed. The chain stops at its
+/// first broken link, since every later link depends on it.
+pub async fn run(config_path: &Path, format: Format, out: impl Write) -> bool {
+    let mut r = Report {
+        out,
+        format,
+        entries: Vec::new(),
+        failed: false,
+    };
     let config = match Config::load(config_path) {
         Ok(c) => {
             r.ok("config", format!("{} is valid", config_path.display()));
@@ -44,12 +99,12 @@ pub async fn run(config_path: &Path, out: impl Write) -> bool {
                 e,
                 "correct the config file (see `s3drop run --help`)",
             );
-            return false;
+            return r.finish();
         }
     };
     check_dirs(&config, &mut r);
-    let chain_ok = check_chain(&config, &mut r).await;
-    chain_ok && !r.failed
+    check_chain(&config, &mut r).await;
+    r.finish()
 }
 
 fn check_dirs<W: Write>(config: &Config, r: &mut Report<W>) {
@@ -81,7 +136,7 @@ fn check_dirs<W: Write>(config: &Config, r: &mut Report<W>) {
     }
 }
 
-async fn check_chain<W: Write>(config: &Config, r: &mut Report<W>) -> bool {
+async fn check_chain<W: Write>(config: &Config, r: &mut Report<W>) {
     let (imds, facts) = match session::instance_facts(config).await {
         Ok(v) => v,
         Err(e) => {
@@ -90,7 +145,7 @@ async fn check_chain<W: Write>(config: &Config, r: &mut Report<W>) -> bool {
                 e,
                 "run on EC2 with IMDSv2 enabled; in containers set the metadata hop limit to 2",
             );
-            return false;
+            return;
         }
     };
     r.ok(
@@ -101,7 +156,7 @@ async fn check_chain<W: Write>(config: &Config, r: &mut Report<W>) -> bool {
         Ok(s) => s,
         Err(e) => {
             r.fail("key prefix", e, "correct `key_prefix`");
-            return false;
+            return;
         }
     };
     r.ok(
@@ -119,7 +174,7 @@ async fn check_chain<W: Write>(config: &Config, r: &mut Report<W>) -> bool {
             e,
             "attach an instance profile whose role may call sts:AssumeRole on the upload role",
         );
-        return false;
+        return;
     }
     r.ok("instance role", "temporary credentials received from IMDS");
     let (base, creds) = session::upload_credentials(config, &facts, &scope, instance_role).await;
@@ -133,7 +188,7 @@ async fn check_chain<W: Write>(config: &Config, r: &mut Report<W>) -> bool {
                 config.role_arn
             ),
         );
-        return false;
+        return;
     }
     r.ok(
         "assume upload role",
@@ -157,7 +212,7 @@ async fn check_chain<W: Write>(config: &Config, r: &mut Report<W>) -> bool {
                     config.role_arn, scope.resource
                 ),
             );
-            return false;
+            return;
         }
     }
 
@@ -183,7 +238,6 @@ async fn check_chain<W: Write>(config: &Config, r: &mut Report<W>) -> bool {
             "check the S3 endpoint and bucket",
         ),
     }
-    !r.failed
 }
 
 /// A key that cannot be under `prefix`.

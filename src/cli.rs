@@ -86,9 +86,19 @@ readable, state_dir writable, IMDSv2 answering, the instance role's credentials,
 sts:AssumeRole into role_arn with the session policy, a probe PUT under the prefix
 (PREFIX/s3drop-check-probe, overwritten each time), and a probe PUT outside the prefix that
 must be denied: proof that the session policy confines the session.")]
-    Check(ConfigArg),
+    Check(CheckArgs),
     /// Validate the config file only (no network); for systemd's ExecStartPre=.
     Validate(ConfigArg),
+}
+
+#[derive(Debug, clap::Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Print one JSON document ({"ok": bool, "checks": [{check, ok, detail, fix}]}) for
+    /// machines instead of lines for people.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -118,15 +128,16 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Check(args) => {
-            let ok = match runtime() {
-                Ok(rt) => rt.block_on(crate::check::run(&args.config, std::io::stdout())),
-                Err(e) => return fail(&e),
-            };
-            if ok {
-                println!("all checks passed");
-                ExitCode::SUCCESS
+            let format = if args.json {
+                crate::check::Format::Json
             } else {
-                ExitCode::FAILURE
+                crate::check::Format::Text
+            };
+            let run = crate::check::run(&args.config.config, format, std::io::stdout());
+            match runtime() {
+                Ok(rt) if rt.block_on(run) => ExitCode::SUCCESS,
+                Ok(_) => ExitCode::FAILURE,
+                Err(e) => fail(&e),
             }
         }
     }

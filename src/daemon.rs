@@ -72,7 +72,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         queue.clone(),
         ledger.clone(),
     );
-    tracker.spawn(intake.run(rescan_now.clone(), cancel.clone()));
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let intake_task = tracker.spawn(intake.run(rescan_now.clone(), ready_tx, cancel.clone()));
 
     let worker = Arc::new(Worker::new(
         config.watch_dir.clone(),
@@ -90,10 +91,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
 
+    let mut ready = Some(ready_rx);
+    // Ping the service manager's watchdog twice per period, from this loop, and only while
+    // the intake is alive: a wedged or dead daemon gets restarted.
+    let watchdog_period =
+        sd_notify::watchdog_enabled().map_or(Duration::from_secs(10), |period| period / 2);
+    let mut heartbeat = tokio::time::interval(watchdog_period);
     let signal_name = loop {
         tokio::select! {
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
+            Ok(()) = async { ready.as_mut().expect("guarded").await }, if ready.is_some() => {
+                ready = None;
+                tracing::info!(queued = queue.depth(), "ready: backlog queued, watching");
+                notify(&[sd_notify::NotifyState::Ready]);
+            }
+            _ = heartbeat.tick() => {
+                if intake_task.is_finished() {
+                    tracing::error!("the watch task ended; no longer reporting healthy");
+                    continue;
+                }
+                let status = format!("queue {}; {}", queue.depth(), worker.progress.summary());
+                notify(&[
+                    sd_notify::NotifyState::Watchdog,
+                    sd_notify::NotifyState::Status(&status),
+                ]);
+            }
             _ = sighup.recv() => {
                 tracing::info!("SIGHUP: rescanning watch_dir and retrying failed files now");
                 rescan_now.notify_one();
@@ -107,6 +130,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         deadline_s = config.shutdown_timeout.as_secs(),
         "stopping: no new uploads; waiting for those in flight"
     );
+    notify(&[sd_notify::NotifyState::Stopping]);
     cancel.cancel();
     tracker.close();
     if tokio::time::timeout(config.shutdown_timeout, tracker.wait())
@@ -117,6 +141,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Tells systemd (when run as a `Type=notify` unit; a no-op otherwise).
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "cannot notify the service manager");
+    }
 }
 
 /// Establishes the session, retrying with backoff while IMDS or STS are unreachable (at

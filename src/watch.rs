@@ -238,9 +238,15 @@ impl Intake {
     }
 
     /// Scans the whole tree once (the backlog), then follows the watcher until cancelled.
-    /// `rescan_now` (SIGHUP) asks for a full scan at once.
-    pub async fn run(mut self, rescan_now: Arc<Notify>, cancel: CancellationToken) {
+    /// `rescan_now` (SIGHUP) asks for a full scan at once; `ready` fires once the backlog scan has queued everything found.
+    pub async fn run(
+        mut self,
+        rescan_now: Arc<Notify>,
+        ready: tokio::sync::oneshot::Sender<()>,
+        cancel: CancellationToken,
+    ) {
         self.full_scan("backlog scan at start").await;
+        let _ = ready.send(());
         let mut rescan = tokio::time::interval(self.config.rescan_interval);
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         rescan.reset(); // the first tick would fire at once; the backlog scan just ran

@@ -32,6 +32,30 @@ pub enum Outcome {
     Retry { permanent: bool },
 }
 
+/// What the workers have done, for the service manager's status line.
+#[derive(Default)]
+pub struct Progress {
+    pub uploaded: std::sync::atomic::AtomicU64,
+    pub last: Mutex<Option<(Instant, String)>>,
+}
+
+impl Progress {
+    fn record(&self, key: &str) {
+        self.uploaded
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *self.last.lock().expect("progress lock") = Some((Instant::now(), key.to_string()));
+    }
+
+    /// e.g. "12 uploaded; last i-0abc/x.csv 3s ago".
+    pub fn summary(&self) -> String {
+        let n = self.uploaded.load(std::sync::atomic::Ordering::Relaxed);
+        match &*self.last.lock().expect("progress lock") {
+            Some((at, key)) => format!("{n} uploaded; last {key} {}s ago", at.elapsed().as_secs()),
+            None => format!("{n} uploaded"),
+        }
+    }
+}
+
 pub struct Worker {
     pub root: PathBuf,
     pub prefix: String,
@@ -39,6 +63,7 @@ pub struct Worker {
     pub ledger: Arc<Ledger>,
     pub uploader: Uploader,
     pub queue: Arc<Queue>,
+    pub progress: Progress,
     attempts: Mutex<HashMap<PathBuf, u32>>,
 }
 
@@ -65,6 +90,7 @@ impl Worker {
             ledger,
             uploader,
             queue,
+            progress: Progress::default(),
             attempts: Mutex::new(HashMap::new()),
         }
     }
@@ -201,6 +227,7 @@ impl Worker {
             crc32c = confirmed.crc32c,
             "uploaded"
         );
+        self.progress.record(&key);
         self.after_upload(path, relative, &file).await;
         Outcome::Uploaded
     }

@@ -250,6 +250,22 @@ async fn check_names_the_first_broken_link() {
         "{}",
         String::from_utf8_lossy(&good.stdout)
     );
+    let json = |out: std::process::Output| -> serde_json::Value {
+        serde_json::from_slice(&out.stdout).expect("check --json prints one JSON document")
+    };
+    let good_json = json(
+        site.command(s3drop(), &fc, &["check", "--json"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(good_json["ok"], true);
+    let names: Vec<&str> = good_json["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["check"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.last(), Some(&"scope holds"), "{names:?}");
 
     world
         .set_upload_role_policy(&policies::upload_role_policy_without_put(BUCKET))
@@ -276,6 +292,20 @@ async fn check_names_the_first_broken_link() {
     assert!(
         !text.contains("write under prefix"),
         "stops at the first broken link: {text}"
+    );
+    let broken = site
+        .command(s3drop(), &fc, &["check", "--json"])
+        .output()
+        .unwrap();
+    assert!(!broken.status.success());
+    let broken = json(broken);
+    assert_eq!(broken["ok"], false);
+    let last = broken["checks"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["check"], "assume upload role");
+    assert_eq!(last["ok"], false);
+    assert!(
+        last["fix"].as_str().unwrap().contains("trust policy"),
+        "{last}"
     );
 
     // `run` refuses to start on the same broken chain, with the cause and a non-zero exit.
@@ -394,5 +424,56 @@ fn bad_config_exits_non_zero_naming_the_key() {
         );
         assert!(!out.status.success(), "{sub}: {all}");
         assert!(all.contains("session_duration_seconds"), "{sub}: {all}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn systemd_hears_ready_after_the_backlog_then_watchdog_and_status() {
+    let (fc, world, site) = setup("").await;
+    std::fs::write(site.watch.join("backlog.txt"), b"queued before READY").unwrap();
+    let socket_path = site.dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut cmd = site.command(s3drop(), &fc, &["run", "--log-format", "json"]);
+    cmd.env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "1000000");
+    let mut daemon = Daemon::spawn(&site, cmd).unwrap();
+
+    let mut messages = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !messages.iter().any(|m: &String| m.contains("WATCHDOG=1"))
+        || !messages.iter().any(|m| m.contains("READY=1"))
+    {
+        let n = socket.recv(&mut buf).expect("a notification within 30 s");
+        messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    // READY comes after the backlog scan has queued the file already present.
+    let log = daemon.log();
+    assert!(log.contains("backlog scan at start"), "{log}");
+    world
+        .wait_for_object(&key("backlog.txt"), ARRIVAL)
+        .await
+        .unwrap();
+    // STATUS carries the queue depth and the last upload.
+    let deadline = std::time::Instant::now() + ARRIVAL;
+    loop {
+        let n = socket.recv(&mut buf).unwrap();
+        let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if m.contains("STATUS=queue 0; 1 uploaded; last i-0123456789abcdef0/backlog.txt") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no status with the upload: {m}"
+        );
+    }
+    assert!(daemon.stop().unwrap().success());
+    let n = socket.recv(&mut buf).unwrap();
+    let mut tail = String::from_utf8_lossy(&buf[..n]).into_owned();
+    while !tail.contains("STOPPING=1") {
+        let n = socket.recv(&mut buf).unwrap();
+        tail = String::from_utf8_lossy(&buf[..n]).into_owned();
     }
 }
