@@ -162,7 +162,8 @@ async fn check_chain<W: Write>(config: &Config, r: &mut Report<W>) {
     r.ok(
         "session policy",
         format!(
-            "s3:PutObject on {} only ({} characters)",
+            "{} on {} only ({} characters)",
+            crate::policy::ACTIONS.join(", "),
             scope.resource,
             scope.policy.len()
         ),
@@ -207,7 +208,7 @@ async fn check_chain<W: Write>(config: &Config, r: &mut Report<W>) {
                 "write under prefix",
                 format!("PutObject s3://{}/{inside} failed: {e}", config.bucket),
                 &format!(
-                    "the upload role {} must allow s3:PutObject on {} (and no bucket policy may \
+                    "the upload role {} must allow s3:PutObject and s3:AbortMultipartUpload on {} (and no bucket policy may \
                      deny it)",
                     config.role_arn, scope.resource
                 ),

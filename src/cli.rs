@@ -76,6 +76,10 @@ Config keys (TOML; unknown keys are rejected):
   settle_seconds            files found by a scan must be this old [default: 2]
   shutdown_timeout_seconds  grace for uploads in flight at stop [default: 30]
   rescan_interval_seconds   safety rescan period [default: 300]
+  multipart_threshold       larger files go up in parts [default: \"16MiB\"]
+  part_size                 part size, raised to stay within 10,000 parts [default: \"8MiB\"]
+  part_concurrency          parts of one file sent at once [default: 4]
+  max_bandwidth             cap on bytes per second over all uploads, e.g. \"50MiB\"
   force_path_style          path-style S3 URLs (S3-compatible servers) [default: false]")]
     Run(ConfigArg),
     /// Check the whole chain (config, directories, IMDS, AssumeRole, scoped writes) and

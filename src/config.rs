@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bytesize::ByteSize;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 
@@ -80,6 +81,13 @@ struct RawConfig {
     shutdown_timeout_seconds: u64,
     #[serde(default = "default_rescan_interval")]
     rescan_interval_seconds: u64,
+    #[serde(default = "default_multipart_threshold")]
+    multipart_threshold: ByteSize,
+    #[serde(default = "default_part_size")]
+    part_size: ByteSize,
+    #[serde(default = "default_part_concurrency")]
+    part_concurrency: usize,
+    max_bandwidth: Option<ByteSize>,
     #[serde(default)]
     force_path_style: bool,
 }
@@ -113,6 +121,21 @@ fn default_shutdown_timeout() -> u64 {
 fn default_rescan_interval() -> u64 {
     300
 }
+fn default_multipart_threshold() -> ByteSize {
+    ByteSize::mib(16)
+}
+fn default_part_size() -> ByteSize {
+    ByteSize::mib(8)
+}
+fn default_part_concurrency() -> usize {
+    4
+}
+
+/// S3 limits for multipart uploads.
+pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
+pub const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
+/// The largest single PutObject S3 accepts.
+pub const MAX_SINGLE_PUT: u64 = 5 * 1024 * 1024 * 1024;
 
 /// Validated configuration. Everything here has been checked; the key prefix still holds
 /// placeholders that only the instance metadata can fill ([`KeyPrefixTemplate::expand`]).
@@ -135,6 +158,14 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// A full scan at this interval catches anything the events missed.
     pub rescan_interval: Duration,
+    /// Files larger than this go up in parts.
+    pub multipart_threshold: u64,
+    /// Part size before it is raised to keep a file within 10,000 parts.
+    pub part_size: u64,
+    /// Parts of one file sent at once.
+    pub part_concurrency: usize,
+    /// Bytes per second over all uploads, if capped.
+    pub max_bandwidth: Option<u64>,
     pub force_path_style: bool,
 }
 
@@ -263,6 +294,30 @@ impl RawConfig {
                 "must be between 10 and 86400",
             ));
         }
+        let part_size = self.part_size.as_u64();
+        if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&part_size) {
+            return Err(invalid(
+                "part_size",
+                "must be between 5MiB and 5GiB (S3's limits for a part)",
+            ));
+        }
+        let multipart_threshold = self.multipart_threshold.as_u64();
+        if !(MIN_PART_SIZE..=MAX_SINGLE_PUT).contains(&multipart_threshold) {
+            return Err(invalid(
+                "multipart_threshold",
+                "must be between 5MiB and 5GiB (S3 takes at most 5GiB in one PutObject)",
+            ));
+        }
+        if self.part_concurrency == 0 || self.part_concurrency > 64 {
+            return Err(invalid("part_concurrency", "must be between 1 and 64"));
+        }
+        let max_bandwidth = self.max_bandwidth.map(|b| b.as_u64());
+        if max_bandwidth.is_some_and(|b| b < 64 * 1024) {
+            return Err(invalid(
+                "max_bandwidth",
+                "must be at least 64KiB (per second), or left out for no cap",
+            ));
+        }
         Ok(Config {
             watch_dir: self.watch_dir,
             state_dir: self.state_dir,
@@ -278,6 +333,10 @@ impl RawConfig {
             settle: Duration::from_secs(self.settle_seconds),
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_seconds),
             rescan_interval: Duration::from_secs(self.rescan_interval_seconds),
+            multipart_threshold,
+            part_size,
+            part_concurrency: self.part_concurrency,
+            max_bandwidth,
             force_path_style: self.force_path_style,
         })
     }
@@ -513,6 +572,26 @@ mod tests {
         assert!(c.region.is_none());
         assert!(c.external_id.is_none());
         assert_eq!(c.role_arn.partition(), "aws");
+    }
+
+    #[test]
+    fn sizes_take_units_and_respect_s3_limits() {
+        let c = with(
+            "multipart_threshold = \"64MiB\"\npart_size = \"16MiB\"\nmax_bandwidth = \"50MiB\"",
+        )
+        .unwrap();
+        assert_eq!(c.multipart_threshold, 64 << 20);
+        assert_eq!(c.part_size, 16 << 20);
+        assert_eq!(c.max_bandwidth, Some(50 << 20));
+        let d = Config::parse(MINIMAL).unwrap();
+        assert_eq!(
+            (d.multipart_threshold, d.part_size, d.max_bandwidth),
+            (16 << 20, 8 << 20, None)
+        );
+        assert!(err_of("part_size = \"1MiB\"").contains("part_size"));
+        assert!(err_of("multipart_threshold = \"6GiB\"").contains("5GiB"));
+        assert!(err_of("max_bandwidth = \"1KiB\"").contains("max_bandwidth"));
+        assert!(err_of("part_size = \"lots\"").contains("part_size"));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::config::{AfterUpload, Config};
 use crate::ledger::Ledger;
 use crate::queue::Queue;
 use crate::session::Session;
+use crate::transfer::Transfer;
 use crate::watch::{self, DirWatcher, Intake, IntakeConfig};
 use crate::worker::Worker;
 
@@ -79,8 +80,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.watch_dir.clone(),
         session.scope.prefix.clone(),
         config.after_upload.clone(),
-        ledger,
-        session.uploader.clone(),
+        ledger.clone(),
+        Transfer::new(&config, session.uploader.clone(), ledger),
         queue.clone(),
     ));
     for _ in 0..config.concurrency {

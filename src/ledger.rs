@@ -57,10 +57,27 @@ impl FileIdentity {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum FileState {
-    /// S3 confirmed the object `key` with this CRC32C (base64).
+    /// A multipart upload is under way: the parts S3 has confirmed so far, so a restart
+    /// continues instead of starting over.
+    Uploading {
+        key: String,
+        upload_id: String,
+        part_size: u64,
+        parts: Vec<PartRecord>,
+    },
+    /// S3 confirmed the object `key` with this CRC32C (base64; for a multipart upload,
+    /// S3's checksum of the part checksums).
     Uploaded { key: String, crc32c: String },
     /// S3 refused the upload for a reason an operator must fix; retried later.
     Failed { key: String, error: String },
+}
+
+/// One part S3 confirmed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartRecord {
+    pub number: i32,
+    pub etag: String,
+    pub crc32c: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

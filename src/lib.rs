@@ -3,7 +3,7 @@
 //! whose session policy allows writing only under that prefix.
 //!
 //! Modules follow the data's path: [`config`] → [`session`] ([`credentials`], [`policy`])
-//! → [`watch`] → [`queue`] → [`worker`] ([`ledger`], [`keys`], [`upload`]); [`daemon`]
+//! → [`watch`] → [`queue`] → [`worker`] ([`ledger`], [`keys`], [`transfer`]: [`upload`], [`pacing`]); [`daemon`]
 //! wires them, [`check`] diagnoses them, [`cli`] is the command line.
 
 pub mod check;
@@ -14,9 +14,11 @@ pub mod daemon;
 pub mod keys;
 pub mod ledger;
 pub mod logging;
+pub mod pacing;
 pub mod policy;
 pub mod queue;
 pub mod session;
+pub mod transfer;
 pub mod upload;
 pub mod watch;
 pub mod worker;

@@ -20,20 +20,40 @@ pub fn object_arn_pattern(partition: &str, bucket: &str, prefix: &str) -> String
     format!("arn:{partition}:s3:::{bucket}/{prefix}*")
 }
 
-/// Builds the session policy: `s3:PutObject` under the prefix and nothing else (no List,
+/// The actions the session needs. Multipart uploads are authorized as `s3:PutObject` by
+/// S3 (create, upload part, complete); abandoning one whose file changed needs
+/// `s3:AbortMultipartUpload`.
+pub const ACTIONS: [&str; 2] = ["s3:PutObject", "s3:AbortMultipartUpload"];
+
+/// Action names that only a local emulator wants: fakecloud 0.51 authorizes multipart
+/// operations under their own names instead of `s3:PutObject`. Never used against AWS;
+/// enabled only by the test-only variable [`EMULATOR_MULTIPART_ACTIONS_VAR`].
+pub const EMULATOR_MULTIPART_ACTIONS: [&str; 3] = [
+    "s3:CreateMultipartUpload",
+    "s3:UploadPart",
+    "s3:CompleteMultipartUpload",
+];
+pub const EMULATOR_MULTIPART_ACTIONS_VAR: &str = "S3DROP_TEST_EMULATOR_MULTIPART_ACTIONS";
+
+/// Builds the session policy: the [`ACTIONS`] under the prefix and nothing else (no List,
 /// no Get/Head, no other bucket). Prefix characters that IAM would treat as wildcards or
 /// variables are refused earlier, by the config validation.
 pub fn session_policy(
     partition: &str,
     bucket: &str,
     prefix: &str,
+    emulator_actions: bool,
 ) -> Result<String, PolicyTooLong> {
+    let mut actions: Vec<&str> = ACTIONS.to_vec();
+    if emulator_actions {
+        actions.extend(EMULATOR_MULTIPART_ACTIONS);
+    }
     let document = json!({
         "Version": "2012-10-17",
         "Statement": [{
             "Sid": "S3dropPutUnderPrefix",
             "Effect": "Allow",
-            "Action": ["s3:PutObject"],
+            "Action": actions,
             "Resource": object_arn_pattern(partition, bucket, prefix),
         }]
     });
@@ -50,28 +70,42 @@ mod tests {
     use serde_json::Value;
 
     #[test]
-    fn policy_allows_only_put_object_under_the_prefix() {
-        let text = session_policy("aws", "drop-bucket", "i-0abc/").unwrap();
+    fn policy_allows_only_writing_under_the_prefix() {
+        let text = session_policy("aws", "drop-bucket", "i-0abc/", false).unwrap();
         let doc: Value = serde_json::from_str(&text).unwrap();
         let statements = doc["Statement"].as_array().unwrap();
         assert_eq!(statements.len(), 1);
         let s = &statements[0];
         assert_eq!(s["Effect"], "Allow");
-        assert_eq!(s["Action"], json!(["s3:PutObject"]));
+        assert_eq!(
+            s["Action"],
+            json!(["s3:PutObject", "s3:AbortMultipartUpload"])
+        );
         assert_eq!(s["Resource"], "arn:aws:s3:::drop-bucket/i-0abc/*");
         assert!(!text.contains(' '), "packed: {text}");
     }
 
     #[test]
     fn partition_follows_the_role() {
-        let text = session_policy("aws-cn", "b", "p/").unwrap();
+        let text = session_policy("aws-cn", "b", "p/", false).unwrap();
         assert!(text.contains("arn:aws-cn:s3:::b/p/*"));
+    }
+
+    #[test]
+    fn emulator_names_are_added_only_when_asked() {
+        let text = session_policy("aws", "b", "p/", true).unwrap();
+        assert!(text.contains("s3:UploadPart"));
+        assert!(
+            !session_policy("aws", "b", "p/", false)
+                .unwrap()
+                .contains("UploadPart")
+        );
     }
 
     #[test]
     fn overlong_policy_is_refused() {
         let prefix = "p".repeat(2100);
-        let err = session_policy("aws", "b", &prefix).unwrap_err();
+        let err = session_policy("aws", "b", &prefix, false).unwrap_err();
         assert!(err.len > MAX_SESSION_POLICY_CHARS);
     }
 }

@@ -48,7 +48,15 @@ pub fn scope(config: &Config, facts: &InstanceFacts) -> Result<Scope, SessionErr
         region: &facts.region,
     })?;
     let partition = config.role_arn.partition();
-    let policy = policy::session_policy(partition, &config.bucket, &prefix)?;
+    let emulator = std::env::var_os(policy::EMULATOR_MULTIPART_ACTIONS_VAR).is_some();
+    if emulator {
+        tracing::warn!(
+            "{} is set: the session policy also names the local emulator's multipart \
+             actions; never set it against AWS",
+            policy::EMULATOR_MULTIPART_ACTIONS_VAR
+        );
+    }
+    let policy = policy::session_policy(partition, &config.bucket, &prefix, emulator)?;
     Ok(Scope {
         resource: policy::object_arn_pattern(partition, &config.bucket, &prefix),
         prefix,

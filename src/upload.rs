@@ -15,7 +15,7 @@ use aws_smithy_checksums::ChecksumAlgorithm;
 use aws_smithy_types::error::display::DisplayErrorContext;
 
 use crate::credentials::SessionCredentials;
-use crate::ledger::FileIdentity;
+use crate::ledger::{FileIdentity, PartRecord};
 
 const READ_CHUNK: usize = 256 * 1024;
 
@@ -90,14 +90,19 @@ impl OpenedFile {
         })
     }
 
-    /// CRC32C (base64, as S3 spells it) of the first `identity.size` bytes.
+    /// CRC32C (base64, as S3 spells it) of the whole file as opened.
     pub fn crc32c(&self) -> io::Result<String> {
+        self.crc32c_range(0, self.identity.size)
+    }
+
+    /// CRC32C (base64) of `len` bytes from `offset`, read with `pread`.
+    pub fn crc32c_range(&self, offset: u64, len: u64) -> io::Result<String> {
         let mut hasher = ChecksumAlgorithm::Crc32c.into_impl();
-        let mut buf = vec![0u8; READ_CHUNK];
-        let mut offset = 0u64;
-        while offset < self.identity.size {
-            let want = READ_CHUNK.min((self.identity.size - offset) as usize);
-            let n = self.file.read_at(&mut buf[..want], offset)?;
+        let mut buf = vec![0u8; READ_CHUNK.min(len as usize).max(1)];
+        let mut done = 0u64;
+        while done < len {
+            let want = buf.len().min((len - done) as usize);
+            let n = self.file.read_at(&mut buf[..want], offset + done)?;
             if n == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -105,9 +110,21 @@ impl OpenedFile {
                 ));
             }
             hasher.update(&buf[..n]);
-            offset += n as u64;
+            done += n as u64;
         }
         Ok(aws_smithy_types::base64::encode(hasher.finalize()))
+    }
+
+    /// A retryable body of `len` bytes from `offset`, streamed from disk.
+    async fn body(&self, offset: u64, len: u64) -> Result<ByteStream, UploadError> {
+        ByteStream::read_from()
+            .path(self.proc_path())
+            .offset(offset)
+            .length(Length::Exact(len))
+            .buffer_size(READ_CHUNK)
+            .build()
+            .await
+            .map_err(|e| UploadError::Read(io::Error::other(e)))
     }
 
     /// Has the file changed (on its descriptor, or the path now names another file) since
@@ -151,6 +168,10 @@ pub enum UploadError {
     Rejected { code: String, message: String },
     #[error("cannot read the file for upload: {0}")]
     Read(io::Error),
+    #[error("S3 no longer knows the multipart upload (aborted or expired)")]
+    NoSuchUpload,
+    #[error("the file changed while it was being uploaded")]
+    Changed,
 }
 
 impl UploadError {
@@ -163,6 +184,15 @@ impl UploadError {
                 | UploadError::NoSuchBucket { .. }
                 | UploadError::Rejected { .. }
         )
+    }
+}
+
+/// A file that ends early was truncated under us: a change, not a read failure.
+fn read_error(e: io::Error) -> UploadError {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        UploadError::Changed
+    } else {
+        UploadError::Read(e)
     }
 }
 
@@ -189,6 +219,7 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
         | "XAmzContentChecksumMismatch"
         | "XAmzContentSHA256Mismatch" => UploadError::ChecksumMismatch,
         "NoSuchBucket" => UploadError::NoSuchBucket { message },
+        "NoSuchUpload" => UploadError::NoSuchUpload,
         // The emulator says AccessDeniedException where S3 says AccessDenied.
         "AccessDenied" | "AccessDeniedException" => UploadError::Denied { code, message },
         "SlowDown" | "RequestTimeout" | "InternalError" | "ServiceUnavailable" => {
@@ -227,17 +258,29 @@ impl Uploader {
         &self.bucket
     }
 
+    /// Which session signs the next request, so an ExpiredToken answer drops that one only.
+    async fn session_in_use(&self) -> Option<String> {
+        let credentials = self.credentials.get().await.ok()?;
+        Some(credentials.access_key_id().to_string())
+    }
+
+    async fn classify_and_heal<E: ProvideErrorMetadata + std::error::Error + 'static>(
+        &self,
+        session: Option<String>,
+        err: SdkError<E, aws_smithy_runtime_api::http::Response>,
+    ) -> UploadError {
+        let err = classify(err);
+        if let (UploadError::TokenExpired { .. }, Some(session)) = (&err, session) {
+            self.credentials.invalidate(&session).await;
+        }
+        err
+    }
+
     /// PUTs the file under `key` with its CRC32C; S3 stores it only if the bytes match.
     pub async fn put_file(&self, file: &OpenedFile, key: &str) -> Result<Confirmed, UploadError> {
-        let crc32c = tokio::task::block_in_place(|| file.crc32c()).map_err(UploadError::Read)?;
-        let body = ByteStream::read_from()
-            .path(file.proc_path())
-            .length(Length::Exact(file.identity.size))
-            .build()
-            .await
-            .map_err(|e| UploadError::Read(io::Error::other(e)))?;
-        // Which session signs this request, so an ExpiredToken answer drops that one only.
-        let session = self.credentials.get().await.ok();
+        let crc32c = tokio::task::block_in_place(|| file.crc32c()).map_err(read_error)?;
+        let body = file.body(0, file.identity.size).await?;
+        let session = self.session_in_use().await;
         let result = self
             .client
             .put_object()
@@ -259,13 +302,123 @@ impl Uploader {
                 }
                 Ok(Confirmed { crc32c })
             }
-            Err(err) => {
-                let err = classify(err);
-                if let (UploadError::TokenExpired { .. }, Some(session)) = (&err, &session) {
-                    self.credentials.invalidate(session.access_key_id()).await;
-                }
-                Err(err)
-            }
+            Err(err) => Err(self.classify_and_heal(session, err).await),
+        }
+    }
+
+    /// Starts a multipart upload with CRC32C part checksums; returns its UploadId.
+    pub async fn create_multipart(&self, key: &str) -> Result<String, UploadError> {
+        let session = self.session_in_use().await;
+        match self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32C)
+            .send()
+            .await
+        {
+            Ok(out) => out
+                .upload_id()
+                .map(String::from)
+                .ok_or_else(|| UploadError::Transient("no UploadId in the answer".into())),
+            Err(err) => Err(self.classify_and_heal(session, err).await),
+        }
+    }
+
+    /// Sends part `number` (bytes `offset..offset+len`) with its CRC32C.
+    pub async fn upload_part(
+        &self,
+        file: &OpenedFile,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        offset: u64,
+        len: u64,
+    ) -> Result<PartRecord, UploadError> {
+        let crc32c =
+            tokio::task::block_in_place(|| file.crc32c_range(offset, len)).map_err(read_error)?;
+        let body = file.body(offset, len).await?;
+        let session = self.session_in_use().await;
+        match self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .body(body)
+            .content_length(len as i64)
+            .checksum_crc32_c(&crc32c)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(PartRecord {
+                number,
+                etag: out.e_tag().unwrap_or_default().to_string(),
+                crc32c,
+            }),
+            Err(err) => Err(self.classify_and_heal(session, err).await),
+        }
+    }
+
+    /// Completes the upload from its parts (in order); S3 checks every part checksum.
+    pub async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[PartRecord],
+    ) -> Result<Confirmed, UploadError> {
+        use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+        let completed = CompletedMultipartUpload::builder()
+            .set_parts(Some(
+                parts
+                    .iter()
+                    .map(|p| {
+                        CompletedPart::builder()
+                            .part_number(p.number)
+                            .e_tag(&p.etag)
+                            .checksum_crc32_c(&p.crc32c)
+                            .build()
+                    })
+                    .collect(),
+            ))
+            .build();
+        let session = self.session_in_use().await;
+        match self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(completed)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Confirmed {
+                crc32c: out.checksum_crc32_c().unwrap_or_default().to_string(),
+            }),
+            Err(err) => Err(self.classify_and_heal(session, err).await),
+        }
+    }
+
+    /// Abandons an upload whose file changed; S3 frees its parts.
+    pub async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), UploadError> {
+        let session = self.session_in_use().await;
+        match self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(err) => match self.classify_and_heal(session, err).await {
+                UploadError::NoSuchUpload => Ok(()),
+                other => Err(other),
+            },
         }
     }
 

@@ -16,7 +16,8 @@ use crate::config::AfterUpload;
 use crate::keys;
 use crate::ledger::{FileRecord, FileState, Ledger};
 use crate::queue::Queue;
-use crate::upload::{OpenError, OpenedFile, UploadError, Uploader};
+use crate::transfer::Transfer;
+use crate::upload::{OpenError, OpenedFile, UploadError};
 
 const RETRY_BASE: Duration = Duration::from_secs(1);
 const RETRY_CAP: Duration = Duration::from_secs(60);
@@ -61,7 +62,7 @@ pub struct Worker {
     pub prefix: String,
     pub after_upload: AfterUpload,
     pub ledger: Arc<Ledger>,
-    pub uploader: Uploader,
+    pub transfer: Transfer,
     pub queue: Arc<Queue>,
     pub progress: Progress,
     attempts: Mutex<HashMap<PathBuf, u32>>,
@@ -80,7 +81,7 @@ impl Worker {
         prefix: String,
         after_upload: AfterUpload,
         ledger: Arc<Ledger>,
-        uploader: Uploader,
+        transfer: Transfer,
         queue: Arc<Queue>,
     ) -> Self {
         Worker {
@@ -88,7 +89,7 @@ impl Worker {
             prefix,
             after_upload,
             ledger,
-            uploader,
+            transfer,
             queue,
             progress: Progress::default(),
             attempts: Mutex::new(HashMap::new()),
@@ -189,22 +190,14 @@ impl Worker {
         }
 
         let started = Instant::now();
-        let mut result = self.uploader.put_file(&file, &key).await;
-        if matches!(result, Err(UploadError::TokenExpired { .. })) {
-            // The uploader has dropped the stale session; the next attempt assumes anew.
-            result = self.uploader.put_file(&file, &key).await;
-        }
-        let confirmed = match result {
-            Ok(confirmed) => confirmed,
-            Err(e) => return self.failed(path, relative, &file, &key, e),
-        };
-        match file.changed_since_open(path) {
-            Ok(false) => {}
-            Ok(true) | Err(_) => {
+        let confirmed = match self.transfer.send(&file, path, relative, &key).await {
+            Ok(confirmed) if matches!(file.changed_since_open(path), Ok(false)) => confirmed,
+            Ok(_) | Err(UploadError::Changed) => {
                 tracing::info!(path = %path.display(), key, "file changed during upload; uploading it again");
                 return Outcome::Retry { permanent: false };
             }
-        }
+            Err(e) => return self.failed(path, relative, &file, &key, e),
+        };
         let record = FileRecord {
             identity: file.identity,
             state: FileState::Uploaded {
@@ -245,7 +238,7 @@ impl Worker {
             return Outcome::Retry { permanent: false };
         }
         tracing::error!(
-            path = %path.display(), key, bucket = self.uploader.bucket(), %error,
+            path = %path.display(), key, bucket = self.transfer.uploader().bucket(), %error,
             "upload refused; the file is kept and retried later (or at SIGHUP)"
         );
         let record = FileRecord {

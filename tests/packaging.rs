@@ -118,7 +118,8 @@ fn cloudformation_template_lints_clean_and_carries_the_cloud_init_verbatim() {
         "HttpTokens: required",
         "Action: sts:AssumeRole\n            Resource: !GetAtt UploadRole.Arn",
         "AWS: !GetAtt InstanceRole.Arn",
-        "Action: s3:PutObject\n                Resource: !Sub \"${DropBucket.Arn}/*\"",
+        "Action:\n                  - s3:PutObject\n                  - s3:AbortMultipartUpload\n                Resource: !Sub \"${DropBucket.Arn}/*\"",
+        "AbortIncompleteMultipartUpload:",
         "BlockPublicPolicy: true",
         "SSEAlgorithm: AES256",
     ] {

@@ -22,6 +22,12 @@ pub const INSTANCE_ID: &str = "i-0123456789abcdef0";
 pub const INSTANCE_ROLE: &str = "s3drop-instance";
 pub const UPLOAD_ROLE: &str = "s3drop-upload";
 
+/// fakecloud 0.51 authorizes CreateMultipartUpload, UploadPart and CompleteMultipartUpload
+/// under those names, where AWS authorizes them as `s3:PutObject`. s3drop's session policy
+/// is AWS-correct; with this test-only variable it also names the emulator's actions, so
+/// multipart uploads can run under strict IAM here. Every s3drop the testkit starts has it.
+pub const EMULATOR_ENV: &str = "S3DROP_TEST_EMULATOR_MULTIPART_ACTIONS";
+
 pub fn role_arn(name: &str) -> String {
     format!("arn:aws:iam::{ACCOUNT}:role/{name}")
 }
@@ -160,6 +166,21 @@ impl FakeCloud {
         self.count_puts(bucket, |line| line.contains("status=200"))
     }
 
+    /// Parts of multipart uploads to `key` that fakecloud stored (UploadPart answered 200).
+    pub fn parts_stored(&self, bucket: &str, key: &str) -> usize {
+        let uri = format!("uri=/{bucket}/{key}?");
+        self.log()
+            .lines()
+            .filter(|l| {
+                l.contains("finished processing request")
+                    && l.contains("method=PUT")
+                    && l.contains("status=200")
+                    && l.contains("partNumber=")
+                    && l.contains(&uri)
+            })
+            .count()
+    }
+
     fn count_puts(&self, bucket: &str, keep: impl Fn(&str) -> bool) -> BTreeMap<String, usize> {
         let marker = format!("uri=/{bucket}/");
         let mut counts = BTreeMap::new();
@@ -271,10 +292,13 @@ pub mod policies {
     }
 
     /// The upload role may write anywhere in the bucket: the session policy is what
-    /// narrows it to one prefix.
+    /// narrows it to one prefix. Besides the AWS actions (PutObject, AbortMultipartUpload)
+    /// it names the emulator's own multipart actions (see [`EMULATOR_ENV`]).
     pub fn upload_role_policy(bucket: &str) -> String {
         json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
-            "Action": "s3:PutObject", "Resource": format!("arn:aws:s3:::{bucket}/*")}]})
+            "Action": ["s3:PutObject", "s3:AbortMultipartUpload", "s3:CreateMultipartUpload",
+                       "s3:UploadPart", "s3:CompleteMultipartUpload"],
+            "Resource": format!("arn:aws:s3:::{bucket}/*")}]})
         .to_string()
     }
 
@@ -543,6 +567,7 @@ impl Site {
             cmd.env_remove(var);
         }
         cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env(EMULATOR_ENV, "1")
             .stdin(Stdio::null());
         cmd
     }
