@@ -4,6 +4,7 @@
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -11,7 +12,7 @@ use serde::{Deserialize, Serialize};
 const FILES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("files_v1");
 const LEDGER_FILE: &str = "ledger.redb";
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum LedgerError {
     #[error(
         "the ledger {path} is in use by another process: is another s3drop running with the \
@@ -94,11 +95,31 @@ impl FileRecord {
     }
 }
 
-pub struct Ledger {
+/// The database, reopened after an I/O error.
+struct Store {
     path: PathBuf,
     /// `None` only while it is being reopened.
     db: std::sync::RwLock<Option<Database>>,
 }
+
+/// One change for the writer thread, with where to report the commit's outcome.
+struct Write {
+    key: Vec<u8>,
+    value: Option<Vec<u8>>,
+    done: std::sync::mpsc::SyncSender<Result<(), LedgerError>>,
+}
+
+/// Writes are group-committed: a writer thread takes every change waiting, applies them in
+/// one transaction and one fsync, then answers each caller. Many uploads finishing at once
+/// thus cost one disk flush, not one each. Reads go straight to the database.
+pub struct Ledger {
+    store: Arc<Store>,
+    writes: Mutex<Option<std::sync::mpsc::Sender<Write>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Most changes one commit takes.
+const MAX_BATCH: usize = 4096;
 
 fn open_db(path: &Path) -> Result<Database, LedgerError> {
     let db = Database::create(path).map_err(|e| match e {
@@ -117,20 +138,9 @@ fn open_db(path: &Path) -> Result<Database, LedgerError> {
     Ok(db)
 }
 
-impl Ledger {
-    /// Opens (or creates) the ledger in `state_dir`. The store holds an exclusive lock, so a
-    /// second daemon on the same state fails here instead of racing.
-    pub fn open(state_dir: &Path) -> Result<Ledger, LedgerError> {
-        let path = state_dir.join(LEDGER_FILE);
-        let db = open_db(&path)?;
-        Ok(Ledger {
-            path,
-            db: std::sync::RwLock::new(Some(db)),
-        })
-    }
-
+impl Store {
     /// Runs `f` on the database. After an I/O error (a full or failing disk) redb refuses
-    /// all further work until reopened, so the ledger reopens it and tries once more.
+    /// all further work until reopened, so the store reopens it and tries once more.
     fn with_db<T>(
         &self,
         op: &'static str,
@@ -157,6 +167,100 @@ impl Ledger {
         }
     }
 
+    /// Applies `batch` in one transaction.
+    fn commit(&self, batch: &[Write]) -> Result<(), LedgerError> {
+        self.with_db("commit", |db| {
+            let txn = db.begin_write()?;
+            {
+                let mut table = txn.open_table(FILES)?;
+                for write in batch {
+                    match &write.value {
+                        Some(value) => {
+                            table.insert(write.key.as_slice(), value.as_slice())?;
+                        }
+                        None => {
+                            table.remove(write.key.as_slice())?;
+                        }
+                    }
+                }
+            }
+            Ok(txn.commit()?)
+        })
+    }
+}
+
+fn write_loop(store: Arc<Store>, writes: std::sync::mpsc::Receiver<Write>) {
+    while let Ok(first) = writes.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match writes.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
+            }
+        }
+        let result = store.commit(&batch);
+        for write in batch {
+            let _ = write.done.send(result.clone());
+        }
+    }
+}
+
+impl Ledger {
+    /// Opens (or creates) the ledger in `state_dir`. The store holds an exclusive lock, so a
+    /// second daemon on the same state fails here instead of racing.
+    pub fn open(state_dir: &Path) -> Result<Ledger, LedgerError> {
+        let path = state_dir.join(LEDGER_FILE);
+        let db = open_db(&path)?;
+        let store = Arc::new(Store {
+            path,
+            db: std::sync::RwLock::new(Some(db)),
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let writer_store = store.clone();
+        let writer = std::thread::Builder::new()
+            .name("s3drop-ledger".into())
+            .spawn(move || write_loop(writer_store, rx))
+            .map_err(|e| LedgerError::Open {
+                path: store.path.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(Ledger {
+            store,
+            writes: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    fn with_db<T>(
+        &self,
+        op: &'static str,
+        f: impl Fn(&Database) -> Result<T, redb::Error>,
+    ) -> Result<T, LedgerError> {
+        self.store.with_db(op, f)
+    }
+
+    /// Hands a change to the writer and waits until it is durable.
+    fn write(&self, relative: &Path, value: Option<Vec<u8>>) -> Result<(), LedgerError> {
+        let (done, outcome) = std::sync::mpsc::sync_channel(1);
+        let write = Write {
+            key: relative.as_os_str().as_bytes().to_vec(),
+            value,
+            done,
+        };
+        let closed = || LedgerError::Store {
+            op: "write",
+            message: "the ledger writer has stopped".into(),
+        };
+        self.writes
+            .lock()
+            .expect("ledger writes lock")
+            .as_ref()
+            .ok_or_else(closed)?
+            .send(write)
+            .map_err(|_| closed())?;
+        outcome.recv().map_err(|_| closed())?
+    }
+
     pub fn get(&self, relative: &Path) -> Result<Option<FileRecord>, LedgerError> {
         let raw = self.with_db("read", |db| {
             let txn = db.begin_read()?;
@@ -174,24 +278,14 @@ impl Ledger {
         .transpose()
     }
 
-    /// Durably records `record` (the commit is fsynced before this returns).
+    /// Durably records `record` (its commit is fsynced before this returns).
     pub fn put(&self, relative: &Path, record: &FileRecord) -> Result<(), LedgerError> {
         let value = serde_json::to_vec(record).expect("ledger records always serialize");
-        self.with_db("write", |db| {
-            let txn = db.begin_write()?;
-            txn.open_table(FILES)?
-                .insert(relative.as_os_str().as_bytes(), value.as_slice())?;
-            Ok(txn.commit()?)
-        })
+        self.write(relative, Some(value))
     }
 
     pub fn remove(&self, relative: &Path) -> Result<(), LedgerError> {
-        self.with_db("write", |db| {
-            let txn = db.begin_write()?;
-            txn.open_table(FILES)?
-                .remove(relative.as_os_str().as_bytes())?;
-            Ok(txn.commit()?)
-        })
+        self.write(relative, None)
     }
 
     /// Forgets every record for which `keep(relative_path)` is false (files that are gone),
@@ -220,6 +314,16 @@ impl Ledger {
 
     pub fn is_empty(&self) -> Result<bool, LedgerError> {
         Ok(self.len()? == 0)
+    }
+}
+
+impl Drop for Ledger {
+    /// Lets the writer finish what it holds and release the database (and its file lock).
+    fn drop(&mut self) {
+        self.writes.lock().expect("ledger writes lock").take();
+        if let Some(writer) = self.writer.lock().expect("ledger writer lock").take() {
+            let _ = writer.join();
+        }
     }
 }
 
@@ -270,6 +374,40 @@ mod tests {
         assert_eq!(removed, 2);
         assert_eq!(ledger.len().unwrap(), 1);
         assert!(ledger.get(Path::new("keep/a")).unwrap().is_some());
+    }
+
+    #[test]
+    fn concurrent_writers_are_all_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let ledger = Arc::new(Ledger::open(dir.path()).unwrap());
+            let threads: Vec<_> = (0..64)
+                .map(|t| {
+                    let ledger = ledger.clone();
+                    std::thread::spawn(move || {
+                        for i in 0..20 {
+                            ledger
+                                .put(Path::new(&format!("t{t}/f{i}")), &record(i))
+                                .unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+        }
+        let ledger = Ledger::open(dir.path()).unwrap();
+        assert_eq!(ledger.len().unwrap(), 64 * 20);
+        assert!(
+            ledger
+                .get(Path::new("t63/f19"))
+                .unwrap()
+                .unwrap()
+                .identity
+                .size
+                == 19
+        );
     }
 
     #[test]

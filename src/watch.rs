@@ -353,7 +353,7 @@ impl Intake {
         };
         let file_type = meta.file_type();
         if file_type.is_dir() {
-            Box::pin(self.scan(path, "directory moved in")).await;
+            Box::pin(self.walk(path, "directory moved in", true)).await;
         } else if file_type.is_file() {
             self.queue.push(path);
         } else {
@@ -426,6 +426,12 @@ impl Intake {
 
     /// Walks `dir` (never following symlinks) and takes every complete file.
     async fn scan(&mut self, dir: PathBuf, reason: &'static str) {
+        self.walk(dir, reason, false).await;
+    }
+
+    /// Walks `dir` and takes every file in it; `moved_in`: the directory was renamed into
+    /// the tree as a whole, so its files are complete however new they are.
+    async fn walk(&mut self, dir: PathBuf, reason: &'static str, moved_in: bool) {
         let root = self.config.root.clone();
         let exclude = self.config.exclude.clone();
         let started = std::time::Instant::now();
@@ -465,7 +471,11 @@ impl Intake {
         let files = found.len();
         let queued_before = self.queue.depth();
         for f in found {
-            self.take_found(f);
+            if moved_in && f.file_type.is_file() && !self.writing.contains(&f.path) {
+                self.queue.push(f.path);
+            } else {
+                self.take_found(f);
+            }
         }
         tracing::info!(
             reason,
