@@ -150,8 +150,18 @@ async fn check_chain<W: Write>(config: &Config, r: &mut Report<W>) {
     };
     r.ok(
         "instance metadata (IMDSv2)",
-        format!("instance {} in region {}", facts.instance_id, facts.region),
+        format!("answered; instance {}", facts.instance_id),
     );
+    let region_source = if config.region.is_some() {
+        "from the config"
+    } else if std::env::var_os("AWS_REGION").is_some()
+        || std::env::var_os("AWS_DEFAULT_REGION").is_some()
+    {
+        "from AWS_REGION"
+    } else {
+        "from IMDS"
+    };
+    r.ok("region", format!("{} ({region_source})", facts.region));
     let scope = match session::scope(config, &facts) {
         Ok(s) => s,
         Err(e) => {

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use s3drop_testkit::{Daemon, FakeCloud, INSTANCE_ID, Site, World, policies};
+use s3drop_testkit::{Daemon, FakeCloud, Site, object_key as key, policies, setup};
 
 const S3DROP: &str = env!("CARGO_BIN_EXE_s3drop");
 const BUCKET: &str = "drop-bucket";
@@ -13,17 +13,6 @@ const ARRIVAL: Duration = Duration::from_secs(30);
 
 fn s3drop() -> &'static Path {
     Path::new(S3DROP)
-}
-
-fn key(relative: &str) -> String {
-    format!("{INSTANCE_ID}/{relative}")
-}
-
-async fn setup(extra_config: &str) -> (FakeCloud, World, Site) {
-    let fc = FakeCloud::start().expect("fakecloud starts");
-    let world = World::provision(&fc, BUCKET).await.expect("provisioning");
-    let site = Site::new(BUCKET, extra_config).unwrap();
-    (fc, world, site)
 }
 
 /// Content that differs per file and is not all one byte, so a swapped or truncated
@@ -36,7 +25,7 @@ fn content(seed: u8, len: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn files_arrive_whole_under_the_right_keys_and_nothing_partial_is_sent() {
-    let (fc, world, site) = setup("").await;
+    let (fc, world, site) = setup(BUCKET, "").await;
     // Backlog: present before s3drop starts.
     let backlog = content(1, 10_000);
     std::fs::write(site.watch.join("backlog.csv"), &backlog).unwrap();
@@ -152,7 +141,7 @@ fn daemon_events(site: &Site, message: &str) -> Vec<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restart_uploads_nothing_twice() {
-    let (fc, world, site) = setup("").await;
+    let (fc, world, site) = setup(BUCKET, "").await;
     for i in 0..20u8 {
         std::fs::write(site.watch.join(format!("f{i:02}.dat")), content(i, 2_000)).unwrap();
     }
@@ -185,7 +174,7 @@ async fn a_restart_uploads_nothing_twice() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_session_policy_denies_writes_outside_the_prefix_that_the_role_allows() {
-    let (fc, world, site) = setup("").await;
+    let (fc, world, site) = setup(BUCKET, "").await;
     // s3drop's own session: `check` writes a probe under the prefix and must be denied
     // outside it.
     let out = site.command(s3drop(), &fc, &["check"]).output().unwrap();
@@ -241,7 +230,7 @@ async fn the_session_policy_denies_writes_outside_the_prefix_that_the_role_allow
 
 #[tokio::test(flavor = "multi_thread")]
 async fn check_names_the_first_broken_link() {
-    let (fc, world, site) = setup("").await;
+    let (fc, world, site) = setup(BUCKET, "").await;
     let check = || site.command(s3drop(), &fc, &["check"]).output().unwrap();
 
     let good = check();
@@ -317,7 +306,7 @@ async fn check_names_the_first_broken_link() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn delete_mode_removes_files_only_after_s3_confirms() {
-    let (fc, world, site) = setup("after_upload = \"delete\"").await;
+    let (fc, world, site) = setup(BUCKET, "after_upload = \"delete\"").await;
     let mut daemon = Daemon::start(&site, s3drop(), &fc).unwrap();
     daemon.wait_for_log("s3drop started", ARRIVAL).unwrap();
     std::fs::write(site.watch.join("gone-after.txt"), b"payload").unwrap();
@@ -345,7 +334,7 @@ async fn delete_mode_removes_files_only_after_s3_confirms() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn logs_never_carry_secrets_even_at_trace_level() {
-    let (fc, world, site) = setup("").await;
+    let (fc, world, site) = setup(BUCKET, "").await;
     let mut cmd = site.command(s3drop(), &fc, &["run"]);
     let log_path = site.dir.path().join("trace.log");
     let log = std::fs::File::create(&log_path).unwrap();
@@ -429,7 +418,7 @@ fn bad_config_exits_non_zero_naming_the_key() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn systemd_hears_ready_after_the_backlog_then_watchdog_and_status() {
-    let (fc, world, site) = setup("").await;
+    let (fc, world, site) = setup(BUCKET, "").await;
     std::fs::write(site.watch.join("backlog.txt"), b"queued before READY").unwrap();
     let socket_path = site.dir.path().join("notify.sock");
     let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use s3drop_testkit::proxy::FaultProxy;
-use s3drop_testkit::{Daemon, FakeCloud, INSTANCE_ID, REGION, Site, World};
+use s3drop_testkit::{Daemon, Site, object_key as key, setup};
 
 const S3DROP: &str = env!("CARGO_BIN_EXE_s3drop");
 const BUCKET: &str = "drop-bucket";
@@ -16,10 +16,6 @@ const CONFIG: &str = "multipart_threshold = \"8MiB\"\npart_size = \"5MiB\"";
 
 fn s3drop() -> &'static Path {
     Path::new(S3DROP)
-}
-
-fn key(relative: &str) -> String {
-    format!("{INSTANCE_ID}/{relative}")
 }
 
 fn content(seed: u32, len: usize) -> Vec<u8> {
@@ -34,24 +30,9 @@ fn content(seed: u32, len: usize) -> Vec<u8> {
         .collect()
 }
 
-async fn setup(extra: &str) -> (FakeCloud, World, Site) {
-    let fc = FakeCloud::start().unwrap();
-    let world = World::provision(&fc, BUCKET).await.unwrap();
-    let site = Site::new(BUCKET, &format!("{CONFIG}\n{extra}")).unwrap();
-    (fc, world, site)
-}
-
-fn through(proxy: &FaultProxy, fc: &FakeCloud) -> Vec<(&'static str, String)> {
-    vec![
-        ("AWS_EC2_METADATA_SERVICE_ENDPOINT", fc.endpoint.clone()),
-        ("AWS_ENDPOINT_URL", proxy.endpoint.clone()),
-        ("AWS_REGION", REGION.to_string()),
-    ]
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_40_mib_file_goes_up_in_8_verified_parts() {
-    let (fc, world, site) = setup("part_concurrency = 2").await;
+    let (fc, world, site) = setup(BUCKET, &format!("{CONFIG}\npart_concurrency = 2")).await;
     let mut daemon = Daemon::start(&site, s3drop(), &fc).unwrap();
     daemon
         .wait_for_log("s3drop started", Duration::from_secs(30))
@@ -78,7 +59,7 @@ async fn a_40_mib_file_goes_up_in_8_verified_parts() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restart_mid_upload_resumes_instead_of_starting_over() {
-    let (fc, world, site) = setup("part_concurrency = 1").await;
+    let (fc, world, site) = setup(BUCKET, &format!("{CONFIG}\npart_concurrency = 1")).await;
     let proxy = FaultProxy::start(&fc.endpoint, 0).await.unwrap();
     proxy.set_put_delay(Duration::from_millis(700));
     let run = |site: &Site| {
@@ -87,7 +68,7 @@ async fn a_restart_mid_upload_resumes_instead_of_starting_over() {
             site.command_with(
                 &[],
                 s3drop(),
-                &through(&proxy, &fc),
+                &fc.sdk_env_via(&proxy.endpoint),
                 &["run", "--log-format", "json"],
             ),
         )
@@ -129,14 +110,14 @@ async fn a_restart_mid_upload_resumes_instead_of_starting_over() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_file_changed_mid_upload_is_sent_again_whole() {
-    let (fc, world, site) = setup("part_concurrency = 1").await;
+    let (fc, world, site) = setup(BUCKET, &format!("{CONFIG}\npart_concurrency = 1")).await;
     let proxy = FaultProxy::start(&fc.endpoint, 0).await.unwrap();
     let mut daemon = Daemon::spawn(
         &site,
         site.command_with(
             &[],
             s3drop(),
-            &through(&proxy, &fc),
+            &fc.sdk_env_via(&proxy.endpoint),
             &["run", "--log-format", "json"],
         ),
     )

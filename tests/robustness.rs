@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use s3drop_testkit::proxy::FaultProxy;
-use s3drop_testkit::{Daemon, FakeCloud, INSTANCE_ID, REGION, Site, World};
+use s3drop_testkit::{Daemon, FakeCloud, REGION, Site, World, object_key as key, setup};
 
 const S3DROP: &str = env!("CARGO_BIN_EXE_s3drop");
 const BUCKET: &str = "drop-bucket";
@@ -16,17 +16,6 @@ const ARRIVAL: Duration = Duration::from_secs(30);
 
 fn s3drop() -> &'static Path {
     Path::new(S3DROP)
-}
-
-fn key(relative: &str) -> String {
-    format!("{INSTANCE_ID}/{relative}")
-}
-
-async fn setup(extra_config: &str) -> (FakeCloud, World, Site) {
-    let fc = FakeCloud::start().expect("fakecloud starts");
-    let world = World::provision(&fc, BUCKET).await.expect("provisioning");
-    let site = Site::new(BUCKET, extra_config).unwrap();
-    (fc, world, site)
 }
 
 fn is_root() -> bool {
@@ -58,7 +47,7 @@ async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool)
 
 #[tokio::test(flavor = "multi_thread")]
 async fn odd_names_links_fifos_and_unreadable_files_cost_no_other_file() {
-    let (fc, world, site) = setup("").await;
+    let (fc, world, site) = setup(BUCKET, "").await;
     let w = &site.watch;
     let write = |rel: &[u8], body: &[u8]| {
         let path = w.join(OsStr::from_bytes(rel));
@@ -157,7 +146,7 @@ async fn odd_names_links_fifos_and_unreadable_files_cost_no_other_file() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn watch_dir_deleted_and_recreated_is_watched_again() {
-    let (fc, world, site) = setup("").await;
+    let (fc, world, site) = setup(BUCKET, "").await;
     let mut daemon = Daemon::start(&site, s3drop(), &fc).unwrap();
     daemon.wait_for_log("s3drop started", ARRIVAL).unwrap();
     std::fs::write(site.watch.join("before.txt"), b"before").unwrap();
@@ -188,10 +177,13 @@ async fn move_mode_moves_confirmed_files_and_never_overwrites() {
     let site_dir = tempfile::tempdir().unwrap();
     let done = site_dir.path().join("done");
     std::fs::create_dir(&done).unwrap();
-    let (fc, world, site) = setup(&format!(
-        "after_upload = \"move\"\nmove_to = {:?}",
-        done.to_str().unwrap()
-    ))
+    let (fc, world, site) = setup(
+        BUCKET,
+        &format!(
+            "after_upload = \"move\"\nmove_to = {:?}",
+            done.to_str().unwrap()
+        ),
+    )
     .await;
     // move_to must be on watch_dir's filesystem; both are under the temp dir here.
     let mut daemon = Daemon::start(&site, s3drop(), &fc).unwrap();
@@ -230,7 +222,7 @@ fn content(seed: u32, len: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_file_arrives_intact_through_a_proxy_failing_40_percent_of_requests() {
-    let (fc, world, site) = setup("concurrency = 8").await;
+    let (fc, world, site) = setup(BUCKET, "concurrency = 8").await;
     let proxy = FaultProxy::start(&fc.endpoint, 40).await.unwrap();
     // S3 and STS through the proxy; IMDS too, so its hiccups are exercised as well.
     let env = vec![
@@ -295,7 +287,7 @@ async fn every_file_arrives_intact_through_a_proxy_failing_40_percent_of_request
 
 #[tokio::test(flavor = "multi_thread")]
 async fn imds_unreachable_at_start_is_retried_with_a_hint_then_recovers() {
-    let (fc, world, site) = setup("").await;
+    let (fc, world, site) = setup(BUCKET, "").await;
     let imds = FaultProxy::start(&fc.endpoint, 0).await.unwrap();
     imds.set_down(true);
     let env = vec![
@@ -385,22 +377,15 @@ async fn sessions_that_expire_mid_stream_are_renewed_and_no_file_fails() {
 }
 
 /// The SDK variables that send S3 (and STS) through `proxy`, IMDS straight to fakecloud.
-fn via(proxy: &FaultProxy, fc: &FakeCloud) -> Vec<(&'static str, String)> {
-    vec![
-        ("AWS_EC2_METADATA_SERVICE_ENDPOINT", fc.endpoint.clone()),
-        ("AWS_ENDPOINT_URL", proxy.endpoint.clone()),
-        ("AWS_REGION", REGION.to_string()),
-    ]
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_file_truncated_during_its_upload_is_sent_again_and_a_deleted_one_is_dropped() {
-    let (fc, world, site) = setup("concurrency = 1").await;
+    let (fc, world, site) = setup(BUCKET, "concurrency = 1").await;
     let proxy = FaultProxy::start(&fc.endpoint, 0).await.unwrap();
     let cmd = site.command_with(
         &[],
         s3drop(),
-        &via(&proxy, &fc),
+        &fc.sdk_env_via(&proxy.endpoint),
         &["run", "--log-format", "json"],
     );
     let mut daemon = Daemon::spawn(&site, cmd).unwrap();
@@ -495,7 +480,7 @@ impl Drop for TinyFs {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_state_dir_loses_no_file_and_recovers() {
-    let (fc, world, site) = setup("").await;
+    let (fc, world, site) = setup(BUCKET, "").await;
     let Some(_tmpfs) = TinyFs::mount(&site.state, "2M") else {
         eprintln!("SKIPPED: cannot mount a tmpfs (needs root); full state_dir not tested");
         return;
@@ -594,7 +579,7 @@ fn a_read_only_state_dir_is_a_clear_error_at_start() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_lets_the_upload_in_flight_finish_and_sigint_past_the_deadline_loses_nothing() {
-    let (fc, world, site) = setup("shutdown_timeout_seconds = 5").await;
+    let (fc, world, site) = setup(BUCKET, "shutdown_timeout_seconds = 5").await;
     let proxy = FaultProxy::start(&fc.endpoint, 0).await.unwrap();
     let run = |site: &Site| {
         Daemon::spawn(
@@ -602,7 +587,7 @@ async fn sigterm_lets_the_upload_in_flight_finish_and_sigint_past_the_deadline_l
             site.command_with(
                 &[],
                 s3drop(),
-                &via(&proxy, &fc),
+                &fc.sdk_env_via(&proxy.endpoint),
                 &["run", "--log-format", "json"],
             ),
         )

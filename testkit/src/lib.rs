@@ -32,6 +32,20 @@ pub fn role_arn(name: &str) -> String {
     format!("arn:aws:iam::{ACCOUNT}:role/{name}")
 }
 
+/// The object key s3drop gives `relative` with the default prefix on the emulated instance.
+pub fn object_key(relative: &str) -> String {
+    format!("{INSTANCE_ID}/{relative}")
+}
+
+/// A test's world: fakecloud started, `bucket` and the roles provisioned, and a site whose
+/// config has `extra` appended. Panics on failure (tests only).
+pub async fn setup(bucket: &str, extra: &str) -> (FakeCloud, World, Site) {
+    let fc = FakeCloud::start().expect("fakecloud starts");
+    let world = World::provision(&fc, bucket).await.expect("provisioning");
+    let site = Site::new(bucket, extra).expect("site");
+    (fc, world, site)
+}
+
 /// The `fakecloud` binary: `$FAKECLOUD_BIN`, else `fakecloud` on PATH.
 pub fn fakecloud_bin() -> PathBuf {
     std::env::var_os("FAKECLOUD_BIN")
@@ -206,9 +220,15 @@ impl FakeCloud {
     /// Environment that points an unmodified AWS SDK client (s3drop) at this server, with
     /// credentials only from the emulated IMDS.
     pub fn sdk_env(&self) -> Vec<(&'static str, String)> {
+        self.sdk_env_via(&self.endpoint)
+    }
+
+    /// The same, with S3 and STS reached through `endpoint` (e.g. a fault proxy) while IMDS
+    /// is reached directly.
+    pub fn sdk_env_via(&self, endpoint: &str) -> Vec<(&'static str, String)> {
         vec![
             ("AWS_EC2_METADATA_SERVICE_ENDPOINT", self.endpoint.clone()),
-            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_ENDPOINT_URL", endpoint.to_string()),
             ("AWS_REGION", REGION.to_string()),
         ]
     }
@@ -598,6 +618,10 @@ impl Daemon {
             .spawn()
             .context("cannot start s3drop")?;
         Ok(Daemon { child, log_path })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Sends `signal` (e.g. "-HUP") to the daemon.

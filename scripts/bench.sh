@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# s3drop's benchmark (P1–P4) against aws-cli, rclone and a raw-SDK loop on the local S3
+# server; prints the table and writes docs/BENCHMARKS.md. `scripts/bench.sh --quick` runs
+# smaller sizes (a smoke test, not the published figures).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$HOME/.local/bin:$PATH"
+scripts/install-deps.sh
+command -v aws >/dev/null 2>&1 || python3 -m pip install --quiet awscli
+command -v rclone >/dev/null 2>&1 || {
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q rclone >/dev/null
+}
+cargo build --release --locked -p s3drop -p s3drop-testkit --bins
+target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+results="$(mktemp)"
+"$target_dir/release/s3drop-bench" "$@" --report "$results"
+{
+  echo "# Benchmarks"
+  echo
+  echo "Measured with \`scripts/bench.sh $*\` on $(date -u +%Y-%m-%d):"
+  echo "$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')),"
+  echo "$(free -g | awk '/Mem:/ {print $2}') GiB memory, Linux $(uname -r). Server: fakecloud (debug build, the"
+  echo "one the tests use) on loopback, strict IAM and SigV4 checks. Every client uses the same"
+  echo "credentials: a session of the upload role with s3drop's session policy, from the emulated"
+  echo "IMDS. Concurrency 16 for all (s3drop \`concurrency\`, aws-cli \`max_concurrent_requests\`,"
+  echo "rclone \`--transfers\`/\`--checkers\`, the raw loop's \`buffer_unordered\`)."
+  echo
+  cat "$results"
+} > docs/BENCHMARKS.md
+rm -f "$results"
+echo "wrote docs/BENCHMARKS.md" >&2
