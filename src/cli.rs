@@ -114,7 +114,11 @@ struct ConfigArg {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format);
+    let filter = match cli.command {
+        Command::Run(_) => logging::DAEMON_FILTER,
+        Command::Check(_) | Command::Validate(_) => logging::QUIET_FILTER,
+    };
+    logging::init(cli.log_format, filter);
     match cli.command {
         Command::Validate(args) => match Config::load(&args.config) {
             Ok(_) => {

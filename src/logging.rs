@@ -15,11 +15,14 @@ pub enum LogFormat {
 }
 
 /// s3drop's own events at info; the SDK's only when they warn.
-const DEFAULT_FILTER: &str = "s3drop=info,warn";
+pub const DAEMON_FILTER: &str = "s3drop=info,warn";
+/// For commands that print their own report: warnings only.
+pub const QUIET_FILTER: &str = "warn";
 
-pub fn init(format: LogFormat) {
+/// `default_filter` applies unless `RUST_LOG` is set.
+pub fn init(format: LogFormat, default_filter: &str) {
     let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let json = match format {
         LogFormat::Auto => !std::io::stderr().is_terminal(),
         LogFormat::Text => false,
