@@ -595,6 +595,36 @@ async fn main() -> Result<()> {
     ));
     drop(daemon);
 
+    // P5: memory with a long queue. A bandwidth cap of 64 KiB/s lets about 64 files a
+    // second through, so nearly all of them are still waiting when RSS is read.
+    let waiting = if quick { 10_000 } else { 100_000 };
+    eprintln!("P5: {waiting} files waiting");
+    {
+        let staging = work.path().join("p5");
+        std::fs::create_dir(&staging)?;
+        for i in 0..waiting {
+            std::fs::write(staging.join(format!("queued-{i:06}.dat")), b"x")?;
+        }
+        let (site, mut daemon) = start_s3drop(&s3drop, &fc, "max_bandwidth = \"64KiB\"")?;
+        let pid = daemon_pid(&daemon) as u32;
+        let (_, idle_rss) = proc_cpu_and_rss(pid)?;
+        std::fs::rename(&staging, site.watch.join("p5"))?;
+        daemon.wait_for_log("directory moved in", Duration::from_secs(300))?;
+        std::thread::sleep(Duration::from_secs(2));
+        let (_, rss) = proc_cpu_and_rss(pid)?;
+        let sent = daemon.log().matches("\"message\":\"uploaded\"").count();
+        writeln!(table, "\n**P5** s3drop with {waiting} files queued (uploads throttled)\n")?;
+        writeln!(table, "| RSS before MiB | RSS with the queue MiB | bytes per waiting file | sent meanwhile |\n|---|---|---|---|")?;
+        writeln!(
+            table,
+            "| {:.1} | {:.1} | {:.0} | {sent} |",
+            idle_rss as f64 / 1024.0,
+            rss as f64 / 1024.0,
+            (rss - idle_rss) as f64 * 1024.0 / (waiting - sent) as f64
+        )?;
+        drop(daemon);
+    }
+
     let mut out = String::new();
     writeln!(
         out,
