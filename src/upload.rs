@@ -18,6 +18,9 @@ use crate::credentials::SessionCredentials;
 use crate::ledger::{FileIdentity, PartRecord};
 
 const READ_CHUNK: usize = 256 * 1024;
+/// Files up to this size are read once into memory and sent from there; larger ones stream
+/// from disk. Buffers are thus at most `concurrency` × 1 MiB.
+const IN_MEMORY_MAX: u64 = 1024 * 1024;
 
 /// Why a file could not be opened for upload.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +116,13 @@ impl OpenedFile {
             done += n as u64;
         }
         Ok(aws_smithy_types::base64::encode(hasher.finalize()))
+    }
+
+    /// The whole file as opened, in one buffer.
+    fn read_all(&self) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; self.identity.size as usize];
+        self.file.read_exact_at(&mut buf, 0)?;
+        Ok(buf)
     }
 
     /// A retryable body of `len` bytes from `offset`, streamed from disk.
@@ -278,8 +288,17 @@ impl Uploader {
 
     /// PUTs the file under `key` with its CRC32C; S3 stores it only if the bytes match.
     pub async fn put_file(&self, file: &OpenedFile, key: &str) -> Result<Confirmed, UploadError> {
-        let crc32c = tokio::task::block_in_place(|| file.crc32c()).map_err(read_error)?;
-        let body = file.body(0, file.identity.size).await?;
+        let (crc32c, body) = if file.identity.size <= IN_MEMORY_MAX {
+            // Small files: one read, checksummed and sent from memory.
+            let bytes = tokio::task::block_in_place(|| file.read_all()).map_err(read_error)?;
+            let mut hasher = ChecksumAlgorithm::Crc32c.into_impl();
+            hasher.update(&bytes);
+            let crc32c = aws_smithy_types::base64::encode(hasher.finalize());
+            (crc32c, ByteStream::from(bytes))
+        } else {
+            let crc32c = tokio::task::block_in_place(|| file.crc32c()).map_err(read_error)?;
+            (crc32c, file.body(0, file.identity.size).await?)
+        };
         let session = self.session_in_use().await;
         let result = self
             .client

@@ -613,8 +613,14 @@ async fn main() -> Result<()> {
         std::thread::sleep(Duration::from_secs(2));
         let (_, rss) = proc_cpu_and_rss(pid)?;
         let sent = daemon.log().matches("\"message\":\"uploaded\"").count();
-        writeln!(table, "\n**P5** s3drop with {waiting} files queued (uploads throttled)\n")?;
-        writeln!(table, "| RSS before MiB | RSS with the queue MiB | bytes per waiting file | sent meanwhile |\n|---|---|---|---|")?;
+        writeln!(
+            table,
+            "\n**P5** s3drop with {waiting} files queued (uploads throttled)\n"
+        )?;
+        writeln!(
+            table,
+            "| RSS before MiB | RSS with the queue MiB | bytes per waiting file | sent meanwhile |\n|---|---|---|---|"
+        )?;
         writeln!(
             table,
             "| {:.1} | {:.1} | {:.0} | {sent} |",
