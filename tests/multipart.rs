@@ -63,16 +63,7 @@ async fn a_restart_mid_upload_resumes_instead_of_starting_over() {
     let proxy = FaultProxy::start(&fc.endpoint, 0).await.unwrap();
     proxy.set_put_delay(Duration::from_millis(700));
     let run = |site: &Site| {
-        Daemon::spawn(
-            site,
-            site.command_with(
-                &[],
-                s3drop(),
-                &fc.sdk_env_via(&proxy.endpoint),
-                &["run", "--log-format", "json"],
-            ),
-        )
-        .unwrap()
+        Daemon::start_with_env(site, s3drop(), &fc.sdk_env_via(&proxy.endpoint)).unwrap()
     };
     let body = content(2, 40 * MIB);
     std::fs::write(site.watch.join("resume.bin"), &body).unwrap();
@@ -112,16 +103,8 @@ async fn a_restart_mid_upload_resumes_instead_of_starting_over() {
 async fn a_file_changed_mid_upload_is_sent_again_whole() {
     let (fc, world, site) = setup(BUCKET, &format!("{CONFIG}\npart_concurrency = 1")).await;
     let proxy = FaultProxy::start(&fc.endpoint, 0).await.unwrap();
-    let mut daemon = Daemon::spawn(
-        &site,
-        site.command_with(
-            &[],
-            s3drop(),
-            &fc.sdk_env_via(&proxy.endpoint),
-            &["run", "--log-format", "json"],
-        ),
-    )
-    .unwrap();
+    let mut daemon =
+        Daemon::start_with_env(&site, s3drop(), &fc.sdk_env_via(&proxy.endpoint)).unwrap();
     daemon
         .wait_for_log("s3drop started", Duration::from_secs(30))
         .unwrap();

@@ -243,8 +243,7 @@ async fn every_file_arrives_intact_through_a_proxy_failing_40_percent_of_request
         std::fs::write(site.watch.join(rel), body).unwrap();
     }
     let started = Instant::now();
-    let cmd = site.command_with(&[], s3drop(), &env, &["run", "--log-format", "json"]);
-    let mut daemon = Daemon::spawn(&site, cmd).unwrap();
+    let mut daemon = Daemon::start_with_env(&site, s3drop(), &env).unwrap();
     daemon
         .wait_for_log("s3drop started", Duration::from_secs(120))
         .unwrap();
@@ -296,8 +295,7 @@ async fn imds_unreachable_at_start_is_retried_with_a_hint_then_recovers() {
         ("AWS_REGION", REGION.to_string()),
     ];
     std::fs::write(site.watch.join("waiting.txt"), b"waited for IMDS").unwrap();
-    let cmd = site.command_with(&[], s3drop(), &env, &["run", "--log-format", "json"]);
-    let mut daemon = Daemon::spawn(&site, cmd).unwrap();
+    let mut daemon = Daemon::start_with_env(&site, s3drop(), &env).unwrap();
     daemon
         .wait_for_log("cannot establish the upload session yet", ARRIVAL)
         .unwrap();
@@ -382,13 +380,8 @@ async fn sessions_that_expire_mid_stream_are_renewed_and_no_file_fails() {
 async fn a_file_truncated_during_its_upload_is_sent_again_and_a_deleted_one_is_dropped() {
     let (fc, world, site) = setup(BUCKET, "concurrency = 1").await;
     let proxy = FaultProxy::start(&fc.endpoint, 0).await.unwrap();
-    let cmd = site.command_with(
-        &[],
-        s3drop(),
-        &fc.sdk_env_via(&proxy.endpoint),
-        &["run", "--log-format", "json"],
-    );
-    let mut daemon = Daemon::spawn(&site, cmd).unwrap();
+    let mut daemon =
+        Daemon::start_with_env(&site, s3drop(), &fc.sdk_env_via(&proxy.endpoint)).unwrap();
     daemon.wait_for_log("s3drop started", ARRIVAL).unwrap();
     proxy.set_put_delay(Duration::from_millis(1_500));
 
@@ -582,16 +575,7 @@ async fn sigterm_lets_the_upload_in_flight_finish_and_sigint_past_the_deadline_l
     let (fc, world, site) = setup(BUCKET, "shutdown_timeout_seconds = 5").await;
     let proxy = FaultProxy::start(&fc.endpoint, 0).await.unwrap();
     let run = |site: &Site| {
-        Daemon::spawn(
-            site,
-            site.command_with(
-                &[],
-                s3drop(),
-                &fc.sdk_env_via(&proxy.endpoint),
-                &["run", "--log-format", "json"],
-            ),
-        )
-        .unwrap()
+        Daemon::start_with_env(site, s3drop(), &fc.sdk_env_via(&proxy.endpoint)).unwrap()
     };
 
     // SIGTERM while a PUT is held for 2 s: the daemon waits for it, records it, exits 0.

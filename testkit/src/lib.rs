@@ -601,9 +601,18 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(site: &Site, s3drop: &Path, fc: &FakeCloud) -> Result<Daemon> {
+        Daemon::start_with_env(site, s3drop, &fc.sdk_env())
+    }
+
+    /// `s3drop run` with the given SDK variables (e.g. [`FakeCloud::sdk_env_via`] a proxy).
+    pub fn start_with_env(
+        site: &Site,
+        s3drop: &Path,
+        env: &[(&'static str, String)],
+    ) -> Result<Daemon> {
         Daemon::spawn(
             site,
-            site.command(s3drop, fc, &["run", "--log-format", "json"]),
+            site.command_with(&[], s3drop, env, &["run", "--log-format", "json"]),
         )
     }
 
