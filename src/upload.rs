@@ -290,7 +290,7 @@ impl Uploader {
     pub async fn put_file(&self, file: &OpenedFile, key: &str) -> Result<Confirmed, UploadError> {
         let (crc32c, body) = if file.identity.size <= IN_MEMORY_MAX {
             // Small files: one read, checksummed and sent from memory.
-            let bytes = tokio::task::block_in_place(|| file.read_all()).map_err(read_error)?;
+            let bytes = file.read_all().map_err(read_error)?;
             let mut hasher = ChecksumAlgorithm::Crc32c.into_impl();
             hasher.update(&bytes);
             let crc32c = aws_smithy_types::base64::encode(hasher.finalize());

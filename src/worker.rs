@@ -178,7 +178,7 @@ impl Worker {
             }
         };
 
-        let known = tokio::task::block_in_place(|| self.ledger.get(relative));
+        let known = self.ledger.get(relative);
         match known {
             Ok(Some(record)) if record.is_uploaded_as(&file.identity) => {
                 tracing::debug!(path = %path.display(), "already uploaded");

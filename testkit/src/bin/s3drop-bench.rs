@@ -370,17 +370,20 @@ async fn main() -> Result<()> {
         let staging = work.path().join("p1-s3drop");
         make_files(&staging, sizes.p1_files, 4096)?;
         let (site, daemon) = start_s3drop(&s3drop, &fc, "")?;
+        let (cpu0, _) = proc_cpu_and_rss(daemon.pid())?;
         let started = Instant::now();
         std::fs::rename(&staging, site.watch.join("p1-s3drop"))?;
         wait_uploaded(&daemon, sizes.p1_files, Duration::from_secs(1800))?;
-        p1.push(("s3drop", Some(started.elapsed())));
+        let wall = started.elapsed();
+        let (cpu1, _) = proc_cpu_and_rss(daemon.pid())?;
+        p1.push(("s3drop", Some((wall, cpu1 - cpu0))));
         drop(daemon);
     }
     {
         let dir = work.path().join("p1-raw");
         make_files(&dir, sizes.p1_files, 4096)?;
         let u = measure(&mut peers.raw(&dir, "p1-raw/"))?;
-        p1.push(("raw SDK loop", Some(u.wall)));
+        p1.push(("raw SDK loop", Some((u.wall, u.cpu))));
     }
     for (name, cmd) in [
         ("aws s3 cp", {
@@ -401,29 +404,40 @@ async fn main() -> Result<()> {
         }),
     ] {
         match cmd {
-            Some(mut cmd) => p1.push((name, Some(measure(&mut cmd)?.wall))),
+            Some(mut cmd) => {
+                let u = measure(&mut cmd)?;
+                p1.push((name, Some((u.wall, u.cpu))));
+            }
             None => p1.push((name, None)),
         }
     }
-    let p1_of = |n: &str| p1.iter().find(|(k, _)| *k == n).and_then(|(_, d)| *d);
+    let p1_of = |n: &str| {
+        p1.iter()
+            .find(|(k, _)| *k == n)
+            .and_then(|(_, d)| d.map(|(wall, _)| wall))
+    };
     writeln!(
         table,
         "\n**P1** {} files of 4 KiB dropped at once (concurrency {CONCURRENCY} for all)\n",
         sizes.p1_files
     )?;
-    writeln!(table, "| client | seconds | files/s | s3drop's speed-up |")?;
-    writeln!(table, "|---|---|---|---|")?;
+    writeln!(
+        table,
+        "| client | seconds | files/s | s3drop's speed-up | client CPU s |"
+    )?;
+    writeln!(table, "|---|---|---|---|---|")?;
     let s3drop_p1 = p1_of("s3drop").unwrap();
     for (name, d) in &p1 {
         match d {
-            Some(d) => writeln!(
+            Some((d, cpu)) => writeln!(
                 table,
-                "| {name} | {:.2} | {:.0} | {:.2}× |",
+                "| {name} | {:.2} | {:.0} | {:.2}× | {:.1} |",
                 d.as_secs_f64(),
                 sizes.p1_files as f64 / d.as_secs_f64(),
-                d.as_secs_f64() / s3drop_p1.as_secs_f64()
+                d.as_secs_f64() / s3drop_p1.as_secs_f64(),
+                cpu.as_secs_f64()
             )?,
-            None => writeln!(table, "| {name} | not installed | | |")?,
+            None => writeln!(table, "| {name} | not installed | | | |")?,
         }
     }
     if let Some(raw) = p1_of("raw SDK loop") {
