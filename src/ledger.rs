@@ -27,6 +27,13 @@ pub enum LedgerError {
     Corrupt { path: PathBuf, message: String },
 }
 
+fn writer_stopped() -> LedgerError {
+    LedgerError::Store {
+        op: "write",
+        message: "the ledger writer has stopped".into(),
+    }
+}
+
 fn store_err(op: &'static str) -> impl FnOnce(redb::Error) -> LedgerError {
     move |e| LedgerError::Store {
         op,
@@ -106,7 +113,7 @@ struct Store {
 struct Write {
     key: Vec<u8>,
     value: Option<Vec<u8>>,
-    done: std::sync::mpsc::SyncSender<Result<(), LedgerError>>,
+    done: tokio::sync::oneshot::Sender<Result<(), LedgerError>>,
 }
 
 /// Writes are group-committed: a writer thread takes every change waiting, applies them in
@@ -239,26 +246,54 @@ impl Ledger {
         self.store.with_db(op, f)
     }
 
-    /// Hands a change to the writer and waits until it is durable.
-    fn write(&self, relative: &Path, value: Option<Vec<u8>>) -> Result<(), LedgerError> {
-        let (done, outcome) = std::sync::mpsc::sync_channel(1);
+    /// Hands a change to the writer; the receiver answers once it is durable.
+    fn submit(
+        &self,
+        relative: &Path,
+        value: Option<Vec<u8>>,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<(), LedgerError>>, LedgerError> {
+        let (done, outcome) = tokio::sync::oneshot::channel();
         let write = Write {
             key: relative.as_os_str().as_bytes().to_vec(),
             value,
             done,
         };
-        let closed = || LedgerError::Store {
-            op: "write",
-            message: "the ledger writer has stopped".into(),
-        };
         self.writes
             .lock()
             .expect("ledger writes lock")
             .as_ref()
-            .ok_or_else(closed)?
+            .ok_or_else(writer_stopped)?
             .send(write)
-            .map_err(|_| closed())?;
-        outcome.recv().map_err(|_| closed())?
+            .map_err(|_| writer_stopped())?;
+        Ok(outcome)
+    }
+
+    /// Hands a change to the writer and waits until it is durable.
+    fn write(&self, relative: &Path, value: Option<Vec<u8>>) -> Result<(), LedgerError> {
+        self.submit(relative, value)?
+            .blocking_recv()
+            .map_err(|_| writer_stopped())?
+    }
+
+    /// Forgets `relative` without blocking; resolves once that is durable.
+    pub fn remove_later(
+        &self,
+        relative: &Path,
+    ) -> impl std::future::Future<Output = Result<(), LedgerError>> + Send + 'static {
+        let submitted = self.submit(relative, None);
+        async move { submitted?.await.map_err(|_| writer_stopped())? }
+    }
+
+    /// Records `record` without blocking: the future resolves once it is durable, so the
+    /// caller may go on with other work while the commit is under way.
+    pub fn put_later(
+        &self,
+        relative: &Path,
+        record: &FileRecord,
+    ) -> impl std::future::Future<Output = Result<(), LedgerError>> + Send + 'static {
+        let value = serde_json::to_vec(record).expect("ledger records always serialize");
+        let submitted = self.submit(relative, Some(value));
+        async move { submitted?.await.map_err(|_| writer_stopped())? }
     }
 
     pub fn get(&self, relative: &Path) -> Result<Option<FileRecord>, LedgerError> {

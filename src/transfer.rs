@@ -138,9 +138,7 @@ impl Transfer {
                     };
                     // Durable before the next part counts on it; a failure here only
                     // means this part is sent again after a restart.
-                    if let Err(e) =
-                        tokio::task::block_in_place(|| self.ledger.put(relative, &snapshot))
-                    {
+                    if let Err(e) = self.ledger.put_later(relative, &snapshot).await {
                         tracing::warn!(error = %e, "could not record a part's progress");
                     }
                     Ok::<(), UploadError>(())
@@ -151,7 +149,7 @@ impl Transfer {
             .await;
         if let Err(e) = result {
             if matches!(e, UploadError::NoSuchUpload) {
-                self.forget(relative);
+                self.forget(relative).await;
             }
             return Err(e);
         }
@@ -166,7 +164,7 @@ impl Transfer {
             .await
         {
             Err(UploadError::NoSuchUpload) => {
-                self.forget(relative);
+                self.forget(relative).await;
                 Err(UploadError::NoSuchUpload)
             }
             other => other,
@@ -182,9 +180,7 @@ impl Transfer {
         key: &str,
         plan: PartPlan,
     ) -> Result<(String, Vec<PartRecord>), UploadError> {
-        let recorded = tokio::task::block_in_place(|| self.ledger.get(relative))
-            .ok()
-            .flatten();
+        let recorded = self.ledger.get(relative).ok().flatten();
         if let Some(FileRecord {
             identity,
             state:
@@ -217,7 +213,7 @@ impl Transfer {
             },
             updated_unix: unix_now(),
         };
-        if let Err(e) = tokio::task::block_in_place(|| self.ledger.put(relative, &record)) {
+        if let Err(e) = self.ledger.put_later(relative, &record).await {
             tracing::warn!(error = %e, "could not record the multipart upload; a restart starts it over");
         }
         Ok((upload_id, Vec::new()))
@@ -227,11 +223,11 @@ impl Transfer {
         if let Err(e) = self.uploader.abort_multipart(key, upload_id).await {
             tracing::warn!(key, error = %e, "could not abort a stale multipart upload (a bucket lifecycle rule for incomplete uploads cleans it up)");
         }
-        self.forget(relative);
+        self.forget(relative).await;
     }
 
-    fn forget(&self, relative: &Path) {
-        if let Err(e) = tokio::task::block_in_place(|| self.ledger.remove(relative)) {
+    async fn forget(&self, relative: &Path) {
+        if let Err(e) = self.ledger.remove_later(relative).await {
             tracing::warn!(error = %e, "could not forget a multipart upload in the ledger");
         }
     }

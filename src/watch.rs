@@ -630,11 +630,16 @@ mod tests {
         };
         f.intake
             .ledger
-            .put(Path::new("done"), &record("done"))
+            .put_later(Path::new("done"), &record("done"))
+            .await
             .unwrap();
         let mut gone = record("done");
         gone.identity.inode += 1;
-        f.intake.ledger.put(Path::new("deleted"), &gone).unwrap();
+        f.intake
+            .ledger
+            .put_later(Path::new("deleted"), &gone)
+            .await
+            .unwrap();
 
         f.intake.full_scan("test").await;
         assert_eq!(drain(&f.queue), vec![root.join("new")]);

@@ -25,12 +25,27 @@ const RETRY_CAP: Duration = Duration::from_secs(60);
 const RETRY_PERMANENT: Duration = Duration::from_secs(300);
 
 /// What happened to one file.
-#[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
-    Uploaded,
-    AlreadyUploaded,
+    /// S3 confirmed it; the ledger commit is under way (see [`Recording`]).
+    Uploaded(Box<Recording>),
+    /// Nothing (more) to do: recorded, or already uploaded before.
+    Done,
     Dropped,
-    Retry { permanent: bool },
+    Retry {
+        permanent: bool,
+    },
+}
+
+/// The tail of a confirmed upload: waiting for the ledger commit, then the after-upload
+/// action. It runs apart from the worker, so the worker takes the next file while commits
+/// are batched (one fsync for all uploads that finished meanwhile).
+pub struct Recording {
+    commit: std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), crate::ledger::LedgerError>> + Send>,
+    >,
+    file: OpenedFile,
+    relative: PathBuf,
+    key: String,
 }
 
 /// What the workers have done, for the service manager's status line.
@@ -109,26 +124,51 @@ impl Worker {
                 _ = cancel.cancelled() => return,
                 path = self.queue.pop() => path,
             };
-            let outcome = self.process(&path).await;
-            self.queue.finish(&path);
-            match outcome {
-                Outcome::Retry { permanent } => {
-                    let delay = self.next_delay(&path, permanent);
-                    let queue = self.queue.clone();
-                    let cancel = cancel.clone();
-                    let retry_now = retry_now.clone();
-                    tracing::info!(path = %path.display(), retry_in_s = delay.as_secs_f32(), "will retry");
+            let outcome = match self.process(&path).await {
+                Outcome::Uploaded(recording) => {
+                    let worker = self.clone();
+                    let (tracker2, retry_now, cancel) =
+                        (tracker.clone(), retry_now.clone(), cancel.clone());
                     tracker.spawn(async move {
-                        tokio::select! {
-                            _ = cancel.cancelled() => {}
-                            _ = tokio::time::sleep(delay) => queue.push(path),
-                            _ = retry_now.notified() => queue.push(path),
-                        }
+                        let outcome = worker.record(&path, *recording).await;
+                        worker.queue.finish(&path);
+                        worker.settle(path, outcome, &tracker2, &retry_now, &cancel);
                     });
+                    continue;
                 }
-                _ => {
-                    self.attempts.lock().expect("attempts lock").remove(&path);
-                }
+                other => other,
+            };
+            self.queue.finish(&path);
+            self.settle(path, outcome, &tracker, &retry_now, &cancel);
+        }
+    }
+
+    /// Schedules a retry, or forgets the path's attempts.
+    fn settle(
+        &self,
+        path: PathBuf,
+        outcome: Outcome,
+        tracker: &TaskTracker,
+        retry_now: &Arc<Notify>,
+        cancel: &CancellationToken,
+    ) {
+        match outcome {
+            Outcome::Retry { permanent } => {
+                let delay = self.next_delay(&path, permanent);
+                let queue = self.queue.clone();
+                let cancel = cancel.clone();
+                let retry_now = retry_now.clone();
+                tracing::info!(path = %path.display(), retry_in_s = delay.as_secs_f32(), "will retry");
+                tracker.spawn(async move {
+                    tokio::select! {
+                        _ = cancel.cancelled() => {}
+                        _ = tokio::time::sleep(delay) => queue.push(path),
+                        _ = retry_now.notified() => queue.push(path),
+                    }
+                });
+            }
+            _ => {
+                self.attempts.lock().expect("attempts lock").remove(&path);
             }
         }
     }
@@ -183,7 +223,7 @@ impl Worker {
             Ok(Some(record)) if record.is_uploaded_as(&file.identity) => {
                 tracing::debug!(path = %path.display(), "already uploaded");
                 self.after_upload(path, relative, &file).await;
-                return Outcome::AlreadyUploaded;
+                return Outcome::Done;
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "ledger lookup failed; uploading anyway"),
@@ -196,7 +236,7 @@ impl Worker {
                 tracing::info!(path = %path.display(), key, "file changed during upload; uploading it again");
                 return Outcome::Retry { permanent: false };
             }
-            Err(e) => return self.failed(path, relative, &file, &key, e),
+            Err(e) => return self.failed(path, relative, &file, &key, e).await,
         };
         let record = FileRecord {
             identity: file.identity,
@@ -206,12 +246,6 @@ impl Worker {
             },
             updated_unix: now_unix(),
         };
-        if let Err(e) = tokio::task::block_in_place(|| self.ledger.put(relative, &record)) {
-            // The object is safe in S3; the file stays where it is and is sent again later
-            // (or at SIGHUP), when the record can be written.
-            tracing::error!(path = %path.display(), key, error = %e, "uploaded but could not record it; retried later");
-            return Outcome::Retry { permanent: true };
-        }
         tracing::info!(
             path = %path.display(),
             key,
@@ -221,11 +255,33 @@ impl Worker {
             "uploaded"
         );
         self.progress.record(&key);
-        self.after_upload(path, relative, &file).await;
-        Outcome::Uploaded
+        Outcome::Uploaded(Box::new(Recording {
+            commit: Box::pin(self.ledger.put_later(relative, &record)),
+            file,
+            relative: relative.to_owned(),
+            key,
+        }))
     }
 
-    fn failed(
+    /// Waits for the ledger to hold the upload, then runs the after-upload action.
+    async fn record(&self, path: &Path, recording: Recording) -> Outcome {
+        let Recording {
+            commit,
+            file,
+            relative,
+            key,
+        } = recording;
+        if let Err(e) = commit.await {
+            // The object is safe in S3; the file stays where it is and is sent again later
+            // (or at SIGHUP), when the record can be written.
+            tracing::error!(path = %path.display(), key, error = %e, "uploaded but could not record it; retried later");
+            return Outcome::Retry { permanent: true };
+        }
+        self.after_upload(path, &relative, &file).await;
+        Outcome::Done
+    }
+
+    async fn failed(
         &self,
         path: &Path,
         relative: &Path,
@@ -249,7 +305,7 @@ impl Worker {
             },
             updated_unix: now_unix(),
         };
-        if let Err(e) = tokio::task::block_in_place(|| self.ledger.put(relative, &record)) {
+        if let Err(e) = self.ledger.put_later(relative, &record).await {
             tracing::warn!(error = %e, "could not record the failure in the ledger");
         }
         Outcome::Retry { permanent: true }
@@ -282,7 +338,7 @@ impl Worker {
         match done {
             Ok(moved_to) => {
                 tracing::debug!(path = %path.display(), moved_to = ?moved_to, "after-upload action done");
-                if let Err(e) = tokio::task::block_in_place(|| self.ledger.remove(relative)) {
+                if let Err(e) = self.ledger.remove_later(relative).await {
                     tracing::warn!(error = %e, "could not forget a moved or deleted file in the ledger");
                 }
             }
