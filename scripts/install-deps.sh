@@ -35,7 +35,9 @@ if [ "${#apt_missing[@]}" -gt 0 ]; then
          && $sudo apt-get install -y -q --no-install-recommends "${apt_missing[@]}" >/dev/null; }
 fi
 
+# Pinned: a newer cfn-lint may add rules, and the packaging test fails on any finding.
 if ! command -v cfn-lint >/dev/null 2>&1; then
-  echo "installing cfn-lint from PyPI ..." >&2
-  python3 -m pip install --quiet --user cfn-lint 2>/dev/null || python3 -m pip install --quiet cfn-lint
+  echo "installing cfn-lint 1.51.0 from PyPI ..." >&2
+  python3 -m pip install --quiet --user cfn-lint==1.51.0 2>/dev/null \
+    || python3 -m pip install --quiet cfn-lint==1.51.0
 fi

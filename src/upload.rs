@@ -197,6 +197,13 @@ impl UploadError {
     }
 }
 
+/// CRC32C of `bytes`, base64 as S3 spells it.
+fn crc32c_of(bytes: &[u8]) -> String {
+    let mut hasher = ChecksumAlgorithm::Crc32c.into_impl();
+    hasher.update(bytes);
+    aws_smithy_types::base64::encode(hasher.finalize())
+}
+
 /// A file that ends early was truncated under us: a change, not a read failure.
 fn read_error(e: io::Error) -> UploadError {
     if e.kind() == io::ErrorKind::UnexpectedEof {
@@ -291,10 +298,7 @@ impl Uploader {
         let (crc32c, body) = if file.identity.size <= IN_MEMORY_MAX {
             // Small files: one read, checksummed and sent from memory.
             let bytes = file.read_all().map_err(read_error)?;
-            let mut hasher = ChecksumAlgorithm::Crc32c.into_impl();
-            hasher.update(&bytes);
-            let crc32c = aws_smithy_types::base64::encode(hasher.finalize());
-            (crc32c, ByteStream::from(bytes))
+            (crc32c_of(&bytes), ByteStream::from(bytes))
         } else {
             let crc32c = tokio::task::block_in_place(|| file.crc32c()).map_err(read_error)?;
             (crc32c, file.body(0, file.identity.size).await?)
@@ -443,14 +447,12 @@ impl Uploader {
 
     /// PUTs a small in-memory body (used by `check` for its probes).
     pub async fn put_bytes(&self, key: &str, body: &'static [u8]) -> Result<(), UploadError> {
-        let mut crc = ChecksumAlgorithm::Crc32c.into_impl();
-        crc.update(body);
         self.client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
             .body(ByteStream::from_static(body))
-            .checksum_crc32_c(aws_smithy_types::base64::encode(crc.finalize()))
+            .checksum_crc32_c(crc32c_of(body))
             .send()
             .await
             .map(|_| ())
