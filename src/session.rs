@@ -68,7 +68,6 @@ pub fn scope(config: &Config, facts: &InstanceFacts) -> Result<Scope, SessionErr
 pub struct Session {
     pub facts: InstanceFacts,
     pub scope: Scope,
-    pub credentials: SessionCredentials,
     pub uploader: Uploader,
 }
 
@@ -125,7 +124,6 @@ impl Session {
         Ok(Session {
             facts,
             scope,
-            credentials,
             uploader,
         })
     }
