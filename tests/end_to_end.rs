@@ -33,7 +33,9 @@ async fn files_arrive_whole_under_the_right_keys_and_nothing_partial_is_sent() {
     std::os::unix::fs::symlink("/etc/hostname", site.watch.join("link-out")).unwrap();
 
     let mut daemon = Daemon::start(&site, s3drop(), &fc).unwrap();
-    daemon.wait_for_log("s3drop started", ARRIVAL).unwrap();
+    daemon
+        .wait_for_log("ready: backlog queued", ARRIVAL)
+        .unwrap();
     assert_eq!(
         world
             .wait_for_object(&key("backlog.csv"), ARRIVAL)
@@ -146,7 +148,9 @@ async fn a_restart_uploads_nothing_twice() {
         std::fs::write(site.watch.join(format!("f{i:02}.dat")), content(i, 2_000)).unwrap();
     }
     let mut first = Daemon::start(&site, s3drop(), &fc).unwrap();
-    first.wait_for_log("s3drop started", ARRIVAL).unwrap();
+    first
+        .wait_for_log("ready: backlog queued", ARRIVAL)
+        .unwrap();
     for i in 0..20u8 {
         world
             .wait_for_object(&key(&format!("f{i:02}.dat")), ARRIVAL)
@@ -308,7 +312,9 @@ async fn check_names_the_first_broken_link() {
 async fn delete_mode_removes_files_only_after_s3_confirms() {
     let (fc, world, site) = setup(BUCKET, "after_upload = \"delete\"").await;
     let mut daemon = Daemon::start(&site, s3drop(), &fc).unwrap();
-    daemon.wait_for_log("s3drop started", ARRIVAL).unwrap();
+    daemon
+        .wait_for_log("ready: backlog queued", ARRIVAL)
+        .unwrap();
     std::fs::write(site.watch.join("gone-after.txt"), b"payload").unwrap();
     world
         .wait_for_object(&key("gone-after.txt"), ARRIVAL)

@@ -35,7 +35,7 @@ async fn a_40_mib_file_goes_up_in_8_verified_parts() {
     let (fc, world, site) = setup(BUCKET, &format!("{CONFIG}\npart_concurrency = 2")).await;
     let mut daemon = Daemon::start(&site, s3drop(), &fc).unwrap();
     daemon
-        .wait_for_log("s3drop started", Duration::from_secs(30))
+        .wait_for_log("ready: backlog queued", Duration::from_secs(30))
         .unwrap();
     let body = content(1, 40 * MIB);
     std::fs::write(site.watch.join("big.bin"), &body).unwrap();
@@ -106,7 +106,7 @@ async fn a_file_changed_mid_upload_is_sent_again_whole() {
     let mut daemon =
         Daemon::start_with_env(&site, s3drop(), &fc.sdk_env_via(&proxy.endpoint)).unwrap();
     daemon
-        .wait_for_log("s3drop started", Duration::from_secs(30))
+        .wait_for_log("ready: backlog queued", Duration::from_secs(30))
         .unwrap();
     proxy.set_put_delay(Duration::from_millis(500));
     let path = site.watch.join("growing.bin");

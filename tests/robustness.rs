@@ -84,7 +84,9 @@ async fn odd_names_links_fifos_and_unreadable_files_cost_no_other_file() {
         &["run", "--log-format", "json"],
     );
     let mut daemon = Daemon::spawn(&site, cmd).unwrap();
-    daemon.wait_for_log("s3drop started", ARRIVAL).unwrap();
+    daemon
+        .wait_for_log("ready: backlog queued", ARRIVAL)
+        .unwrap();
 
     let expect = [
         ("with space.txt", &b"space"[..]),
@@ -148,7 +150,9 @@ async fn odd_names_links_fifos_and_unreadable_files_cost_no_other_file() {
 async fn watch_dir_deleted_and_recreated_is_watched_again() {
     let (fc, world, site) = setup(BUCKET, "").await;
     let mut daemon = Daemon::start(&site, s3drop(), &fc).unwrap();
-    daemon.wait_for_log("s3drop started", ARRIVAL).unwrap();
+    daemon
+        .wait_for_log("ready: backlog queued", ARRIVAL)
+        .unwrap();
     std::fs::write(site.watch.join("before.txt"), b"before").unwrap();
     world
         .wait_for_object(&key("before.txt"), ARRIVAL)
@@ -187,7 +191,9 @@ async fn move_mode_moves_confirmed_files_and_never_overwrites() {
     .await;
     // move_to must be on watch_dir's filesystem; both are under the temp dir here.
     let mut daemon = Daemon::start(&site, s3drop(), &fc).unwrap();
-    daemon.wait_for_log("s3drop started", ARRIVAL).unwrap();
+    daemon
+        .wait_for_log("ready: backlog queued", ARRIVAL)
+        .unwrap();
     std::fs::create_dir_all(site.watch.join("sub")).unwrap();
     std::fs::write(site.watch.join("sub/report.csv"), b"first").unwrap();
     world
@@ -245,7 +251,7 @@ async fn every_file_arrives_intact_through_a_proxy_failing_40_percent_of_request
     let started = Instant::now();
     let mut daemon = Daemon::start_with_env(&site, s3drop(), &env).unwrap();
     daemon
-        .wait_for_log("s3drop started", Duration::from_secs(120))
+        .wait_for_log("ready: backlog queued", Duration::from_secs(120))
         .unwrap();
     for (rel, body) in late {
         std::fs::write(site.watch.join(rel), body).unwrap();
@@ -324,7 +330,9 @@ async fn sessions_that_expire_mid_stream_are_renewed_and_no_file_fails() {
     let world = World::provision(&fc, BUCKET).await.unwrap();
     let site = Site::new(BUCKET, "session_duration_seconds = 900").unwrap();
     let mut daemon = Daemon::start(&site, s3drop(), &fc).unwrap();
-    daemon.wait_for_log("s3drop started", ARRIVAL).unwrap();
+    daemon
+        .wait_for_log("ready: backlog queued", ARRIVAL)
+        .unwrap();
     for round in 0..3 {
         for i in 0..5 {
             let rel = format!("round{round}/f{i}.txt");
@@ -382,7 +390,9 @@ async fn a_file_truncated_during_its_upload_is_sent_again_and_a_deleted_one_is_d
     let proxy = FaultProxy::start(&fc.endpoint, 0).await.unwrap();
     let mut daemon =
         Daemon::start_with_env(&site, s3drop(), &fc.sdk_env_via(&proxy.endpoint)).unwrap();
-    daemon.wait_for_log("s3drop started", ARRIVAL).unwrap();
+    daemon
+        .wait_for_log("ready: backlog queued", ARRIVAL)
+        .unwrap();
     proxy.set_put_delay(Duration::from_millis(1_500));
 
     // The first file's PUT is held by the proxy; meanwhile it is truncated in place
@@ -479,7 +489,9 @@ async fn a_full_state_dir_loses_no_file_and_recovers() {
         return;
     };
     let mut daemon = Daemon::start(&site, s3drop(), &fc).unwrap();
-    daemon.wait_for_log("s3drop started", ARRIVAL).unwrap();
+    daemon
+        .wait_for_log("ready: backlog queued", ARRIVAL)
+        .unwrap();
     std::fs::write(site.watch.join("early.txt"), b"recorded").unwrap();
     world
         .wait_for_object(&key("early.txt"), ARRIVAL)
@@ -580,7 +592,9 @@ async fn sigterm_lets_the_upload_in_flight_finish_and_sigint_past_the_deadline_l
 
     // SIGTERM while a PUT is held for 2 s: the daemon waits for it, records it, exits 0.
     let mut daemon = run(&site);
-    daemon.wait_for_log("s3drop started", ARRIVAL).unwrap();
+    daemon
+        .wait_for_log("ready: backlog queued", ARRIVAL)
+        .unwrap();
     proxy.set_put_delay(Duration::from_secs(2));
     std::fs::write(site.watch.join("in-flight.txt"), b"finish me").unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -600,7 +614,9 @@ async fn sigterm_lets_the_upload_in_flight_finish_and_sigint_past_the_deadline_l
     // SIGINT while a PUT is held longer than the 5 s deadline: exit 0 without recording it;
     // the next start uploads it.
     let mut daemon = run(&site);
-    daemon.wait_for_log("s3drop started", ARRIVAL).unwrap();
+    daemon
+        .wait_for_log("ready: backlog queued", ARRIVAL)
+        .unwrap();
     proxy.set_put_delay(Duration::from_secs(8));
     std::fs::write(site.watch.join("cut-off.txt"), b"next time").unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
