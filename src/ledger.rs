@@ -5,6 +5,7 @@
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -107,6 +108,8 @@ struct Store {
     path: PathBuf,
     /// `None` only while it is being reopened.
     db: std::sync::RwLock<Option<Database>>,
+    /// Transactions the writer has committed.
+    commits: std::sync::atomic::AtomicU64,
 }
 
 /// One change for the writer thread, with where to report the commit's outcome.
@@ -127,6 +130,11 @@ pub struct Ledger {
 
 /// Most changes one commit takes.
 const MAX_BATCH: usize = 4096;
+/// Least time between the starts of two commits. Each commit costs an fsync and a few
+/// pages written whatever its size, so pacing them bounds the ledger's CPU and disk work
+/// under a burst (at most 50 commits a second) while a lone upload is still recorded
+/// at once. Nothing waits on a commit in the upload path itself.
+const MIN_COMMIT_INTERVAL: Duration = Duration::from_millis(20);
 
 fn open_db(path: &Path) -> Result<Database, LedgerError> {
     let db = Database::create(path).map_err(|e| match e {
@@ -176,6 +184,8 @@ impl Store {
 
     /// Applies `batch` in one transaction.
     fn commit(&self, batch: &[Write]) -> Result<(), LedgerError> {
+        self.commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.with_db("commit", |db| {
             let txn = db.begin_write()?;
             {
@@ -197,14 +207,28 @@ impl Store {
 }
 
 fn write_loop(store: Arc<Store>, writes: std::sync::mpsc::Receiver<Write>) {
+    let mut last_commit: Option<Instant> = None;
     while let Ok(first) = writes.recv() {
         let mut batch = vec![first];
+        // Commits are paced: the next one starts no sooner than MIN_COMMIT_INTERVAL after
+        // the last one began, gathering what arrives meanwhile. A lone write after a quiet
+        // spell is committed at once; under load many share one fsync.
+        let due = last_commit.map(|at| at + MIN_COMMIT_INTERVAL);
         while batch.len() < MAX_BATCH {
-            match writes.try_recv() {
-                Ok(more) => batch.push(more),
-                Err(_) => break,
+            let wait = due.map_or(Duration::ZERO, |due| {
+                due.saturating_duration_since(Instant::now())
+            });
+            let next = if wait.is_zero() {
+                writes.try_recv().ok()
+            } else {
+                writes.recv_timeout(wait).ok()
+            };
+            match next {
+                Some(more) => batch.push(more),
+                None => break,
             }
         }
+        last_commit = Some(Instant::now());
         let result = store.commit(&batch);
         for write in batch {
             let _ = write.done.send(result.clone());
@@ -221,6 +245,7 @@ impl Ledger {
         let store = Arc::new(Store {
             path,
             db: std::sync::RwLock::new(Some(db)),
+            commits: Default::default(),
         });
         let (tx, rx) = std::sync::mpsc::channel();
         let writer_store = store.clone();
@@ -279,7 +304,7 @@ impl Ledger {
     pub fn remove_later(
         &self,
         relative: &Path,
-    ) -> impl std::future::Future<Output = Result<(), LedgerError>> + Send + 'static {
+    ) -> impl std::future::Future<Output = Result<(), LedgerError>> + Send + use<> {
         let submitted = self.submit(relative, None);
         async move { submitted?.await.map_err(|_| writer_stopped())? }
     }
@@ -290,7 +315,7 @@ impl Ledger {
         &self,
         relative: &Path,
         record: &FileRecord,
-    ) -> impl std::future::Future<Output = Result<(), LedgerError>> + Send + 'static {
+    ) -> impl std::future::Future<Output = Result<(), LedgerError>> + Send + use<> {
         let value = serde_json::to_vec(record).expect("ledger records always serialize");
         let submitted = self.submit(relative, Some(value));
         async move { submitted?.await.map_err(|_| writer_stopped())? }
@@ -349,6 +374,13 @@ impl Ledger {
 
     pub fn is_empty(&self) -> Result<bool, LedgerError> {
         Ok(self.len()? == 0)
+    }
+
+    /// How many write transactions have been committed so far.
+    pub fn commits(&self) -> u64 {
+        self.store
+            .commits
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -443,6 +475,40 @@ mod tests {
                 .size
                 == 19
         );
+    }
+
+    #[tokio::test]
+    async fn a_steady_stream_of_writes_shares_paced_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let started = Instant::now();
+        let mut pending = Vec::new();
+        for i in 0..200 {
+            pending.push(ledger.put_later(Path::new(&format!("f{i}")), &record(i)));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        for p in pending {
+            p.await.unwrap();
+        }
+        let elapsed = started.elapsed();
+        // At most one commit per MIN_COMMIT_INTERVAL (plus the first); unpaced, a write
+        // arriving every millisecond would get a commit of its own or nearly.
+        let bound = elapsed.as_millis() / MIN_COMMIT_INTERVAL.as_millis() + 2;
+        assert!(
+            u128::from(ledger.commits()) <= bound,
+            "{} commits in {elapsed:?}",
+            ledger.commits()
+        );
+        assert_eq!(ledger.len().unwrap(), 200);
+
+        // After a quiet spell, a lone write is committed without waiting for company.
+        tokio::time::sleep(MIN_COMMIT_INTERVAL * 2).await;
+        let before = ledger.commits();
+        ledger
+            .put_later(Path::new("lone"), &record(1))
+            .await
+            .unwrap();
+        assert_eq!(ledger.commits(), before + 1);
     }
 
     #[test]

@@ -136,17 +136,27 @@ impl Transfer {
                         parts.push(part);
                         record(&parts)
                     };
-                    // Durable before the next part counts on it; a failure here only
-                    // means this part is sent again after a restart.
-                    if let Err(e) = self.ledger.put_later(relative, &snapshot).await {
-                        tracing::warn!(error = %e, "could not record a part's progress");
-                    }
-                    Ok::<(), UploadError>(())
+                    // Submitted in order, so the ledger always holds the latest list; the
+                    // part's slot does not wait for the commit (see `recorded` below).
+                    Ok::<_, UploadError>(self.ledger.put_later(relative, &snapshot))
                 }
             })
             .buffer_unordered(self.part_concurrency)
-            .try_collect::<Vec<()>>()
+            .try_collect::<Vec<_>>()
             .await;
+        let result = match result {
+            Ok(commits) => {
+                // Progress is durable before the upload completes. A part whose record
+                // failed is only sent again after a restart.
+                for outcome in futures_util::future::join_all(commits).await {
+                    if let Err(e) = outcome {
+                        tracing::warn!(error = %e, "could not record a part's progress");
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
         if let Err(e) = result {
             if matches!(e, UploadError::NoSuchUpload) {
                 self.forget(relative).await;
