@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# s3drop's benchmark (P1–P5) against aws-cli, rclone and a raw-SDK loop on the local S3
-# server; prints the table and writes docs/BENCHMARKS.md.
-#   scripts/bench.sh            the published figures
-#   scripts/bench.sh --quick    smaller sizes (a smoke test)
+# s3drop's benchmark (P1–P5) against aws-cli, rclone and raw-SDK clients on the local S3
+# server; prints the table, and a full run writes docs/BENCHMARKS.md.
+#   scripts/bench.sh                   the published figures (P1 and P2: median of 3 runs)
+#   scripts/bench.sh --quick           smaller sizes (a smoke test; prints only)
+#   scripts/bench.sh --only p1 --runs 1   one part, once (prints only)
 # The server defaults to a release build of fakecloud 0.51.0 (installed once into
 # ~/.cache/fakecloud-release: 30-40 minutes on 2 cores), since the debug build caps every
 # client at the same figures; S3DROP_BENCH_SERVER=debug uses the tests' debug build.
@@ -30,13 +31,17 @@ cargo build --release --locked -p s3drop -p s3drop-testkit --bins
 target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
 results="$(mktemp)"
 "$target_dir/release/s3drop-bench" "$@" --report "$results"
+if [ "$#" -gt 0 ]; then
+  rm -f "$results"
+  exit 0 # a partial or quick run is not the published table
+fi
 {
   echo "# Benchmarks"
   echo
   echo "Measured with \`scripts/bench.sh $*\` on $(date -u +%Y-%m-%d):"
   echo "$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')),"
   echo "$(free -g | awk '/Mem:/ {print $2}') GiB memory, Linux $(uname -r). Server: $server,"
-  echo "on loopback, strict IAM and SigV4 checks. Every client uses the same"
+  echo "on loopback, strict IAM and SigV4 checks, logging warnings only. Every client uses the same"
   echo "credentials: a session of the upload role with s3drop's session policy, from the emulated"
   echo "IMDS. Concurrency 16 for all (s3drop \`concurrency\`, aws-cli \`max_concurrent_requests\`,"
   echo "rclone \`--transfers\`/\`--checkers\`, the raw loop's \`buffer_unordered\`)."

@@ -1,16 +1,21 @@
-//! s3drop's benchmark against aws-cli, rclone and a minimal raw-SDK PutObject loop, on the
-//! same machine, the same local S3 server (fakecloud, strict IAM and SigV4) and the same
+//! s3drop's benchmark against aws-cli, rclone and minimal raw-SDK clients, on the same
+//! machine, the same local S3 server (fakecloud, strict IAM and SigV4) and the same
 //! credentials: a session of the upload role with s3drop's session policy, obtained from
 //! the emulated IMDS exactly as s3drop obtains its own. Run it with `scripts/bench.sh`.
 //!
 //! P1: 10,000 files of 4 KiB dropped at once, time until all are in S3.
-//! P2: one 2 GiB file: throughput and peak RSS.
+//! P2: one 2 GiB file: throughput and peak RSS. Two ceilings: one raw PutObject, and a raw
+//!     multipart upload with s3drop's part size and part concurrency.
 //! P3: s3drop's latency from close() to the object being stored, at 20 files/s.
 //! P4: s3drop idle for 60 s: CPU time and RSS.
+//! P5: s3drop's memory with 100,000 files waiting.
 //!
-//! `s3drop-bench raw DIR KEY_PREFIX CONCURRENCY` is the raw-SDK loop (credentials, endpoint
-//! and bucket from the environment), run as its own process so it is measured like the
-//! others.
+//! Options: `--quick` (smaller sizes), `--runs N` (P1 and P2 are run N times per client and
+//! the median run is shown; default 3), `--only p1,p2,…`, `--report FILE`.
+//!
+//! `s3drop-bench raw DIR KEY_PREFIX CONCURRENCY` and `s3drop-bench raw-multipart FILE KEY
+//! PART_SIZE PART_CONCURRENCY` are the raw-SDK clients (credentials and endpoint from the
+//! environment), run as their own processes so they are measured like the others.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -171,6 +176,20 @@ impl Peers<'_> {
         Some(cmd)
     }
 
+    fn raw_multipart(&self, file: &Path, key: &str) -> Command {
+        let mut cmd = Command::new(std::env::current_exe().expect("own path"));
+        cmd.args(["raw-multipart"])
+            .arg(file)
+            .args([
+                &format!("{INSTANCE_ID}/{key}"),
+                &PART_SIZE.to_string(),
+                &PART_CONCURRENCY.to_string(),
+            ])
+            .env("AWS_ENDPOINT_URL", &self.fc.endpoint)
+            .envs(cred_env(&self.creds));
+        cmd
+    }
+
     fn raw(&self, dir: &Path, key_prefix: &str) -> Command {
         let mut cmd = Command::new(std::env::current_exe().expect("own path"));
         cmd.args(["raw"])
@@ -198,19 +217,61 @@ fn start_s3drop(s3drop: &Path, fc: &FakeCloud, extra: &str) -> Result<(Site, Dae
     Ok((site, daemon))
 }
 
-/// Waits until s3drop has logged `count` uploads, returning when the last one was logged.
-fn wait_uploaded(daemon: &Daemon, count: usize, limit: Duration) -> Result<()> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let n = daemon.log().matches("\"message\":\"uploaded\"").count();
-        if n >= count {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("only {n} of {count} uploads after {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+const UPLOADED: &[u8] = b"\"message\":\"uploaded\"";
+
+/// Counts s3drop's "uploaded" log lines by reading only what was appended since the last
+/// look, so watching a long log does not take CPU from the daemon being measured.
+struct UploadCounter {
+    file: std::fs::File,
+    partial: Vec<u8>,
+    count: usize,
+}
+
+impl UploadCounter {
+    fn new(daemon: &Daemon) -> Result<UploadCounter> {
+        Ok(UploadCounter {
+            file: std::fs::File::open(daemon.log_path())?,
+            partial: Vec::new(),
+            count: 0,
+        })
     }
+
+    fn poll(&mut self) -> Result<usize> {
+        use std::io::Read;
+        let mut buf = Vec::new();
+        self.file.read_to_end(&mut buf)?;
+        self.partial.extend_from_slice(&buf);
+        // Only whole lines are counted; the rest waits for the next poll.
+        if let Some(end) = self.partial.iter().rposition(|b| *b == b'\n') {
+            let lines = &self.partial[..=end];
+            self.count += lines
+                .split(|b| *b == b'\n')
+                .filter(|l| l.windows(UPLOADED.len()).any(|w| w == UPLOADED))
+                .count();
+            self.partial.drain(..=end);
+        }
+        Ok(self.count)
+    }
+
+    /// Waits until `count` uploads in all have been logged.
+    fn wait_for(&mut self, count: usize, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let n = self.poll()?;
+            if n >= count {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("only {n} of {count} uploads after {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Waits until s3drop has logged `count` uploads.
+fn wait_uploaded(daemon: &Daemon, count: usize, limit: Duration) -> Result<()> {
+    UploadCounter::new(daemon)?.wait_for(count, limit)
 }
 
 fn proc_cpu_and_rss(pid: u32) -> Result<(Duration, i64)> {
@@ -265,24 +326,28 @@ fn mib_s(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / (1 << 20) as f64 / d.as_secs_f64()
 }
 
-async fn raw_loop(dir: PathBuf, key_prefix: String, concurrency: usize) -> Result<()> {
-    use futures_util::StreamExt;
+async fn sdk_client() -> aws_sdk_s3::Client {
     let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .load()
         .await;
-    let s3 = aws_sdk_s3::Client::from_conf(
+    aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::config::Builder::from(&conf)
             .force_path_style(true)
             .build(),
-    );
-    let bucket = std::env::var("BENCH_BUCKET").unwrap_or_else(|_| BUCKET.into());
+    )
+}
+
+/// The raw-SDK ceiling for many files: one PutObject per file, `concurrency` at once.
+async fn raw_loop(dir: PathBuf, key_prefix: String, concurrency: usize) -> Result<()> {
+    use futures_util::StreamExt;
+    let s3 = sdk_client().await;
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)?
         .map(|e| e.map(|e| e.path()))
         .collect::<Result<_, _>>()?;
     files.sort();
     let results: Vec<Result<()>> = futures_util::stream::iter(files)
         .map(|path| {
-            let (s3, bucket) = (s3.clone(), bucket.clone());
+            let s3 = s3.clone();
             let key = format!(
                 "{INSTANCE_ID}/{key_prefix}{}",
                 path.file_name().unwrap().to_string_lossy()
@@ -290,7 +355,7 @@ async fn raw_loop(dir: PathBuf, key_prefix: String, concurrency: usize) -> Resul
             async move {
                 let body = aws_sdk_s3::primitives::ByteStream::from_path(&path).await?;
                 s3.put_object()
-                    .bucket(bucket)
+                    .bucket(BUCKET)
                     .key(key)
                     .body(body)
                     .send()
@@ -307,27 +372,521 @@ async fn raw_loop(dir: PathBuf, key_prefix: String, concurrency: usize) -> Resul
     Ok(())
 }
 
+/// The raw-SDK ceiling for one big file sent in parts, as s3drop sends it: the same part
+/// size and part concurrency, each part streamed from disk with a CRC32C checksum, and the
+/// part checksums handed back at completion.
+async fn raw_multipart(file: PathBuf, key: String, part_size: u64, parallel: usize) -> Result<()> {
+    use aws_sdk_s3::primitives::{ByteStream, Length};
+    use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+    use futures_util::{StreamExt, TryStreamExt};
+    let s3 = sdk_client().await;
+    let size = std::fs::metadata(&file)?.len();
+    let upload_id = s3
+        .create_multipart_upload()
+        .bucket(BUCKET)
+        .key(&key)
+        .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+        .send()
+        .await?
+        .upload_id
+        .context("no UploadId")?;
+    let count = size.div_ceil(part_size);
+    let mut parts: Vec<CompletedPart> = futures_util::stream::iter(1..=count)
+        .map(|n| {
+            let (s3, file, key, upload_id) = (&s3, &file, &key, &upload_id);
+            async move {
+                let offset = (n - 1) * part_size;
+                let len = part_size.min(size - offset);
+                let body = ByteStream::read_from()
+                    .path(file)
+                    .offset(offset)
+                    .length(Length::Exact(len))
+                    .build()
+                    .await?;
+                let out = s3
+                    .upload_part()
+                    .bucket(BUCKET)
+                    .key(key)
+                    .upload_id(upload_id)
+                    .part_number(n as i32)
+                    .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+                    .body(body)
+                    .send()
+                    .await?;
+                anyhow::Ok(
+                    CompletedPart::builder()
+                        .part_number(n as i32)
+                        .set_e_tag(out.e_tag)
+                        .set_checksum_crc32_c(out.checksum_crc32_c)
+                        .build(),
+                )
+            }
+        })
+        .buffer_unordered(parallel)
+        .try_collect()
+        .await?;
+    parts.sort_by_key(|p| p.part_number);
+    s3.complete_multipart_upload()
+        .bucket(BUCKET)
+        .key(&key)
+        .upload_id(&upload_id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(parts))
+                .build(),
+        )
+        .send()
+        .await?;
+    Ok(())
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// The run with the median wall time.
+fn median(mut runs: Vec<Usage>) -> Usage {
+    runs.sort_by_key(|u| u.wall);
+    runs[runs.len() / 2]
+}
+
+struct Options {
+    quick: bool,
+    runs: usize,
+    only: Vec<String>,
+    report: Option<PathBuf>,
+}
+
+impl Options {
+    fn parse(args: &[String]) -> Result<Options> {
+        let value = |flag: &str| {
+            args.iter()
+                .position(|a| a == flag)
+                .and_then(|i| args.get(i + 1))
+        };
+        Ok(Options {
+            quick: args.iter().any(|a| a == "--quick"),
+            runs: value("--runs").map(|r| r.parse()).transpose()?.unwrap_or(3),
+            only: value("--only")
+                .map(|o| o.split(',').map(|p| p.trim().to_lowercase()).collect())
+                .unwrap_or_default(),
+            report: value("--report").map(PathBuf::from),
+        })
+    }
+
+    fn wants(&self, part: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == part)
+    }
+}
+
+/// What every scenario shares, and the report it adds to.
+struct Bench<'a> {
+    sizes: Sizes,
+    runs: usize,
+    s3drop: PathBuf,
+    fc: &'a FakeCloud,
+    world: World,
+    peers: Peers<'a>,
+    table: String,
+    notes: Vec<String>,
+}
+
+/// s3drop's defaults for big files, which the raw multipart ceiling copies.
+const PART_SIZE: u64 = 8 << 20;
+const PART_CONCURRENCY: usize = 4;
+
+impl Bench<'_> {
+    fn work(&self) -> &Path {
+        &self.peers.work
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.world
+            .s3
+            .delete_object()
+            .bucket(BUCKET)
+            .key(format!("{INSTANCE_ID}/{key}"))
+            .send()
+            .await?;
+        Ok(())
+    }
+
+    /// P1: `p1_files` files of 4 KiB at once, `runs` times each; the median run is shown.
+    fn p1(&mut self) -> Result<()> {
+        let files = self.sizes.p1_files;
+        eprintln!("P1: {files} files of 4 KiB, {} runs each", self.runs);
+        let mut results: Vec<(&str, Option<Usage>)> = Vec::new();
+        let mut s3drop_runs = Vec::new();
+        for run in 0..self.runs {
+            let staging = self.work().join(format!("p1-s3drop-{run}"));
+            make_files(&staging, files, 4096)?;
+            let (site, daemon) = start_s3drop(&self.s3drop, self.fc, "")?;
+            let mut counter = UploadCounter::new(&daemon)?;
+            let (cpu0, _) = proc_cpu_and_rss(daemon.pid())?;
+            let started = Instant::now();
+            std::fs::rename(&staging, site.watch.join("p1"))?;
+            counter.wait_for(files, Duration::from_secs(1800))?;
+            let wall = started.elapsed();
+            let (cpu1, rss) = proc_cpu_and_rss(daemon.pid())?;
+            s3drop_runs.push(Usage {
+                wall,
+                cpu: cpu1 - cpu0,
+                max_rss_kib: rss,
+            });
+        }
+        results.push(("s3drop", Some(median(s3drop_runs))));
+        let mut raw_runs = Vec::new();
+        for run in 0..self.runs {
+            let dir = self.work().join(format!("p1-raw-{run}"));
+            make_files(&dir, files, 4096)?;
+            raw_runs.push(measure(
+                &mut self.peers.raw(&dir, &format!("p1-raw-{run}/")),
+            )?);
+        }
+        results.push(("raw SDK loop", Some(median(raw_runs))));
+        for name in ["aws s3 cp", "rclone copy"] {
+            let mut runs = Vec::new();
+            for run in 0..self.runs {
+                let dir = self
+                    .work()
+                    .join(format!("p1-{name}-{run}").replace(' ', "-"));
+                make_files(&dir, files, 4096)?;
+                let target = format!("p1-{}-{run}/", name.split(' ').next().unwrap());
+                let cmd = if name.starts_with("aws") {
+                    self.peers.aws(&[
+                        "s3",
+                        "cp",
+                        "--recursive",
+                        dir.to_str().unwrap(),
+                        &s3_url(&target),
+                    ])
+                } else {
+                    self.peers
+                        .rclone(&["copy", dir.to_str().unwrap(), &rclone_target(&target)])
+                };
+                match cmd {
+                    Some(mut cmd) => runs.push(measure(&mut cmd)?),
+                    None => break,
+                }
+            }
+            results.push((name, (!runs.is_empty()).then(|| median(runs))));
+        }
+
+        let table = &mut self.table;
+        writeln!(
+            table,
+            "\n**P1** {files} files of 4 KiB dropped at once (concurrency {CONCURRENCY} for all; \
+             median of {} runs)\n",
+            self.runs
+        )?;
+        writeln!(
+            table,
+            "| client | seconds | files/s | s3drop's speed-up | client CPU s |"
+        )?;
+        writeln!(table, "|---|---|---|---|---|")?;
+        let s3drop = results[0].1.expect("s3drop ran").wall;
+        for (name, u) in &results {
+            match u {
+                Some(u) => writeln!(
+                    table,
+                    "| {name} | {:.2} | {:.0} | {:.2}× | {:.1} |",
+                    u.wall.as_secs_f64(),
+                    files as f64 / u.wall.as_secs_f64(),
+                    u.wall.as_secs_f64() / s3drop.as_secs_f64(),
+                    u.cpu.as_secs_f64()
+                )?,
+                None => writeln!(table, "| {name} | not installed | | | |")?,
+            }
+        }
+        let wall = |n: &str| {
+            results
+                .iter()
+                .find(|(k, _)| *k == n)
+                .and_then(|(_, u)| u.map(|u| u.wall.as_secs_f64()))
+        };
+        if let Some(raw) = wall("raw SDK loop") {
+            self.notes.push(format!(
+                "P1: s3drop reaches {:.0} % of the raw-SDK ceiling (target ≥ 80 %)",
+                100.0 * raw / s3drop.as_secs_f64()
+            ));
+        }
+        for (peer, target) in [("aws s3 cp", 5.0), ("rclone copy", 1.5)] {
+            if let Some(d) = wall(peer) {
+                let x = d / s3drop.as_secs_f64();
+                self.notes
+                    .push(format!("P1: {x:.2}× {peer} (target ≥ {target}×)"));
+            }
+        }
+        Ok(())
+    }
+
+    /// P2: one big file, `runs` times for each client; the median run is shown.
+    async fn p2(&mut self) -> Result<()> {
+        let bytes = self.sizes.p2_bytes;
+        eprintln!(
+            "P2: one file of {} MiB, {} runs each",
+            bytes >> 20,
+            self.runs
+        );
+        let big = self.work().join("big.bin");
+        make_big_file(&big, bytes)?;
+        let mut results: Vec<(&str, Option<Usage>)> = Vec::new();
+
+        let mut runs = Vec::new();
+        for _ in 0..self.runs {
+            let (site, daemon) = start_s3drop(&self.s3drop, self.fc, "")?;
+            let dir = site.watch.join("p2");
+            std::fs::create_dir(&dir)?;
+            // A hard link, so every client reads the same bytes (already in the page cache).
+            let staged = site.dir.path().join("big.bin");
+            std::fs::hard_link(&big, &staged)?;
+            let mut counter = UploadCounter::new(&daemon)?;
+            let started = Instant::now();
+            std::fs::rename(&staged, dir.join("big.bin"))?;
+            counter.wait_for(1, Duration::from_secs(3600))?;
+            let wall = started.elapsed();
+            daemon.signal("-TERM")?;
+            let u = wait_usage(daemon.pid() as i32)?;
+            std::mem::forget(daemon); // already reaped
+            runs.push(Usage { wall, ..u });
+            self.delete("p2/big.bin").await?;
+        }
+        results.push(("s3drop", Some(median(runs))));
+
+        let mut single = Vec::new();
+        let mut parts = Vec::new();
+        for _ in 0..self.runs {
+            let dir = self.work().join("p2-raw");
+            std::fs::create_dir_all(&dir)?;
+            let linked = dir.join("big.bin");
+            if !linked.exists() {
+                std::fs::hard_link(&big, &linked)?;
+            }
+            single.push(measure(&mut self.peers.raw(&dir, "p2-raw/"))?);
+            self.delete("p2-raw/big.bin").await?;
+            parts.push(measure(
+                &mut self.peers.raw_multipart(&big, "p2-raw-mpu/big.bin"),
+            )?);
+            self.delete("p2-raw-mpu/big.bin").await?;
+        }
+        results.push(("raw SDK PutObject (one request)", Some(median(single))));
+        results.push((
+            "raw SDK multipart (s3drop's part size and concurrency)",
+            Some(median(parts)),
+        ));
+
+        for (name, key) in [
+            ("aws s3 cp", "p2-aws/big.bin"),
+            ("rclone copyto", "p2-rclone/big.bin"),
+        ] {
+            let mut runs = Vec::new();
+            for _ in 0..self.runs {
+                let cmd = if name.starts_with("aws") {
+                    self.peers
+                        .aws(&["s3", "cp", big.to_str().unwrap(), &s3_url(key)])
+                } else {
+                    self.peers
+                        .rclone(&["copyto", big.to_str().unwrap(), &rclone_target(key)])
+                };
+                let Some(mut cmd) = cmd else { break };
+                runs.push(measure(&mut cmd)?);
+                self.delete(key).await?;
+            }
+            results.push((name, (!runs.is_empty()).then(|| median(runs))));
+        }
+        std::fs::remove_file(&big)?;
+
+        let table = &mut self.table;
+        writeln!(
+            table,
+            "\n**P2** one file of {} MiB (median of {} runs)\n",
+            bytes >> 20,
+            self.runs
+        )?;
+        writeln!(table, "| client | seconds | MiB/s | peak RSS MiB | CPU s |")?;
+        writeln!(table, "|---|---|---|---|---|")?;
+        for (name, u) in &results {
+            match u {
+                Some(u) => writeln!(
+                    table,
+                    "| {name} | {:.1} | {:.0} | {:.1} | {:.1} |",
+                    u.wall.as_secs_f64(),
+                    mib_s(bytes, u.wall),
+                    u.max_rss_kib as f64 / 1024.0,
+                    u.cpu.as_secs_f64()
+                )?,
+                None => writeln!(table, "| {name} | not installed | | | |")?,
+            }
+        }
+        let speed = |n: &str| {
+            results
+                .iter()
+                .find(|(k, _)| k.starts_with(n))
+                .and_then(|(_, u)| u.map(|u| mib_s(bytes, u.wall)))
+        };
+        let ours = speed("s3drop").expect("s3drop ran");
+        let rss = results[0].1.expect("s3drop ran").max_rss_kib as f64 / 1024.0;
+        for (ceiling, what) in [
+            ("raw SDK PutObject", "the single-request ceiling"),
+            ("raw SDK multipart", "the multipart ceiling"),
+        ] {
+            if let Some(c) = speed(ceiling) {
+                self.notes.push(format!(
+                    "P2: s3drop reaches {:.0} % of {what} (target ≥ 90 %)",
+                    100.0 * ours / c
+                ));
+            }
+        }
+        if let Some(r) = speed("rclone") {
+            self.notes.push(format!(
+                "P2: {:.2}× rclone's throughput (target ≥ 1×)",
+                ours / r
+            ));
+        }
+        self.notes.push(format!(
+            "P2: s3drop's peak RSS {rss:.1} MiB (target ≤ 64 MiB)"
+        ));
+        Ok(())
+    }
+
+    /// P3, then P4 on the same daemon once it is idle.
+    fn p3_p4(&mut self, p3: bool, p4: bool) -> Result<()> {
+        let (site, daemon) = start_s3drop(&self.s3drop, self.fc, "")?;
+        if p3 {
+            eprintln!("P3: {} s at 20 files/s", self.sizes.p3_seconds);
+            let total = (self.sizes.p3_seconds * 20) as usize;
+            let mut closed = Vec::with_capacity(total);
+            let start = Instant::now();
+            for i in 0..total {
+                let due = start + Duration::from_millis(50 * i as u64);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                let path = site.watch.join(format!("p3-{i:05}.dat"));
+                std::fs::write(&path, vec![b'x'; 4096])?;
+                closed.push((path, SystemTime::now()));
+            }
+            wait_uploaded(&daemon, total, Duration::from_secs(300))?;
+            let mut latencies: Vec<f64> = Vec::new();
+            let events = daemon.events("uploaded");
+            for (path, at) in &closed {
+                let event = events
+                    .iter()
+                    .find(|e| e["path"] == path.to_string_lossy().as_ref())
+                    .context("an upload event for every file")?;
+                let ts = event["timestamp"].as_str().context("timestamp")?;
+                let done = parse_rfc3339(ts)?;
+                latencies.push(done.duration_since(*at).unwrap_or_default().as_secs_f64() * 1000.0);
+            }
+            latencies.sort_by(f64::total_cmp);
+            let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
+            let table = &mut self.table;
+            writeln!(
+                table,
+                "\n**P3** s3drop, close() to stored, {total} files at 20 files/s\n"
+            )?;
+            writeln!(table, "| p50 ms | p99 ms | max ms |\n|---|---|---|")?;
+            writeln!(
+                table,
+                "| {p50:.1} | {p99:.1} | {:.1} |",
+                latencies.last().unwrap()
+            )?;
+            self.notes
+                .push(format!("P3: p99 {p99:.1} ms (target ≤ 250 ms)"));
+        }
+        if p4 {
+            let seconds = self.sizes.p4_seconds;
+            eprintln!("P4: {seconds} s idle");
+            std::thread::sleep(Duration::from_secs(2));
+            let (cpu0, _) = proc_cpu_and_rss(daemon.pid())?;
+            std::thread::sleep(Duration::from_secs(seconds));
+            let (cpu1, rss) = proc_cpu_and_rss(daemon.pid())?;
+            let per_minute = (cpu1 - cpu0).as_secs_f64() * 60.0 / seconds as f64;
+            let table = &mut self.table;
+            writeln!(table, "\n**P4** s3drop idle for {seconds} s\n")?;
+            writeln!(
+                table,
+                "| CPU s | CPU s per idle minute | RSS MiB |\n|---|---|---|"
+            )?;
+            writeln!(
+                table,
+                "| {:.3} | {per_minute:.3} | {:.1} |",
+                (cpu1 - cpu0).as_secs_f64(),
+                rss as f64 / 1024.0
+            )?;
+            self.notes.push(format!(
+                "P4: {per_minute:.3} s CPU per idle minute (target < 0.1 s)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// P5: memory with a long queue. A bandwidth cap of 64 KiB/s lets about 64 files a
+    /// second through, so nearly all of them are still waiting when RSS is read.
+    fn p5(&mut self, quick: bool) -> Result<()> {
+        let waiting = if quick { 10_000 } else { 100_000 };
+        eprintln!("P5: {waiting} files waiting");
+        let staging = self.work().join("p5");
+        std::fs::create_dir(&staging)?;
+        for i in 0..waiting {
+            std::fs::write(staging.join(format!("queued-{i:06}.dat")), b"x")?;
+        }
+        let (site, mut daemon) = start_s3drop(&self.s3drop, self.fc, "max_bandwidth = \"64KiB\"")?;
+        let pid = daemon.pid();
+        let (_, idle_rss) = proc_cpu_and_rss(pid)?;
+        std::fs::rename(&staging, site.watch.join("p5"))?;
+        daemon.wait_for_log("directory moved in", Duration::from_secs(300))?;
+        std::thread::sleep(Duration::from_secs(2));
+        let (_, rss) = proc_cpu_and_rss(pid)?;
+        let sent = daemon.log().matches("\"message\":\"uploaded\"").count();
+        let table = &mut self.table;
+        writeln!(
+            table,
+            "\n**P5** s3drop with {waiting} files queued (uploads throttled)\n"
+        )?;
+        writeln!(
+            table,
+            "| RSS before MiB | RSS with the queue MiB | bytes per waiting file | sent meanwhile |\n|---|---|---|---|"
+        )?;
+        writeln!(
+            table,
+            "| {:.1} | {:.1} | {:.0} | {sent} |",
+            idle_rss as f64 / 1024.0,
+            rss as f64 / 1024.0,
+            (rss - idle_rss) as f64 * 1024.0 / (waiting - sent) as f64
+        )?;
+        Ok(())
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("raw") {
-        let [_, _, dir, prefix, concurrency] = &args[..] else {
-            bail!("usage: s3drop-bench raw DIR KEY_PREFIX CONCURRENCY");
-        };
-        return raw_loop(PathBuf::from(dir), prefix.clone(), concurrency.parse()?).await;
+    match args.get(1).map(String::as_str) {
+        Some("raw") => {
+            let [_, _, dir, prefix, concurrency] = &args[..] else {
+                bail!("usage: s3drop-bench raw DIR KEY_PREFIX CONCURRENCY");
+            };
+            return raw_loop(PathBuf::from(dir), prefix.clone(), concurrency.parse()?).await;
+        }
+        Some("raw-multipart") => {
+            let [_, _, file, key, part_size, parallel] = &args[..] else {
+                bail!("usage: s3drop-bench raw-multipart FILE KEY PART_SIZE PART_CONCURRENCY");
+            };
+            return raw_multipart(
+                PathBuf::from(file),
+                key.clone(),
+                part_size.parse()?,
+                parallel.parse()?,
+            )
+            .await;
+        }
+        _ => {}
     }
-    let quick = args.iter().any(|a| a == "--quick");
-    let report = args
-        .iter()
-        .position(|a| a == "--report")
-        .and_then(|i| args.get(i + 1))
-        .map(PathBuf::from);
-    let sizes = if quick {
+    let options = Options::parse(&args)?;
+    anyhow::ensure!(options.runs >= 1, "--runs must be at least 1");
+    let sizes = if options.quick {
         Sizes {
             p1_files: 1_000,
             p2_bytes: 256 << 20,
@@ -349,311 +908,52 @@ async fn main() -> Result<()> {
         s3drop.display()
     );
 
-    let fc = FakeCloud::start()?;
+    let fc = FakeCloud::start_quiet()?;
     let world = World::provision(&fc, BUCKET).await?;
     let creds = world.assume_upload_role(Some(&session_policy())).await?;
     let work = tempfile::tempdir()?;
-    let peers = Peers {
+    let mut bench = Bench {
+        sizes,
+        runs: options.runs,
+        s3drop: s3drop.clone(),
         fc: &fc,
-        creds,
-        work: work.path().to_owned(),
-        aws: which("aws"),
-        rclone: which("rclone"),
+        world,
+        peers: Peers {
+            fc: &fc,
+            creds,
+            work: work.path().to_owned(),
+            aws: which("aws"),
+            rclone: which("rclone"),
+        },
+        table: String::new(),
+        notes: Vec::new(),
     };
-    let mut table = String::new();
-    let mut notes = Vec::new();
-
-    // P1
-    eprintln!("P1: {} files of 4 KiB", sizes.p1_files);
-    let mut p1 = Vec::new();
-    {
-        let staging = work.path().join("p1-s3drop");
-        make_files(&staging, sizes.p1_files, 4096)?;
-        let (site, daemon) = start_s3drop(&s3drop, &fc, "")?;
-        let (cpu0, _) = proc_cpu_and_rss(daemon.pid())?;
-        let started = Instant::now();
-        std::fs::rename(&staging, site.watch.join("p1-s3drop"))?;
-        wait_uploaded(&daemon, sizes.p1_files, Duration::from_secs(1800))?;
-        let wall = started.elapsed();
-        let (cpu1, _) = proc_cpu_and_rss(daemon.pid())?;
-        p1.push(("s3drop", Some((wall, cpu1 - cpu0))));
-        drop(daemon);
+    if options.wants("p1") {
+        bench.p1()?;
     }
-    {
-        let dir = work.path().join("p1-raw");
-        make_files(&dir, sizes.p1_files, 4096)?;
-        let u = measure(&mut peers.raw(&dir, "p1-raw/"))?;
-        p1.push(("raw SDK loop", Some((u.wall, u.cpu))));
+    if options.wants("p2") {
+        bench.p2().await?;
     }
-    for (name, cmd) in [
-        ("aws s3 cp", {
-            let dir = work.path().join("p1-aws");
-            make_files(&dir, sizes.p1_files, 4096)?;
-            peers.aws(&[
-                "s3",
-                "cp",
-                "--recursive",
-                dir.to_str().unwrap(),
-                &s3_url("p1-aws/"),
-            ])
-        }),
-        ("rclone copy", {
-            let dir = work.path().join("p1-rclone");
-            make_files(&dir, sizes.p1_files, 4096)?;
-            peers.rclone(&["copy", dir.to_str().unwrap(), &rclone_target("p1-rclone")])
-        }),
-    ] {
-        match cmd {
-            Some(mut cmd) => {
-                let u = measure(&mut cmd)?;
-                p1.push((name, Some((u.wall, u.cpu))));
-            }
-            None => p1.push((name, None)),
-        }
+    if options.wants("p3") || options.wants("p4") {
+        bench.p3_p4(options.wants("p3"), options.wants("p4"))?;
     }
-    let p1_of = |n: &str| {
-        p1.iter()
-            .find(|(k, _)| *k == n)
-            .and_then(|(_, d)| d.map(|(wall, _)| wall))
-    };
-    writeln!(
-        table,
-        "\n**P1** {} files of 4 KiB dropped at once (concurrency {CONCURRENCY} for all)\n",
-        sizes.p1_files
-    )?;
-    writeln!(
-        table,
-        "| client | seconds | files/s | s3drop's speed-up | client CPU s |"
-    )?;
-    writeln!(table, "|---|---|---|---|---|")?;
-    let s3drop_p1 = p1_of("s3drop").unwrap();
-    for (name, d) in &p1 {
-        match d {
-            Some((d, cpu)) => writeln!(
-                table,
-                "| {name} | {:.2} | {:.0} | {:.2}× | {:.1} |",
-                d.as_secs_f64(),
-                sizes.p1_files as f64 / d.as_secs_f64(),
-                d.as_secs_f64() / s3drop_p1.as_secs_f64(),
-                cpu.as_secs_f64()
-            )?,
-            None => writeln!(table, "| {name} | not installed | | | |")?,
-        }
-    }
-    if let Some(raw) = p1_of("raw SDK loop") {
-        notes.push(format!(
-            "P1: s3drop reaches {:.0} % of the raw-SDK ceiling (target ≥ 80 %)",
-            100.0 * raw.as_secs_f64() / s3drop_p1.as_secs_f64()
-        ));
-    }
-    for (peer, target) in [("aws s3 cp", 5.0), ("rclone copy", 1.5)] {
-        if let Some(d) = p1_of(peer) {
-            let x = d.as_secs_f64() / s3drop_p1.as_secs_f64();
-            notes.push(format!("P1: {x:.2}× {peer} (target ≥ {target}×)"));
-        }
-    }
-
-    // P2
-    eprintln!("P2: one file of {} MiB", sizes.p2_bytes >> 20);
-    let mut p2: Vec<(&str, Option<Usage>)> = Vec::new();
-    let big = work.path().join("big.bin");
-    make_big_file(&big, sizes.p2_bytes)?;
-    {
-        let (site, daemon) = start_s3drop(&s3drop, &fc, "")?;
-        let dir = site.watch.join("p2");
-        std::fs::create_dir(&dir)?;
-        // Hard link, so the same bytes (already in the page cache) are read by every client.
-        let staged = site.dir.path().join("big.bin");
-        std::fs::hard_link(&big, &staged)?;
-        let started = Instant::now();
-        std::fs::rename(&staged, dir.join("big.bin"))?;
-        wait_uploaded(&daemon, 1, Duration::from_secs(3600))?;
-        let wall = started.elapsed();
-        daemon.signal("-TERM")?;
-        let u = wait_usage(daemon_pid(&daemon))?;
-        p2.push(("s3drop", Some(Usage { wall, ..u })));
-        std::mem::forget(daemon); // already reaped
-        world
-            .s3
-            .delete_object()
-            .bucket(BUCKET)
-            .key(format!("{INSTANCE_ID}/p2/big.bin"))
-            .send()
-            .await?;
-    }
-    {
-        let dir = work.path().join("p2-raw");
-        std::fs::create_dir(&dir)?;
-        std::fs::hard_link(&big, dir.join("big.bin"))?;
-        p2.push((
-            "raw SDK PutObject",
-            Some(measure(&mut peers.raw(&dir, "p2-raw/"))?),
-        ));
-        world
-            .s3
-            .delete_object()
-            .bucket(BUCKET)
-            .key(format!("{INSTANCE_ID}/p2-raw/big.bin"))
-            .send()
-            .await?;
-    }
-    for (name, cmd, key) in [
-        (
-            "aws s3 cp",
-            peers.aws(&["s3", "cp", big.to_str().unwrap(), &s3_url("p2-aws/big.bin")]),
-            "p2-aws/big.bin",
-        ),
-        (
-            "rclone copyto",
-            peers.rclone(&[
-                "copyto",
-                big.to_str().unwrap(),
-                &rclone_target("p2-rclone/big.bin"),
-            ]),
-            "p2-rclone/big.bin",
-        ),
-    ] {
-        match cmd {
-            Some(mut cmd) => {
-                p2.push((name, Some(measure(&mut cmd)?)));
-                world
-                    .s3
-                    .delete_object()
-                    .bucket(BUCKET)
-                    .key(format!("{INSTANCE_ID}/{key}"))
-                    .send()
-                    .await?;
-            }
-            None => p2.push((name, None)),
-        }
-    }
-    writeln!(table, "\n**P2** one file of {} MiB\n", sizes.p2_bytes >> 20)?;
-    writeln!(table, "| client | seconds | MiB/s | peak RSS MiB | CPU s |")?;
-    writeln!(table, "|---|---|---|---|---|")?;
-    for (name, u) in &p2 {
-        match u {
-            Some(u) => writeln!(
-                table,
-                "| {name} | {:.1} | {:.0} | {:.1} | {:.1} |",
-                u.wall.as_secs_f64(),
-                mib_s(sizes.p2_bytes, u.wall),
-                u.max_rss_kib as f64 / 1024.0,
-                u.cpu.as_secs_f64()
-            )?,
-            None => writeln!(table, "| {name} | not installed | | | |")?,
-        }
-    }
-
-    // P3
-    eprintln!("P3: {} s at 20 files/s", sizes.p3_seconds);
-    let (site, daemon) = start_s3drop(&s3drop, &fc, "")?;
-    let total = (sizes.p3_seconds * 20) as usize;
-    let mut closed = Vec::with_capacity(total);
-    let start = Instant::now();
-    for i in 0..total {
-        let due = start + Duration::from_millis(50 * i as u64);
-        if let Some(wait) = due.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
-        }
-        let path = site.watch.join(format!("p3-{i:05}.dat"));
-        std::fs::write(&path, vec![b'x'; 4096])?;
-        closed.push((path, SystemTime::now()));
-    }
-    wait_uploaded(&daemon, total, Duration::from_secs(300))?;
-    let mut latencies: Vec<f64> = Vec::new();
-    let events = daemon.events("uploaded");
-    for (path, at) in &closed {
-        let event = events
-            .iter()
-            .find(|e| e["path"] == path.to_string_lossy().as_ref())
-            .context("an upload event for every file")?;
-        let ts = event["timestamp"].as_str().context("timestamp")?;
-        let done = parse_rfc3339(ts)?;
-        latencies.push(done.duration_since(*at).unwrap_or_default().as_secs_f64() * 1000.0);
-    }
-    latencies.sort_by(f64::total_cmp);
-    let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
-    writeln!(
-        table,
-        "\n**P3** s3drop, close() to stored, {total} files at 20 files/s\n"
-    )?;
-    writeln!(table, "| p50 ms | p99 ms | max ms |\n|---|---|---|")?;
-    writeln!(
-        table,
-        "| {p50:.1} | {p99:.1} | {:.1} |",
-        latencies.last().unwrap()
-    )?;
-    notes.push(format!("P3: p99 {p99:.1} ms (target ≤ 250 ms)"));
-
-    // P4: the same daemon, now idle.
-    eprintln!("P4: {} s idle", sizes.p4_seconds);
-    std::thread::sleep(Duration::from_secs(2));
-    let pid = daemon_pid(&daemon) as u32;
-    let (cpu0, _) = proc_cpu_and_rss(pid)?;
-    std::thread::sleep(Duration::from_secs(sizes.p4_seconds));
-    let (cpu1, rss) = proc_cpu_and_rss(pid)?;
-    let per_minute = (cpu1 - cpu0).as_secs_f64() * 60.0 / sizes.p4_seconds as f64;
-    writeln!(table, "\n**P4** s3drop idle for {} s\n", sizes.p4_seconds)?;
-    writeln!(
-        table,
-        "| CPU s | CPU s per idle minute | RSS MiB |\n|---|---|---|"
-    )?;
-    writeln!(
-        table,
-        "| {:.3} | {per_minute:.3} | {:.1} |",
-        (cpu1 - cpu0).as_secs_f64(),
-        rss as f64 / 1024.0
-    )?;
-    notes.push(format!(
-        "P4: {per_minute:.3} s CPU per idle minute (target < 0.1 s)"
-    ));
-    drop(daemon);
-
-    // P5: memory with a long queue. A bandwidth cap of 64 KiB/s lets about 64 files a
-    // second through, so nearly all of them are still waiting when RSS is read.
-    let waiting = if quick { 10_000 } else { 100_000 };
-    eprintln!("P5: {waiting} files waiting");
-    {
-        let staging = work.path().join("p5");
-        std::fs::create_dir(&staging)?;
-        for i in 0..waiting {
-            std::fs::write(staging.join(format!("queued-{i:06}.dat")), b"x")?;
-        }
-        let (site, mut daemon) = start_s3drop(&s3drop, &fc, "max_bandwidth = \"64KiB\"")?;
-        let pid = daemon_pid(&daemon) as u32;
-        let (_, idle_rss) = proc_cpu_and_rss(pid)?;
-        std::fs::rename(&staging, site.watch.join("p5"))?;
-        daemon.wait_for_log("directory moved in", Duration::from_secs(300))?;
-        std::thread::sleep(Duration::from_secs(2));
-        let (_, rss) = proc_cpu_and_rss(pid)?;
-        let sent = daemon.log().matches("\"message\":\"uploaded\"").count();
-        writeln!(
-            table,
-            "\n**P5** s3drop with {waiting} files queued (uploads throttled)\n"
-        )?;
-        writeln!(
-            table,
-            "| RSS before MiB | RSS with the queue MiB | bytes per waiting file | sent meanwhile |\n|---|---|---|---|"
-        )?;
-        writeln!(
-            table,
-            "| {:.1} | {:.1} | {:.0} | {sent} |",
-            idle_rss as f64 / 1024.0,
-            rss as f64 / 1024.0,
-            (rss - idle_rss) as f64 * 1024.0 / (waiting - sent) as f64
-        )?;
-        drop(daemon);
+    if options.wants("p5") {
+        bench.p5(options.quick)?;
     }
 
     let mut out = String::new();
     writeln!(
         out,
         "## Results{}",
-        if quick { " (--quick sizes)" } else { "" }
+        if options.quick {
+            " (--quick sizes)"
+        } else {
+            ""
+        }
     )?;
-    out.push_str(&table);
+    out.push_str(&bench.table);
     writeln!(out, "\n**Against the targets**\n")?;
-    for n in &notes {
+    for n in &bench.notes {
         writeln!(out, "- {n}")?;
     }
     writeln!(
@@ -669,15 +969,11 @@ async fn main() -> Result<()> {
         )
     )?;
     println!("{out}");
-    if let Some(report) = report {
+    if let Some(report) = options.report {
         std::fs::write(&report, out)?;
         eprintln!("written to {}", report.display());
     }
     Ok(())
-}
-
-fn daemon_pid(daemon: &Daemon) -> i32 {
-    daemon.pid() as i32
 }
 
 /// `2026-11-24T07:10:34.561707Z` → SystemTime.
