@@ -209,23 +209,18 @@ impl Store {
 fn write_loop(store: Arc<Store>, writes: std::sync::mpsc::Receiver<Write>) {
     let mut last_commit: Option<Instant> = None;
     while let Ok(first) = writes.recv() {
-        let mut batch = vec![first];
         // Commits are paced: the next one starts no sooner than MIN_COMMIT_INTERVAL after
-        // the last one began, gathering what arrives meanwhile. A lone write after a quiet
-        // spell is committed at once; under load many share one fsync.
-        let due = last_commit.map(|at| at + MIN_COMMIT_INTERVAL);
+        // the last one began, and takes everything that arrived meanwhile. A lone write
+        // after a quiet spell is committed at once; under load many share one fsync. The
+        // writer sleeps rather than waking for every write that arrives.
+        if let Some(due) = last_commit.map(|at| at + MIN_COMMIT_INTERVAL) {
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
+        let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
-            let wait = due.map_or(Duration::ZERO, |due| {
-                due.saturating_duration_since(Instant::now())
-            });
-            let next = if wait.is_zero() {
-                writes.try_recv().ok()
-            } else {
-                writes.recv_timeout(wait).ok()
-            };
-            match next {
-                Some(more) => batch.push(more),
-                None => break,
+            match writes.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
             }
         }
         last_commit = Some(Instant::now());
