@@ -23,6 +23,8 @@ use crate::queue::Queue;
 use crate::upload::file_kind;
 
 const CHANNEL_CAPACITY: usize = 16 * 1024;
+/// Files a scan hands to the intake at a time.
+const WALK_CHUNK: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -380,14 +382,15 @@ impl Intake {
             && matches!(self.ledger.get(relative), Ok(Some(r)) if r.is_uploaded_as(&FileIdentity::of(meta)))
     }
 
-    fn take_found(&mut self, found: Found) {
+    /// Queues a scanned file that has settled, or defers it; true if it was queued.
+    fn take_found(&mut self, found: Found) -> bool {
         if !found.file_type.is_file() {
             let kind = file_kind(&found.file_type);
             self.report_skip(&found.path, kind);
-            return;
+            return false;
         }
         if self.writing.contains(&found.path) || self.already_recorded(&found) {
-            return; // a close event will queue it, or there is nothing to do
+            return false; // a close event will queue it, or there is nothing to do
         }
         let age = found
             .meta
@@ -397,9 +400,12 @@ impl Intake {
             .unwrap_or(Duration::ZERO);
         if age >= self.config.settle {
             self.queue.push(found.path);
-        } else if self.deferred_set.insert(found.path.clone()) {
+            return true;
+        }
+        if self.deferred_set.insert(found.path.clone()) {
             self.deferred.insert(found.path, self.config.settle - age);
         }
+        false
     }
 
     /// Scans the whole tree, then forgets ledger records of files that are gone.
@@ -430,15 +436,18 @@ impl Intake {
     }
 
     /// Walks `dir` and takes every file in it; `moved_in`: the directory was renamed into
-    /// the tree as a whole, so its files are complete however new they are.
+    /// the tree as a whole, so its files are complete however new they are. Files are
+    /// queued in chunks as the walk finds them, so uploads start before a large tree has
+    /// been read to the end.
     async fn walk(&mut self, dir: PathBuf, reason: &'static str, moved_in: bool) {
         let root = self.config.root.clone();
         let exclude = self.config.exclude.clone();
         let started = std::time::Instant::now();
-        let walked = tokio::task::spawn_blocking(move || {
-            let mut found = Vec::new();
+        let (chunks, mut found) = mpsc::channel::<Vec<Found>>(4);
+        let walker = tokio::task::spawn_blocking(move || {
             let mut errors = Vec::new();
-            let walker = walkdir::WalkDir::new(&dir)
+            let mut chunk = Vec::with_capacity(WALK_CHUNK);
+            let entries = walkdir::WalkDir::new(&dir)
                 .follow_links(false)
                 .into_iter()
                 .filter_entry(|e| {
@@ -447,40 +456,58 @@ impl Intake {
                         .map(|r| r.as_os_str().is_empty() || !exclude.is_excluded(r))
                         .unwrap_or(false)
                 });
-            for entry in walker {
+            for entry in entries {
                 match entry {
                     Ok(entry) if entry.file_type().is_dir() => {}
-                    Ok(entry) => found.push(Found {
-                        meta: entry.metadata().ok(),
-                        file_type: entry.file_type(),
-                        path: entry.into_path(),
-                    }),
+                    Ok(entry) => {
+                        chunk.push(Found {
+                            // Only the settle rule needs the age; a moved-in tree is complete.
+                            meta: if moved_in {
+                                None
+                            } else {
+                                entry.metadata().ok()
+                            },
+                            file_type: entry.file_type(),
+                            path: entry.into_path(),
+                        });
+                        if chunk.len() == WALK_CHUNK
+                            && chunks.blocking_send(std::mem::take(&mut chunk)).is_err()
+                        {
+                            return errors; // the intake stopped
+                        }
+                    }
                     Err(e) => errors.push(e.to_string()),
                 }
             }
-            (found, errors)
-        })
-        .await;
-        let Ok((found, errors)) = walked else {
-            tracing::error!("scan task failed");
-            return;
-        };
-        for error in errors {
-            tracing::warn!(%error, "scan could not read an entry");
-        }
-        let files = found.len();
-        let queued_before = self.queue.depth();
-        for f in found {
-            if moved_in && f.file_type.is_file() && !self.writing.contains(&f.path) {
-                self.queue.push(f.path);
-            } else {
-                self.take_found(f);
+            if !chunk.is_empty() {
+                let _ = chunks.blocking_send(chunk);
             }
+            errors
+        });
+        let (mut files, mut queued) = (0usize, 0usize);
+        while let Some(chunk) = found.recv().await {
+            files += chunk.len();
+            for f in chunk {
+                if moved_in && f.file_type.is_file() && !self.writing.contains(&f.path) {
+                    self.queue.push(f.path);
+                    queued += 1;
+                } else {
+                    queued += usize::from(self.take_found(f));
+                }
+            }
+        }
+        match walker.await {
+            Ok(errors) => {
+                for error in errors {
+                    tracing::warn!(%error, "scan could not read an entry");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "scan task failed"),
         }
         tracing::info!(
             reason,
             files,
-            queued = self.queue.depth().saturating_sub(queued_before),
+            queued,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "scan done"
         );
