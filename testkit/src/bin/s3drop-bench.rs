@@ -123,16 +123,35 @@ fn make_big_file(path: &Path, size: u64) -> Result<()> {
     Ok(())
 }
 
-struct Peers<'a> {
-    fc: &'a FakeCloud,
+/// A fresh server with the world provisioned, and the credentials the peers use: a session
+/// of the upload role with s3drop's session policy. Every measured run gets its own, so no
+/// client meets a server already holding the objects of the runs before it.
+struct Server {
+    fc: FakeCloud,
     creds: Credentials,
+}
+
+impl Server {
+    async fn start() -> Result<Server> {
+        let fc = FakeCloud::start_quiet()?;
+        let world = World::provision(&fc, BUCKET).await?;
+        let creds = world.assume_upload_role(Some(&session_policy())).await?;
+        Ok(Server { fc, creds })
+    }
+
+    fn endpoint(&self) -> &str {
+        &self.fc.endpoint
+    }
+}
+
+struct Peers {
     work: PathBuf,
     aws: Option<PathBuf>,
     rclone: Option<PathBuf>,
 }
 
-impl Peers<'_> {
-    fn aws(&self, args: &[&str]) -> Option<Command> {
+impl Peers {
+    fn aws(&self, server: &Server, args: &[&str]) -> Option<Command> {
         let aws = self.aws.as_ref()?;
         let config = self.work.join("aws-config");
         std::fs::write(
@@ -143,23 +162,23 @@ impl Peers<'_> {
         )
         .ok()?;
         let mut cmd = Command::new(aws);
-        cmd.args(["--endpoint-url", &self.fc.endpoint, "--only-show-errors"])
+        cmd.args(["--endpoint-url", server.endpoint(), "--only-show-errors"])
             .args(args)
             .env("AWS_CONFIG_FILE", &config)
             .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-            .envs(cred_env(&self.creds))
+            .envs(cred_env(&server.creds))
             .stdout(Stdio::null());
         Some(cmd)
     }
 
-    fn rclone(&self, args: &[&str]) -> Option<Command> {
+    fn rclone(&self, server: &Server, args: &[&str]) -> Option<Command> {
         let rclone = self.rclone.as_ref()?;
         let mut cmd = Command::new(rclone);
         cmd.args(args)
             .args([
                 "--s3-provider=Other",
                 "--s3-env-auth",
-                &format!("--s3-endpoint={}", self.fc.endpoint),
+                &format!("--s3-endpoint={}", server.endpoint()),
                 &format!("--s3-region={REGION}"),
                 "--s3-force-path-style",
                 "--s3-no-check-bucket",
@@ -171,12 +190,12 @@ impl Peers<'_> {
                 "--config=/dev/null",
             ])
             .env_remove("AWS_CA_BUNDLE")
-            .envs(cred_env(&self.creds))
+            .envs(cred_env(&server.creds))
             .stdout(Stdio::null());
         Some(cmd)
     }
 
-    fn raw_multipart(&self, file: &Path, key: &str) -> Command {
+    fn raw_multipart(&self, server: &Server, file: &Path, key: &str) -> Command {
         let mut cmd = Command::new(std::env::current_exe().expect("own path"));
         cmd.args(["raw-multipart"])
             .arg(file)
@@ -185,18 +204,18 @@ impl Peers<'_> {
                 &PART_SIZE.to_string(),
                 &PART_CONCURRENCY.to_string(),
             ])
-            .env("AWS_ENDPOINT_URL", &self.fc.endpoint)
-            .envs(cred_env(&self.creds));
+            .env("AWS_ENDPOINT_URL", server.endpoint())
+            .envs(cred_env(&server.creds));
         cmd
     }
 
-    fn raw(&self, dir: &Path, key_prefix: &str) -> Command {
+    fn raw(&self, server: &Server, dir: &Path, key_prefix: &str) -> Command {
         let mut cmd = Command::new(std::env::current_exe().expect("own path"));
         cmd.args(["raw"])
             .arg(dir)
             .args([key_prefix, &CONCURRENCY.to_string()])
-            .env("AWS_ENDPOINT_URL", &self.fc.endpoint)
-            .envs(cred_env(&self.creds));
+            .env("AWS_ENDPOINT_URL", server.endpoint())
+            .envs(cred_env(&server.creds));
         cmd
     }
 }
@@ -481,13 +500,11 @@ impl Options {
 }
 
 /// What every scenario shares, and the report it adds to.
-struct Bench<'a> {
+struct Bench {
     sizes: Sizes,
     runs: usize,
     s3drop: PathBuf,
-    fc: &'a FakeCloud,
-    world: World,
-    peers: Peers<'a>,
+    peers: Peers,
     table: String,
     notes: Vec<String>,
 }
@@ -496,88 +513,101 @@ struct Bench<'a> {
 const PART_SIZE: u64 = 8 << 20;
 const PART_CONCURRENCY: usize = 4;
 
-impl Bench<'_> {
+const P1_CLIENTS: [&str; 4] = ["s3drop", "raw SDK loop", "aws s3 cp", "rclone copy"];
+const P2_CLIENTS: [&str; 5] = [
+    "s3drop",
+    "raw SDK PutObject (one request)",
+    "raw SDK multipart (s3drop's part size and concurrency)",
+    "aws s3 cp",
+    "rclone copyto",
+];
+
+/// Each client's runs, reduced to the median one (None: the client is not installed).
+fn medians(names: &[&'static str], runs: Vec<Vec<Usage>>) -> Vec<(&'static str, Option<Usage>)> {
+    names
+        .iter()
+        .zip(runs)
+        .map(|(name, runs)| (*name, (!runs.is_empty()).then(|| median(runs))))
+        .collect()
+}
+
+impl Bench {
     fn work(&self) -> &Path {
         &self.peers.work
     }
 
-    async fn delete(&self, key: &str) -> Result<()> {
-        self.world
-            .s3
-            .delete_object()
-            .bucket(BUCKET)
-            .key(format!("{INSTANCE_ID}/{key}"))
-            .send()
-            .await?;
-        Ok(())
-    }
-
-    /// P1: `p1_files` files of 4 KiB at once, `runs` times each; the median run is shown.
-    fn p1(&mut self) -> Result<()> {
-        let files = self.sizes.p1_files;
-        eprintln!("P1: {files} files of 4 KiB, {} runs each", self.runs);
-        let mut results: Vec<(&str, Option<Usage>)> = Vec::new();
-        let mut s3drop_runs = Vec::new();
-        for run in 0..self.runs {
-            let staging = self.work().join(format!("p1-s3drop-{run}"));
-            make_files(&staging, files, 4096)?;
-            let (site, daemon) = start_s3drop(&self.s3drop, self.fc, "")?;
-            let mut counter = UploadCounter::new(&daemon)?;
-            let (cpu0, _) = proc_cpu_and_rss(daemon.pid())?;
-            let started = Instant::now();
-            std::fs::rename(&staging, site.watch.join("p1"))?;
-            counter.wait_for(files, Duration::from_secs(1800))?;
-            let wall = started.elapsed();
-            let (cpu1, rss) = proc_cpu_and_rss(daemon.pid())?;
-            s3drop_runs.push(Usage {
-                wall,
-                cpu: cpu1 - cpu0,
-                max_rss_kib: rss,
-            });
-        }
-        results.push(("s3drop", Some(median(s3drop_runs))));
-        let mut raw_runs = Vec::new();
-        for run in 0..self.runs {
-            let dir = self.work().join(format!("p1-raw-{run}"));
-            make_files(&dir, files, 4096)?;
-            raw_runs.push(measure(
-                &mut self.peers.raw(&dir, &format!("p1-raw-{run}/")),
-            )?);
-        }
-        results.push(("raw SDK loop", Some(median(raw_runs))));
-        for name in ["aws s3 cp", "rclone copy"] {
-            let mut runs = Vec::new();
-            for run in 0..self.runs {
-                let dir = self
-                    .work()
-                    .join(format!("p1-{name}-{run}").replace(' ', "-"));
-                make_files(&dir, files, 4096)?;
-                let target = format!("p1-{}-{run}/", name.split(' ').next().unwrap());
-                let cmd = if name.starts_with("aws") {
-                    self.peers.aws(&[
+    /// One P1 run of client `i` on its own server; None if the client is not installed.
+    async fn p1_run(&self, i: usize, dir: &Path) -> Result<Option<Usage>> {
+        let server = Server::start().await?;
+        let target = format!("p1-{i}/");
+        let usage = match i {
+            0 => {
+                let (site, daemon) = start_s3drop(&self.s3drop, &server.fc, "")?;
+                let mut counter = UploadCounter::new(&daemon)?;
+                let (cpu0, _) = proc_cpu_and_rss(daemon.pid())?;
+                let started = Instant::now();
+                std::fs::rename(dir, site.watch.join("p1"))?;
+                counter.wait_for(self.sizes.p1_files, Duration::from_secs(1800))?;
+                let wall = started.elapsed();
+                let (cpu1, rss) = proc_cpu_and_rss(daemon.pid())?;
+                Some(Usage {
+                    wall,
+                    cpu: cpu1 - cpu0,
+                    max_rss_kib: rss,
+                })
+            }
+            1 => Some(measure(&mut self.peers.raw(&server, dir, &target))?),
+            2 => self
+                .peers
+                .aws(
+                    &server,
+                    &[
                         "s3",
                         "cp",
                         "--recursive",
                         dir.to_str().unwrap(),
                         &s3_url(&target),
-                    ])
-                } else {
-                    self.peers
-                        .rclone(&["copy", dir.to_str().unwrap(), &rclone_target(&target)])
-                };
-                match cmd {
-                    Some(mut cmd) => runs.push(measure(&mut cmd)?),
-                    None => break,
+                    ],
+                )
+                .map(|mut cmd| measure(&mut cmd))
+                .transpose()?,
+            _ => self
+                .peers
+                .rclone(
+                    &server,
+                    &["copy", dir.to_str().unwrap(), &rclone_target(&target)],
+                )
+                .map(|mut cmd| measure(&mut cmd))
+                .transpose()?,
+        };
+        if dir.exists() {
+            std::fs::remove_dir_all(dir)?;
+        }
+        Ok(usage)
+    }
+
+    /// P1: `p1_files` files of 4 KiB at once. Each run gives every client a fresh server,
+    /// clients taking turns; the median of each client's runs is shown.
+    async fn p1(&mut self) -> Result<()> {
+        let files = self.sizes.p1_files;
+        eprintln!("P1: {files} files of 4 KiB, {} runs each", self.runs);
+        let mut runs: Vec<Vec<Usage>> = vec![Vec::new(); P1_CLIENTS.len()];
+        for run in 0..self.runs {
+            for (i, client) in runs.iter_mut().enumerate() {
+                let dir = self.work().join(format!("p1-{i}-{run}"));
+                make_files(&dir, files, 4096)?;
+                if let Some(u) = self.p1_run(i, &dir).await? {
+                    client.push(u);
                 }
             }
-            results.push((name, (!runs.is_empty()).then(|| median(runs))));
         }
+        let results = medians(&P1_CLIENTS, runs);
 
         let table = &mut self.table;
         writeln!(
             table,
             "\n**P1** {files} files of 4 KiB dropped at once (concurrency {CONCURRENCY} for all; \
-             median of {} runs)\n",
+             median of {} runs, each on a fresh server)\n",
             self.runs
         )?;
         writeln!(
@@ -621,7 +651,59 @@ impl Bench<'_> {
         Ok(())
     }
 
-    /// P2: one big file, `runs` times for each client; the median run is shown.
+    /// One P2 run of client `i` on its own server; None if the client is not installed.
+    async fn p2_run(&self, i: usize, big: &Path) -> Result<Option<Usage>> {
+        let server = Server::start().await?;
+        let key = format!("p2-{i}/big.bin");
+        Ok(match i {
+            0 => {
+                let (site, daemon) = start_s3drop(&self.s3drop, &server.fc, "")?;
+                let dir = site.watch.join(format!("p2-{i}"));
+                std::fs::create_dir(&dir)?;
+                // A hard link, so every client reads the same bytes (already in the page cache).
+                let staged = site.dir.path().join("big.bin");
+                std::fs::hard_link(big, &staged)?;
+                let mut counter = UploadCounter::new(&daemon)?;
+                let started = Instant::now();
+                std::fs::rename(&staged, dir.join("big.bin"))?;
+                counter.wait_for(1, Duration::from_secs(3600))?;
+                let wall = started.elapsed();
+                daemon.signal("-TERM")?;
+                let u = wait_usage(daemon.pid() as i32)?;
+                std::mem::forget(daemon); // already reaped
+                Some(Usage { wall, ..u })
+            }
+            1 => {
+                let dir = self.work().join("p2-raw");
+                std::fs::create_dir_all(&dir)?;
+                let linked = dir.join("big.bin");
+                if !linked.exists() {
+                    std::fs::hard_link(big, &linked)?;
+                }
+                Some(measure(&mut self.peers.raw(
+                    &server,
+                    &dir,
+                    &format!("p2-{i}/"),
+                ))?)
+            }
+            2 => Some(measure(&mut self.peers.raw_multipart(&server, big, &key))?),
+            3 => self
+                .peers
+                .aws(&server, &["s3", "cp", big.to_str().unwrap(), &s3_url(&key)])
+                .map(|mut cmd| measure(&mut cmd))
+                .transpose()?,
+            _ => self
+                .peers
+                .rclone(
+                    &server,
+                    &["copyto", big.to_str().unwrap(), &rclone_target(&key)],
+                )
+                .map(|mut cmd| measure(&mut cmd))
+                .transpose()?,
+        })
+    }
+
+    /// P2: one big file; each run gives every client a fresh server, clients taking turns.
     async fn p2(&mut self) -> Result<()> {
         let bytes = self.sizes.p2_bytes;
         eprintln!(
@@ -631,76 +713,21 @@ impl Bench<'_> {
         );
         let big = self.work().join("big.bin");
         make_big_file(&big, bytes)?;
-        let mut results: Vec<(&str, Option<Usage>)> = Vec::new();
-
-        let mut runs = Vec::new();
+        let mut runs: Vec<Vec<Usage>> = vec![Vec::new(); P2_CLIENTS.len()];
         for _ in 0..self.runs {
-            let (site, daemon) = start_s3drop(&self.s3drop, self.fc, "")?;
-            let dir = site.watch.join("p2");
-            std::fs::create_dir(&dir)?;
-            // A hard link, so every client reads the same bytes (already in the page cache).
-            let staged = site.dir.path().join("big.bin");
-            std::fs::hard_link(&big, &staged)?;
-            let mut counter = UploadCounter::new(&daemon)?;
-            let started = Instant::now();
-            std::fs::rename(&staged, dir.join("big.bin"))?;
-            counter.wait_for(1, Duration::from_secs(3600))?;
-            let wall = started.elapsed();
-            daemon.signal("-TERM")?;
-            let u = wait_usage(daemon.pid() as i32)?;
-            std::mem::forget(daemon); // already reaped
-            runs.push(Usage { wall, ..u });
-            self.delete("p2/big.bin").await?;
-        }
-        results.push(("s3drop", Some(median(runs))));
-
-        let mut single = Vec::new();
-        let mut parts = Vec::new();
-        for _ in 0..self.runs {
-            let dir = self.work().join("p2-raw");
-            std::fs::create_dir_all(&dir)?;
-            let linked = dir.join("big.bin");
-            if !linked.exists() {
-                std::fs::hard_link(&big, &linked)?;
+            for (i, client) in runs.iter_mut().enumerate() {
+                if let Some(u) = self.p2_run(i, &big).await? {
+                    client.push(u);
+                }
             }
-            single.push(measure(&mut self.peers.raw(&dir, "p2-raw/"))?);
-            self.delete("p2-raw/big.bin").await?;
-            parts.push(measure(
-                &mut self.peers.raw_multipart(&big, "p2-raw-mpu/big.bin"),
-            )?);
-            self.delete("p2-raw-mpu/big.bin").await?;
-        }
-        results.push(("raw SDK PutObject (one request)", Some(median(single))));
-        results.push((
-            "raw SDK multipart (s3drop's part size and concurrency)",
-            Some(median(parts)),
-        ));
-
-        for (name, key) in [
-            ("aws s3 cp", "p2-aws/big.bin"),
-            ("rclone copyto", "p2-rclone/big.bin"),
-        ] {
-            let mut runs = Vec::new();
-            for _ in 0..self.runs {
-                let cmd = if name.starts_with("aws") {
-                    self.peers
-                        .aws(&["s3", "cp", big.to_str().unwrap(), &s3_url(key)])
-                } else {
-                    self.peers
-                        .rclone(&["copyto", big.to_str().unwrap(), &rclone_target(key)])
-                };
-                let Some(mut cmd) = cmd else { break };
-                runs.push(measure(&mut cmd)?);
-                self.delete(key).await?;
-            }
-            results.push((name, (!runs.is_empty()).then(|| median(runs))));
         }
         std::fs::remove_file(&big)?;
+        let results = medians(&P2_CLIENTS, runs);
 
         let table = &mut self.table;
         writeln!(
             table,
-            "\n**P2** one file of {} MiB (median of {} runs)\n",
+            "\n**P2** one file of {} MiB (median of {} runs, each on a fresh server)\n",
             bytes >> 20,
             self.runs
         )?;
@@ -751,8 +778,9 @@ impl Bench<'_> {
     }
 
     /// P3, then P4 on the same daemon once it is idle.
-    fn p3_p4(&mut self, p3: bool, p4: bool) -> Result<()> {
-        let (site, daemon) = start_s3drop(&self.s3drop, self.fc, "")?;
+    async fn p3_p4(&mut self, p3: bool, p4: bool) -> Result<()> {
+        let server = Server::start().await?;
+        let (site, daemon) = start_s3drop(&self.s3drop, &server.fc, "")?;
         if p3 {
             eprintln!("P3: {} s at 20 files/s", self.sizes.p3_seconds);
             let total = (self.sizes.p3_seconds * 20) as usize;
@@ -824,7 +852,8 @@ impl Bench<'_> {
 
     /// P5: memory with a long queue. A bandwidth cap of 64 KiB/s lets about 64 files a
     /// second through, so nearly all of them are still waiting when RSS is read.
-    fn p5(&mut self, quick: bool) -> Result<()> {
+    async fn p5(&mut self, quick: bool) -> Result<()> {
+        let server = Server::start().await?;
         let waiting = if quick { 10_000 } else { 100_000 };
         eprintln!("P5: {waiting} files waiting");
         let staging = self.work().join("p5");
@@ -832,7 +861,8 @@ impl Bench<'_> {
         for i in 0..waiting {
             std::fs::write(staging.join(format!("queued-{i:06}.dat")), b"x")?;
         }
-        let (site, mut daemon) = start_s3drop(&self.s3drop, self.fc, "max_bandwidth = \"64KiB\"")?;
+        let (site, mut daemon) =
+            start_s3drop(&self.s3drop, &server.fc, "max_bandwidth = \"64KiB\"")?;
         let pid = daemon.pid();
         let (_, idle_rss) = proc_cpu_and_rss(pid)?;
         std::fs::rename(&staging, site.watch.join("p5"))?;
@@ -908,19 +938,12 @@ async fn main() -> Result<()> {
         s3drop.display()
     );
 
-    let fc = FakeCloud::start_quiet()?;
-    let world = World::provision(&fc, BUCKET).await?;
-    let creds = world.assume_upload_role(Some(&session_policy())).await?;
     let work = tempfile::tempdir()?;
     let mut bench = Bench {
         sizes,
         runs: options.runs,
         s3drop: s3drop.clone(),
-        fc: &fc,
-        world,
         peers: Peers {
-            fc: &fc,
-            creds,
             work: work.path().to_owned(),
             aws: which("aws"),
             rclone: which("rclone"),
@@ -929,16 +952,18 @@ async fn main() -> Result<()> {
         notes: Vec::new(),
     };
     if options.wants("p1") {
-        bench.p1()?;
+        bench.p1().await?;
     }
     if options.wants("p2") {
         bench.p2().await?;
     }
     if options.wants("p3") || options.wants("p4") {
-        bench.p3_p4(options.wants("p3"), options.wants("p4"))?;
+        bench
+            .p3_p4(options.wants("p3"), options.wants("p4"))
+            .await?;
     }
     if options.wants("p5") {
-        bench.p5(options.quick)?;
+        bench.p5(options.quick).await?;
     }
 
     let mut out = String::new();
