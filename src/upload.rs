@@ -1,6 +1,7 @@
-//! Uploading one file: open it without following links or blocking on FIFOs, checksum it
-//! (CRC32C), PutObject with that checksum so S3 verifies what it stores, and classify
-//! failures by what s3drop should do next.
+//! Uploading one file: open it without following links or blocking on FIFOs, send it with
+//! its CRC32C (in a header for a small file read into memory, as a trailer the SDK computes
+//! while streaming a larger one) so S3 verifies what it stores, and classify failures by
+//! what s3drop should do next. Every byte is read from disk once.
 
 use std::fs::File;
 use std::io;
@@ -93,31 +94,6 @@ impl OpenedFile {
         })
     }
 
-    /// CRC32C (base64, as S3 spells it) of the whole file as opened.
-    pub fn crc32c(&self) -> io::Result<String> {
-        self.crc32c_range(0, self.identity.size)
-    }
-
-    /// CRC32C (base64) of `len` bytes from `offset`, read with `pread`.
-    pub fn crc32c_range(&self, offset: u64, len: u64) -> io::Result<String> {
-        let mut hasher = ChecksumAlgorithm::Crc32c.into_impl();
-        let mut buf = vec![0u8; READ_CHUNK.min(len as usize).max(1)];
-        let mut done = 0u64;
-        while done < len {
-            let want = buf.len().min((len - done) as usize);
-            let n = self.file.read_at(&mut buf[..want], offset + done)?;
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the file was truncated while it was read",
-                ));
-            }
-            hasher.update(&buf[..n]);
-            done += n as u64;
-        }
-        Ok(aws_smithy_types::base64::encode(hasher.finalize()))
-    }
-
     /// The whole file as opened, in one buffer.
     fn read_all(&self) -> io::Result<Vec<u8>> {
         let mut buf = vec![0u8; self.identity.size as usize];
@@ -194,6 +170,23 @@ impl UploadError {
                 | UploadError::NoSuchBucket { .. }
                 | UploadError::Rejected { .. }
         )
+    }
+}
+
+/// The checksum S3 stored: the one sent in a header (S3 may echo it, and it must match),
+/// or the one it answered for a trailer the SDK computed.
+fn confirmed(sent: Option<String>, answered: Option<&str>) -> Result<Confirmed, UploadError> {
+    match (sent, answered) {
+        (Some(sent), Some(answered)) if sent != answered => Err(UploadError::Transient(format!(
+            "S3 stored CRC32C {answered}, expected {sent}"
+        ))),
+        (Some(crc32c), _) => Ok(Confirmed { crc32c }),
+        (None, Some(answered)) => Ok(Confirmed {
+            crc32c: answered.to_string(),
+        }),
+        (None, None) => Err(UploadError::Transient(
+            "S3 did not confirm the upload's CRC32C".into(),
+        )),
     }
 }
 
@@ -293,38 +286,34 @@ impl Uploader {
         err
     }
 
-    /// PUTs the file under `key` with its CRC32C; S3 stores it only if the bytes match.
+    /// PUTs the file under `key` with its CRC32C; S3 stores it only if the bytes match. A
+    /// small file is read once and sent from memory with the checksum in a header; a larger
+    /// one is read from disk once as it streams, the SDK computing the checksum on the way
+    /// and sending it as a trailer.
     pub async fn put_file(&self, file: &OpenedFile, key: &str) -> Result<Confirmed, UploadError> {
-        let (crc32c, body) = if file.identity.size <= IN_MEMORY_MAX {
-            // Small files: one read, checksummed and sent from memory.
-            let bytes = file.read_all().map_err(read_error)?;
-            (crc32c_of(&bytes), ByteStream::from(bytes))
-        } else {
-            let crc32c = tokio::task::block_in_place(|| file.crc32c()).map_err(read_error)?;
-            (crc32c, file.body(0, file.identity.size).await?)
-        };
-        let session = self.session_in_use().await;
-        let result = self
+        let size = file.identity.size;
+        let request = self
             .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
-            .body(body)
-            .content_length(file.identity.size as i64)
-            .checksum_crc32_c(&crc32c)
-            .send()
-            .await;
-        match result {
-            Ok(output) => {
-                if let Some(echoed) = output.checksum_crc32_c()
-                    && echoed != crc32c
-                {
-                    return Err(UploadError::Transient(format!(
-                        "S3 stored CRC32C {echoed}, expected {crc32c}"
-                    )));
-                }
-                Ok(Confirmed { crc32c })
-            }
+            .content_length(size as i64);
+        let (request, sent) = if size <= IN_MEMORY_MAX {
+            let bytes = file.read_all().map_err(read_error)?;
+            let crc32c = crc32c_of(&bytes);
+            let request = request
+                .checksum_crc32_c(&crc32c)
+                .body(ByteStream::from(bytes));
+            (request, Some(crc32c))
+        } else {
+            let request = request
+                .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32C)
+                .body(file.body(0, size).await?);
+            (request, None)
+        };
+        let session = self.session_in_use().await;
+        match request.send().await {
+            Ok(output) => confirmed(sent, output.checksum_crc32_c()),
             Err(err) => Err(self.classify_and_heal(session, err).await),
         }
     }
@@ -359,8 +348,6 @@ impl Uploader {
         offset: u64,
         len: u64,
     ) -> Result<PartRecord, UploadError> {
-        let crc32c =
-            tokio::task::block_in_place(|| file.crc32c_range(offset, len)).map_err(read_error)?;
         let body = file.body(offset, len).await?;
         let session = self.session_in_use().await;
         match self
@@ -372,14 +359,16 @@ impl Uploader {
             .part_number(number)
             .body(body)
             .content_length(len as i64)
-            .checksum_crc32_c(&crc32c)
+            // The SDK computes the CRC32C as the part streams and sends it as a trailer, so
+            // the part is read from disk once; S3 checks it and answers with the value.
+            .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32C)
             .send()
             .await
         {
             Ok(out) => Ok(PartRecord {
                 number,
                 etag: out.e_tag().unwrap_or_default().to_string(),
-                crc32c,
+                crc32c: confirmed(None, out.checksum_crc32_c())?.crc32c,
             }),
             Err(err) => Err(self.classify_and_heal(session, err).await),
         }
@@ -466,15 +455,26 @@ mod tests {
 
     #[test]
     fn crc32c_matches_the_known_value() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        std::fs::write(&path, b"123456789").unwrap();
-        let file = OpenedFile::open(&path).unwrap();
         // CRC-32C check value for "123456789" is 0xE3069283.
         assert_eq!(
-            file.crc32c().unwrap(),
+            crc32c_of(b"123456789"),
             aws_smithy_types::base64::encode(0xE306_9283u32.to_be_bytes())
         );
+    }
+
+    #[test]
+    fn only_a_checksum_s3_confirmed_counts() {
+        let ok = |sent: Option<&str>, answered| {
+            confirmed(sent.map(String::from), answered).map(|c| c.crc32c)
+        };
+        assert_eq!(ok(Some("AAAAAA=="), None).unwrap(), "AAAAAA==");
+        assert_eq!(ok(Some("AAAAAA=="), Some("AAAAAA==")).unwrap(), "AAAAAA==");
+        assert_eq!(ok(None, Some("BBBBBB==")).unwrap(), "BBBBBB==");
+        assert!(matches!(
+            ok(Some("AAAAAA=="), Some("BBBBBB==")),
+            Err(UploadError::Transient(_))
+        ));
+        assert!(matches!(ok(None, None), Err(UploadError::Transient(_))));
     }
 
     #[test]

@@ -230,13 +230,19 @@ impl Worker {
         }
 
         let started = Instant::now();
-        let confirmed = match self.transfer.send(&file, path, relative, &key).await {
-            Ok(confirmed) if matches!(file.changed_since_open(path), Ok(false)) => confirmed,
-            Ok(_) | Err(UploadError::Changed) => {
+        let sent = self.transfer.send(&file, path, relative, &key).await;
+        // Whatever the answer, a file that changed meanwhile is simply sent again (a failure
+        // may be the change itself: a truncated file cannot fill its request body).
+        let unchanged = matches!(file.changed_since_open(path), Ok(false));
+        let confirmed = match sent {
+            Ok(confirmed) if unchanged => confirmed,
+            Err(e) if unchanged && !matches!(e, UploadError::Changed) => {
+                return self.failed(path, relative, &file, &key, e).await;
+            }
+            _ => {
                 tracing::info!(path = %path.display(), key, "file changed during upload; uploading it again");
                 return Outcome::Retry { permanent: false };
             }
-            Err(e) => return self.failed(path, relative, &file, &key, e).await,
         };
         let record = FileRecord {
             identity: file.identity,
