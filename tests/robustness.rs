@@ -524,11 +524,19 @@ async fn a_full_state_dir_loses_no_file_and_recovers() {
         world.wait_for_object(&key(&rel), ARRIVAL).await.unwrap();
         assert!(site.watch.join(&rel).exists());
     }
-    // Space comes back; SIGHUP retries at once, and this time the ledger records them.
+    // Every upload that could not be recorded waits for SIGHUP (or 5 minutes): count them
+    // once the last recording attempt has had time to fail.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let unrecorded = daemon
+        .events("uploaded but could not record it; retried later")
+        .len();
+    assert!(unrecorded > 0, "{}", daemon.log());
+    // Space comes back; SIGHUP retries at once, and this time the ledger records them. Wait
+    // for those retries to be sent (each logs "uploaded" once more) before stopping.
     std::fs::remove_file(&filler).unwrap();
     daemon.signal("-HUP").unwrap();
     let deadline = Instant::now() + ARRIVAL;
-    while daemon.events("uploaded").len() < 6 {
+    while daemon.events("uploaded").len() < 6 + unrecorded {
         assert!(Instant::now() < deadline, "{}", daemon.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
