@@ -57,6 +57,10 @@ fn measure(cmd: &mut Command) -> Result<Usage> {
     })
 }
 
+fn measure_owned(mut cmd: Command) -> Result<Usage> {
+    measure(&mut cmd)
+}
+
 fn wait_usage(pid: i32) -> Result<Usage> {
     let mut status = 0;
     // SAFETY: rusage is plain data, filled by the kernel.
@@ -522,6 +526,21 @@ const P2_CLIENTS: [&str; 5] = [
     "rclone copyto",
 ];
 
+/// One table row per client: its name and `cells`, or "not installed".
+fn write_rows(
+    table: &mut String,
+    results: &[(&str, Option<Usage>)],
+    cells: impl Fn(&Usage) -> String,
+) -> Result<()> {
+    for (name, u) in results {
+        match u {
+            Some(u) => writeln!(table, "| {name} | {} |", cells(u))?,
+            None => writeln!(table, "| {name} | not installed | | | |")?,
+        }
+    }
+    Ok(())
+}
+
 /// Each client's runs, reduced to the median one (None: the client is not installed).
 fn medians(names: &[&'static str], runs: Vec<Vec<Usage>>) -> Vec<(&'static str, Option<Usage>)> {
     names
@@ -569,7 +588,7 @@ impl Bench {
                         &s3_url(&target),
                     ],
                 )
-                .map(|mut cmd| measure(&mut cmd))
+                .map(measure_owned)
                 .transpose()?,
             _ => self
                 .peers
@@ -577,7 +596,7 @@ impl Bench {
                     &server,
                     &["copy", dir.to_str().unwrap(), &rclone_target(&target)],
                 )
-                .map(|mut cmd| measure(&mut cmd))
+                .map(measure_owned)
                 .transpose()?,
         };
         if dir.exists() {
@@ -616,19 +635,15 @@ impl Bench {
         )?;
         writeln!(table, "|---|---|---|---|---|")?;
         let s3drop = results[0].1.expect("s3drop ran").wall;
-        for (name, u) in &results {
-            match u {
-                Some(u) => writeln!(
-                    table,
-                    "| {name} | {:.2} | {:.0} | {:.2}× | {:.1} |",
-                    u.wall.as_secs_f64(),
-                    files as f64 / u.wall.as_secs_f64(),
-                    u.wall.as_secs_f64() / s3drop.as_secs_f64(),
-                    u.cpu.as_secs_f64()
-                )?,
-                None => writeln!(table, "| {name} | not installed | | | |")?,
-            }
-        }
+        write_rows(table, &results, |u| {
+            format!(
+                "{:.2} | {:.0} | {:.2}× | {:.1}",
+                u.wall.as_secs_f64(),
+                files as f64 / u.wall.as_secs_f64(),
+                u.wall.as_secs_f64() / s3drop.as_secs_f64(),
+                u.cpu.as_secs_f64()
+            )
+        })?;
         let wall = |n: &str| {
             results
                 .iter()
@@ -690,7 +705,7 @@ impl Bench {
             3 => self
                 .peers
                 .aws(&server, &["s3", "cp", big.to_str().unwrap(), &s3_url(&key)])
-                .map(|mut cmd| measure(&mut cmd))
+                .map(measure_owned)
                 .transpose()?,
             _ => self
                 .peers
@@ -698,7 +713,7 @@ impl Bench {
                     &server,
                     &["copyto", big.to_str().unwrap(), &rclone_target(&key)],
                 )
-                .map(|mut cmd| measure(&mut cmd))
+                .map(measure_owned)
                 .transpose()?,
         })
     }
@@ -733,19 +748,15 @@ impl Bench {
         )?;
         writeln!(table, "| client | seconds | MiB/s | peak RSS MiB | CPU s |")?;
         writeln!(table, "|---|---|---|---|---|")?;
-        for (name, u) in &results {
-            match u {
-                Some(u) => writeln!(
-                    table,
-                    "| {name} | {:.1} | {:.0} | {:.1} | {:.1} |",
-                    u.wall.as_secs_f64(),
-                    mib_s(bytes, u.wall),
-                    u.max_rss_kib as f64 / 1024.0,
-                    u.cpu.as_secs_f64()
-                )?,
-                None => writeln!(table, "| {name} | not installed | | | |")?,
-            }
-        }
+        write_rows(table, &results, |u| {
+            format!(
+                "{:.1} | {:.0} | {:.1} | {:.1}",
+                u.wall.as_secs_f64(),
+                mib_s(bytes, u.wall),
+                u.max_rss_kib as f64 / 1024.0,
+                u.cpu.as_secs_f64()
+            )
+        })?;
         let speed = |n: &str| {
             results
                 .iter()
