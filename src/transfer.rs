@@ -120,7 +120,7 @@ impl Transfer {
             },
             updated_unix: unix_now(),
         };
-        let result = stream::iter(missing)
+        let sent = stream::iter(missing)
             .map(|number| {
                 let (offset, len) = plan.range(number, size);
                 let (upload_id, parts, record) = (&upload_id, &parts, &record);
@@ -137,31 +137,28 @@ impl Transfer {
                         record(&parts)
                     };
                     // Submitted in order, so the ledger always holds the latest list; the
-                    // part's slot does not wait for the commit (see `recorded` below).
+                    // part's slot does not wait for the commit (awaited below).
                     Ok::<_, UploadError>(self.ledger.put_later(relative, &snapshot))
                 }
             })
             .buffer_unordered(self.part_concurrency)
             .try_collect::<Vec<_>>()
             .await;
-        let result = match result {
-            Ok(commits) => {
-                // Progress is durable before the upload completes. A part whose record
-                // failed is only sent again after a restart.
-                for outcome in futures_util::future::join_all(commits).await {
-                    if let Err(e) = outcome {
-                        tracing::warn!(error = %e, "could not record a part's progress");
-                    }
+        let commits = match sent {
+            Ok(commits) => commits,
+            Err(e) => {
+                if matches!(e, UploadError::NoSuchUpload) {
+                    self.forget(relative).await;
                 }
-                Ok(())
+                return Err(e);
             }
-            Err(e) => Err(e),
         };
-        if let Err(e) = result {
-            if matches!(e, UploadError::NoSuchUpload) {
-                self.forget(relative).await;
+        // Progress is durable before the upload completes. A part whose record failed is
+        // only sent again after a restart.
+        for outcome in futures_util::future::join_all(commits).await {
+            if let Err(e) = outcome {
+                tracing::warn!(error = %e, "could not record a part's progress");
             }
-            return Err(e);
         }
         if !matches!(file.changed_since_open(path), Ok(false)) {
             // Its parts are a mix of versions: throw them away and start over later.
