@@ -35,6 +35,9 @@ if [ "$#" -gt 0 ]; then
   rm -f "$results"
   exit 0 # a partial or quick run is not the published table
 fi
+# Notes written by hand below the generated table (a "## Notes" heading) survive a re-run.
+notes="$(mktemp)"
+sed -n '/^## Notes/,$p' docs/BENCHMARKS.md > "$notes" 2>/dev/null || true
 {
   echo "# Benchmarks"
   echo
@@ -47,6 +50,11 @@ fi
   echo "rclone \`--transfers\`/\`--checkers\`, the raw loop's \`buffer_unordered\`)."
   echo
   cat "$results"
+  if [ -s "$notes" ]; then
+    echo
+    echo "<!-- kept from the previous docs/BENCHMARKS.md: check these notes against the table above -->"
+    cat "$notes"
+  fi
 } > docs/BENCHMARKS.md
-rm -f "$results"
+rm -f "$results" "$notes"
 echo "wrote docs/BENCHMARKS.md" >&2
