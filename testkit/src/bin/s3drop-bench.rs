@@ -81,12 +81,15 @@ fn wait_usage(pid: i32) -> Result<Usage> {
     })
 }
 
-fn session_policy() -> String {
-    serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
-        "Action": ["s3:PutObject", "s3:AbortMultipartUpload", "s3:CreateMultipartUpload",
-                   "s3:UploadPart", "s3:CompleteMultipartUpload"],
-        "Resource": format!("arn:aws:s3:::{BUCKET}/{INSTANCE_ID}/*")}]})
-    .to_string()
+/// s3drop's own session policy for the bench's prefix, with the multipart action names the
+/// emulator wants (as the daemon builds it under fakecloud).
+fn session_policy() -> Result<String> {
+    Ok(s3drop::policy::session_policy(
+        "aws",
+        BUCKET,
+        &format!("{INSTANCE_ID}/"),
+        true,
+    )?)
 }
 
 fn cred_env(c: &Credentials) -> Vec<(&'static str, String)> {
@@ -139,7 +142,7 @@ impl Server {
     async fn start() -> Result<Server> {
         let fc = FakeCloud::start_quiet()?;
         let world = World::provision(&fc, BUCKET).await?;
-        let creds = world.assume_upload_role(Some(&session_policy())).await?;
+        let creds = world.assume_upload_role(Some(&session_policy()?)).await?;
         Ok(Server { fc, creds })
     }
 
