@@ -10,12 +10,7 @@
 //! P4: s3drop idle for 60 s: CPU time and RSS.
 //! P5: s3drop's memory with 100,000 files waiting.
 //!
-//! Options: `--quick` (smaller sizes), `--runs N` (P1 and P2 are run N times per client and
-//! the median run is shown; default 3), `--only p1,p2,…`, `--report FILE`.
-//!
-//! `s3drop-bench raw DIR KEY_PREFIX CONCURRENCY` and `s3drop-bench raw-multipart FILE KEY
-//! PART_SIZE PART_CONCURRENCY` are the raw-SDK clients (credentials and endpoint from the
-//! environment), run as their own processes so they are measured like the others.
+//! Options and the raw-SDK client subcommands: `s3drop-bench --help`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -477,32 +472,58 @@ fn median(mut runs: Vec<Usage>) -> Usage {
     runs[runs.len() / 2]
 }
 
+/// s3drop's benchmark (P1–P5) against aws-cli, rclone and raw-SDK clients on a local S3
+/// server; `scripts/bench.sh` builds and runs it.
+#[derive(clap::Parser)]
+#[command(args_conflicts_with_subcommands = true)]
 struct Options {
+    /// Smaller sizes (a smoke test).
+    #[arg(long)]
     quick: bool,
-    runs: usize,
-    only: Vec<String>,
+    /// P1 and P2 are run this many times per client; the median run is shown.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+    runs: u16,
+    /// Only these parts (default: all).
+    #[arg(long, value_delimiter = ',', ignore_case = true)]
+    only: Vec<Part>,
+    /// Also write the results (markdown) to this file.
+    #[arg(long)]
     report: Option<PathBuf>,
+    #[command(subcommand)]
+    client: Option<RawClient>,
+}
+
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum Part {
+    P1,
+    P2,
+    P3,
+    P4,
+    P5,
+}
+
+/// The raw-SDK clients (credentials and endpoint from the environment), run as their own
+/// processes so they are measured like the others.
+#[derive(clap::Subcommand)]
+enum RawClient {
+    /// PutObject every file of DIR under KEY_PREFIX, CONCURRENCY at a time.
+    Raw {
+        dir: PathBuf,
+        key_prefix: String,
+        concurrency: usize,
+    },
+    /// One multipart upload of FILE to KEY.
+    RawMultipart {
+        file: PathBuf,
+        key: String,
+        part_size: u64,
+        part_concurrency: usize,
+    },
 }
 
 impl Options {
-    fn parse(args: &[String]) -> Result<Options> {
-        let value = |flag: &str| {
-            args.iter()
-                .position(|a| a == flag)
-                .and_then(|i| args.get(i + 1))
-        };
-        Ok(Options {
-            quick: args.iter().any(|a| a == "--quick"),
-            runs: value("--runs").map(|r| r.parse()).transpose()?.unwrap_or(3),
-            only: value("--only")
-                .map(|o| o.split(',').map(|p| p.trim().to_lowercase()).collect())
-                .unwrap_or_default(),
-            report: value("--report").map(PathBuf::from),
-        })
-    }
-
-    fn wants(&self, part: &str) -> bool {
-        self.only.is_empty() || self.only.iter().any(|o| o == part)
+    fn wants(&self, part: Part) -> bool {
+        self.only.is_empty() || self.only.contains(&part)
     }
 }
 
@@ -906,30 +927,21 @@ impl Bench {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    match args.get(1).map(String::as_str) {
-        Some("raw") => {
-            let [_, _, dir, prefix, concurrency] = &args[..] else {
-                bail!("usage: s3drop-bench raw DIR KEY_PREFIX CONCURRENCY");
-            };
-            return raw_loop(PathBuf::from(dir), prefix.clone(), concurrency.parse()?).await;
-        }
-        Some("raw-multipart") => {
-            let [_, _, file, key, part_size, parallel] = &args[..] else {
-                bail!("usage: s3drop-bench raw-multipart FILE KEY PART_SIZE PART_CONCURRENCY");
-            };
-            return raw_multipart(
-                PathBuf::from(file),
-                key.clone(),
-                part_size.parse()?,
-                parallel.parse()?,
-            )
-            .await;
-        }
-        _ => {}
+    let options = <Options as clap::Parser>::parse();
+    match options.client {
+        Some(RawClient::Raw {
+            dir,
+            key_prefix,
+            concurrency,
+        }) => return raw_loop(dir, key_prefix, concurrency).await,
+        Some(RawClient::RawMultipart {
+            file,
+            key,
+            part_size,
+            part_concurrency,
+        }) => return raw_multipart(file, key, part_size, part_concurrency).await,
+        None => {}
     }
-    let options = Options::parse(&args)?;
-    anyhow::ensure!(options.runs >= 1, "--runs must be at least 1");
     let sizes = if options.quick {
         Sizes {
             p1_files: 1_000,
@@ -955,7 +967,7 @@ async fn main() -> Result<()> {
     let work = tempfile::tempdir()?;
     let mut bench = Bench {
         sizes,
-        runs: options.runs,
+        runs: options.runs.into(),
         s3drop: s3drop.clone(),
         peers: Peers {
             work: work.path().to_owned(),
@@ -965,18 +977,18 @@ async fn main() -> Result<()> {
         table: String::new(),
         notes: Vec::new(),
     };
-    if options.wants("p1") {
+    if options.wants(Part::P1) {
         bench.p1().await?;
     }
-    if options.wants("p2") {
+    if options.wants(Part::P2) {
         bench.p2().await?;
     }
-    if options.wants("p3") || options.wants("p4") {
+    if options.wants(Part::P3) || options.wants(Part::P4) {
         bench
-            .p3_p4(options.wants("p3"), options.wants("p4"))
+            .p3_p4(options.wants(Part::P3), options.wants(Part::P4))
             .await?;
     }
-    if options.wants("p5") {
+    if options.wants(Part::P5) {
         bench.p5(options.quick).await?;
     }
 
