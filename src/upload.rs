@@ -21,7 +21,7 @@ use crate::ledger::{FileIdentity, PartRecord};
 const READ_CHUNK: usize = 256 * 1024;
 /// Files up to this size are read once into memory and sent from there; larger ones stream
 /// from disk. Buffers are thus at most `concurrency` × 1 MiB.
-const IN_MEMORY_MAX: u64 = 1024 * 1024;
+pub const IN_MEMORY_MAX: u64 = 1024 * 1024;
 
 /// Why a file could not be opened for upload.
 #[derive(Debug, thiserror::Error)]

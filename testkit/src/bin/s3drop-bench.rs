@@ -358,7 +358,9 @@ async fn sdk_client() -> aws_sdk_s3::Client {
     )
 }
 
-/// The raw-SDK ceiling for many files: one PutObject per file, `concurrency` at once.
+/// The raw-SDK ceiling for many files: one PutObject per file, `concurrency` at once, each
+/// sent the cheapest way the SDK offers: files s3drop would send from memory are read into
+/// memory (with the SDK's default checksum), bigger ones stream from disk.
 async fn raw_loop(dir: PathBuf, key_prefix: String, concurrency: usize) -> Result<()> {
     use futures_util::StreamExt;
     let s3 = sdk_client().await;
@@ -374,7 +376,11 @@ async fn raw_loop(dir: PathBuf, key_prefix: String, concurrency: usize) -> Resul
                 path.file_name().unwrap().to_string_lossy()
             );
             async move {
-                let body = aws_sdk_s3::primitives::ByteStream::from_path(&path).await?;
+                let body = if std::fs::metadata(&path)?.len() <= s3drop::upload::IN_MEMORY_MAX {
+                    aws_sdk_s3::primitives::ByteStream::from(tokio::fs::read(&path).await?)
+                } else {
+                    aws_sdk_s3::primitives::ByteStream::from_path(&path).await?
+                };
                 s3.put_object()
                     .bucket(BUCKET)
                     .key(key)
