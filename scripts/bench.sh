@@ -41,7 +41,7 @@ sed -n '/^## Notes/,$p' docs/BENCHMARKS.md > "$notes" 2>/dev/null || true
 {
   echo "# Benchmarks"
   echo
-  echo "Measured with \`scripts/bench.sh $*\` on $(date -u +%Y-%m-%d):"
+  echo "Measured with \`scripts/bench.sh\` on $(date -u +%Y-%m-%d):"
   echo "$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')),"
   echo "$(free -g | awk '/Mem:/ {print $2}') GiB memory, Linux $(uname -r). Server: $server,"
   echo "on loopback, strict IAM and SigV4 checks, logging warnings only. Every client uses the same"
