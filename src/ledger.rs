@@ -499,11 +499,19 @@ mod tests {
         // After a quiet spell, a lone write is committed without waiting for company.
         tokio::time::sleep(MIN_COMMIT_INTERVAL * 2).await;
         let before = ledger.commits();
+        let submitted = Instant::now();
         ledger
             .put_later(Path::new("lone"), &record(1))
             .await
             .unwrap();
+        let waited = submitted.elapsed();
         assert_eq!(ledger.commits(), before + 1);
+        // A writer that held the write back for the pacing interval would take at least
+        // MIN_COMMIT_INTERVAL; one commit with its fsync takes about 1 ms here.
+        assert!(
+            waited < MIN_COMMIT_INTERVAL,
+            "a lone write waited {waited:?}"
+        );
     }
 
     #[test]
