@@ -1,13 +1,18 @@
-//! `s3drop check`: walks the chain the daemon depends on, one line per link, and stops at
-//! the first broken one with what to fix.
+//! `s3drop check`: walks the chain the daemon depends on (the very one `run` walks,
+//! [`crate::chain`] and [`crate::auth::establish`]), one line per link, then proves the
+//! session's scope with two probe writes. It stops at the first broken link, since every
+//! later link depends on it, and says what to fix.
 
+use std::fmt::Display;
 use std::io::Write;
 use std::path::Path;
 
+use bytes::Bytes;
+
+use crate::auth::{self, Session};
+use crate::chain::{self, Link, Observer};
 use crate::config::Config;
-use crate::credentials;
-use crate::session;
-use crate::upload::UploadError;
+use crate::s3::{ErrorClass, S3};
 
 /// Small and clearly named; the session may not delete, so the probe overwrites one key.
 const PROBE_NAME: &str = "s3drop-check-probe";
@@ -22,7 +27,7 @@ pub enum Format {
 
 #[derive(serde::Serialize)]
 struct Entry {
-    check: String,
+    check: &'static str,
     ok: bool,
     detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -34,35 +39,40 @@ struct Report<W: Write> {
     format: Format,
     entries: Vec<Entry>,
     failed: bool,
+    /// Known once the config is valid; names the role in fixes.
+    config: Option<Config>,
 }
 
-impl<W: Write> Report<W> {
-    fn ok(&mut self, what: &str, detail: impl std::fmt::Display) {
+impl<W: Write> Observer for Report<W> {
+    fn passed(&mut self, link: Link, detail: &dyn Display) {
         if self.format == Format::Text {
-            let _ = writeln!(self.out, "✔ {what}: {detail}");
+            let _ = writeln!(self.out, "✔ {}: {detail}", link.name());
         }
         self.entries.push(Entry {
-            check: what.to_string(),
+            check: link.name(),
             ok: true,
             detail: detail.to_string(),
             fix: None,
         });
     }
 
-    fn fail(&mut self, what: &str, problem: impl std::fmt::Display, fix: &str) {
+    fn failed(&mut self, link: Link, error: &dyn Display) {
         self.failed = true;
+        let fix = link.fix(self.config.as_ref());
         if self.format == Format::Text {
-            let _ = writeln!(self.out, "✗ {what}: {problem}");
+            let _ = writeln!(self.out, "✗ {}: {error}", link.name());
             let _ = writeln!(self.out, "  fix: {fix}");
         }
         self.entries.push(Entry {
-            check: what.to_string(),
+            check: link.name(),
             ok: false,
-            detail: problem.to_string(),
-            fix: Some(fix.to_string()),
+            detail: error.to_string(),
+            fix: Some(fix),
         });
     }
+}
 
+impl<W: Write> Report<W> {
     fn finish(mut self) -> bool {
         let ok = !self.failed;
         match self.format {
@@ -79,174 +89,71 @@ impl<W: Write> Report<W> {
     }
 }
 
-/// Prints the checks to `out`; returns whether every one passed. The chain stops at its
-/// first broken link, since every later link depends on it.
+/// Prints the checks to `out`; returns whether every one passed.
 pub async fn run(config_path: &Path, format: Format, out: impl Write) -> bool {
     let mut r = Report {
         out,
         format,
         entries: Vec::new(),
         failed: false,
+        config: None,
     };
     let config = match Config::load(config_path) {
-        Ok(c) => {
-            r.ok("config", format!("{} is valid", config_path.display()));
-            c
-        }
+        Ok(c) => c,
         Err(e) => {
-            r.fail(
-                "config",
-                e,
-                "correct the config file (see `s3drop run --help`)",
-            );
+            r.failed(Link::Config, &e);
             return r.finish();
         }
     };
-    check_dirs(&config, &mut r);
-    check_chain(&config, &mut r).await;
+    r.passed(Link::Config, &format!("{} is valid", config_path.display()));
+    r.config = Some(config.clone());
+    if chain::local(&config, &mut r).is_err() {
+        return r.finish();
+    }
+    if let Ok(session) = auth::establish(&config, &mut r).await {
+        probe(&config, &session, &mut r).await;
+    }
     r.finish()
 }
 
-fn check_dirs<W: Write>(config: &Config, r: &mut Report<W>) {
-    match crate::watch::check_root(&config.watch_dir) {
-        Ok(()) => r.ok(
-            "watch_dir",
-            format!("{} is readable", config.watch_dir.display()),
-        ),
-        Err(e) => r.fail(
-            "watch_dir",
-            e,
-            "create the directory and make it readable by the s3drop user",
-        ),
-    }
-    let probe = config.state_dir.join(".s3drop-check-write-probe");
-    let writable = std::fs::create_dir_all(&config.state_dir)
-        .and_then(|()| std::fs::write(&probe, b"probe"))
-        .and_then(|()| std::fs::remove_file(&probe));
-    match writable {
-        Ok(()) => r.ok(
-            "state_dir",
-            format!("{} is writable", config.state_dir.display()),
-        ),
-        Err(e) => r.fail(
-            "state_dir",
-            format!("{} is not writable: {e}", config.state_dir.display()),
-            "give the s3drop user write access (systemd: StateDirectory=s3drop)",
-        ),
-    }
-}
-
-async fn check_chain<W: Write>(config: &Config, r: &mut Report<W>) {
-    let (imds, facts) = match session::instance_facts(config).await {
-        Ok(v) => v,
-        Err(e) => {
-            r.fail(
-                "instance metadata (IMDSv2)",
-                e,
-                "run on EC2 with IMDSv2 enabled; in containers set the metadata hop limit to 2",
-            );
-            return;
-        }
-    };
-    r.ok(
-        "instance metadata (IMDSv2)",
-        format!("answered; instance {}", facts.instance_id),
+/// Writes one probe under the prefix (must succeed) and one outside it (must be denied).
+async fn probe(config: &Config, session: &Session, r: &mut impl Observer) {
+    let s3 = S3::new(
+        &session.sdk,
+        &config.bucket,
+        config.force_path_style,
+        session.credentials.clone(),
     );
-    let region_source = if config.region.is_some() {
-        "from the config"
-    } else if std::env::var_os("AWS_REGION").is_some()
-        || std::env::var_os("AWS_DEFAULT_REGION").is_some()
-    {
-        "from AWS_REGION"
-    } else {
-        "from IMDS"
-    };
-    r.ok("region", format!("{} ({region_source})", facts.region));
-    let scope = match session::scope(config, &facts) {
-        Ok(s) => s,
-        Err(e) => {
-            r.fail("key prefix", e, "correct `key_prefix`");
-            return;
-        }
-    };
-    r.ok(
-        "session policy",
-        format!(
-            "{} on {} only ({} characters)",
-            crate::policy::ACTIONS.join(", "),
-            scope.resource,
-            scope.policy.len()
-        ),
-    );
-    let instance_role = credentials::instance_role_provider(imds);
-    if let Err(e) = credentials::check_instance_role(&instance_role).await {
-        r.fail(
-            "instance role",
-            e,
-            "attach an instance profile whose role may call sts:AssumeRole on the upload role",
+    let bucket = &config.bucket;
+    let inside = format!("{}{PROBE_NAME}", session.scope.prefix);
+    if let Err(e) = s3.put_bytes(&inside, Bytes::from_static(PROBE_BODY)).await {
+        let problem = format!(
+            "PutObject s3://{bucket}/{inside} failed: {e} (the session may write {})",
+            session.scope.resource
         );
-        return;
+        return r.failed(Link::WriteUnderPrefix, &problem);
     }
-    r.ok("instance role", "temporary credentials received from IMDS");
-    let (base, creds) = session::upload_credentials(config, &facts, &scope, instance_role).await;
-    if let Err(e) = creds.get().await {
-        r.fail(
-            "assume upload role",
-            e,
+    r.passed(
+        Link::WriteUnderPrefix,
+        &format!("s3://{bucket}/{inside} written"),
+    );
+
+    let outside = outside_key(&session.scope.prefix);
+    match s3.put_bytes(&outside, Bytes::from_static(PROBE_BODY)).await {
+        Err(e) if e.class() == ErrorClass::Denied => r.passed(
+            Link::ScopeHolds,
+            &format!("a write to s3://{bucket}/{outside} was denied"),
+        ),
+        Ok(_) => r.failed(
+            Link::ScopeHolds,
             &format!(
-                "let the instance role assume {}: its trust policy must name the instance role \
-                 and the instance role's policy must allow sts:AssumeRole on it",
-                config.role_arn
+                "a write outside the prefix succeeded (s3://{bucket}/{outside}); the session \
+                 policy did not confine the session"
             ),
-        );
-        return;
-    }
-    r.ok(
-        "assume upload role",
-        format!("{} with the session policy", config.role_arn),
-    );
-    let uploader = session::uploader(config, &base, &creds);
-
-    let inside = format!("{}{PROBE_NAME}", scope.prefix);
-    match uploader.put_bytes(&inside, PROBE_BODY).await {
-        Ok(()) => r.ok(
-            "write under prefix",
-            format!("s3://{}/{inside} written", config.bucket),
         ),
-        Err(e) => {
-            r.fail(
-                "write under prefix",
-                format!("PutObject s3://{}/{inside} failed: {e}", config.bucket),
-                &format!(
-                    "the upload role {} must allow s3:PutObject and s3:AbortMultipartUpload on {} (and no bucket policy may \
-                     deny it)",
-                    config.role_arn, scope.resource
-                ),
-            );
-            return;
-        }
-    }
-
-    let outside = outside_key(&scope.prefix);
-    match uploader.put_bytes(&outside, PROBE_BODY).await {
-        Err(UploadError::Denied { .. }) => r.ok(
-            "scope holds",
-            format!("a write to s3://{}/{outside} was denied", config.bucket),
-        ),
-        Ok(()) => r.fail(
-            "scope holds",
-            format!(
-                "a write outside the prefix succeeded (s3://{}/{outside}); the session policy \
-                 did not confine the session",
-                config.bucket
-            ),
-            "delete that probe object and report this: the upload session must not write \
-             outside its prefix",
-        ),
-        Err(e) => r.fail(
-            "scope holds",
-            format!("the probe outside the prefix failed in an unexpected way: {e}"),
-            "check the S3 endpoint and bucket",
+        Err(e) => r.failed(
+            Link::ScopeHolds,
+            &format!("the probe outside the prefix failed in an unexpected way: {e}"),
         ),
     }
 }
@@ -269,5 +176,31 @@ mod tests {
         for prefix in ["i-1/", "s3", "s3drop-check-probe-outside-prefix", "_s3"] {
             assert!(!outside_key(prefix).starts_with(prefix), "{prefix}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_broken_local_link_stops_the_walk_before_the_network() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("s3drop.toml");
+        let missing = dir.path().join("missing");
+        let state = dir.path().join("state");
+        std::fs::write(
+            &config,
+            format!(
+                "watch_dir = {missing:?}\nstate_dir = {state:?}\nbucket = \"b-1\"\n\
+                 role_arn = \"arn:aws:iam::123456789012:role/u\"\n"
+            ),
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        assert!(!run(&config, Format::Text, &mut out).await);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("✔ config"), "{text}");
+        assert!(text.contains("✗ watch_dir"), "{text}");
+        assert!(
+            !text.contains("state_dir"),
+            "stops at the first broken link: {text}"
+        );
+        assert!(!text.contains("instance metadata"), "{text}");
     }
 }

@@ -47,40 +47,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the daemon in the foreground until SIGTERM or SIGINT.
-    #[command(long_about = "\
-Run the daemon in the foreground until SIGTERM or SIGINT.
-
-At start: validates the config, opens the ledger in state_dir, reads the instance id and
-region from IMDS, assumes the upload role with the prefix-scoped session policy (a refusal
-here exits non-zero with the cause), uploads files already in watch_dir, then uploads each
-new file as it completes. On SIGTERM it stops taking new files, lets uploads in flight
-finish within shutdown_timeout_seconds, and exits 0. SIGHUP rescans watch_dir and retries
-failed files now (it does not reload the config).
-
-Config keys (TOML; unknown keys are rejected):
-  watch_dir                 required; directory to watch (recursively)
-  bucket                    required; destination bucket
-  role_arn                  required; upload role to assume
-  state_dir                 ledger location [default: /var/lib/s3drop]
-  key_prefix                key prefix; {instance_id} and {region} are filled in
-                            [default: \"{instance_id}/\"]
-  region                    [default: AWS_REGION, else from IMDS]
-  external_id               passed to AssumeRole when the role requires one
-  session_duration_seconds  900-3600; STS caps chained sessions at 1 h [default: 3600]
-  after_upload              \"keep\", \"delete\" or \"move\" (only after S3 confirmed)
-                            [default: keep]
-  move_to                   with \"move\": directory on watch_dir's filesystem
-  exclude                   globs; without '/' matched per path component
-                            [default: [\".*\", \"*.tmp\", \"*.part\", \"*.swp\", \"*~\"]]
-  concurrency               files uploaded at once [default: 16]
-  settle_seconds            files found by a scan must be this old [default: 2]
-  shutdown_timeout_seconds  grace for uploads in flight at stop [default: 30]
-  rescan_interval_seconds   safety rescan period [default: 300]
-  multipart_threshold       larger files go up in parts [default: \"16MiB\"]
-  part_size                 part size, raised to stay within 10,000 parts [default: \"8MiB\"]
-  part_concurrency          parts of one file sent at once [default: 4]
-  max_bandwidth             cap on bytes per second over all uploads, e.g. \"50MiB\"
-  force_path_style          path-style S3 URLs (S3-compatible servers) [default: false]")]
+    #[command(long_about = run_help())]
     Run(ConfigArg),
     /// Check the whole chain (config, directories, IMDS, AssumeRole, scoped writes) and
     /// exit non-zero naming the first broken link.
@@ -93,6 +60,22 @@ must be denied: proof that the session policy confines the session.")]
     Check(CheckArgs),
     /// Validate the config file only (no network); for systemd's ExecStartPre=.
     Validate(ConfigArg),
+}
+
+const RUN_ABOUT: &str = "\
+Run the daemon in the foreground until SIGTERM or SIGINT.
+
+At start: validates the config, checks watch_dir, state_dir (and move_to), reads the instance
+id and region from IMDS, assumes the upload role with the prefix-scoped session policy (a
+refusal here exits non-zero with the cause), uploads files already in watch_dir, then uploads
+each new file as it completes. On SIGTERM it stops taking new files, lets uploads in flight
+finish within shutdown_timeout_seconds, and exits 0. SIGHUP rescans watch_dir and retries
+failed files now (it does not reload the config). A fatal error (a task that dies, a ledger
+that can no longer be written) stops it the same way and exits non-zero with the cause.";
+
+/// `run --help`: what it does, then every config key (from the one reference).
+fn run_help() -> String {
+    format!("{RUN_ABOUT}\n\n{}", crate::config::reference::help_text())
 }
 
 #[derive(Debug, clap::Args)]

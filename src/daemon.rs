@@ -1,47 +1,74 @@
-//! Wiring for `s3drop run`: check the directories, open the ledger, establish the session,
-//! start the watch, the intake and the upload workers, and stop them on one path when a
-//! signal arrives.
+//! Wiring for `s3drop run`: walk the chain (local prerequisites, then the upload session),
+//! open the ledger, start the watch, the intake and the upload workers under one
+//! [`Supervisor`], and stop them on one path: a signal (exit 0) or a fatal error from any
+//! task (exit non-zero with the cause).
 
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::Notify;
+use anyhow::Context as _;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::{self, Session};
+use crate::chain::{self, Quiet};
 use crate::config::{AfterUpload, Config};
 use crate::ledger::Ledger;
 use crate::queue::Queue;
-use crate::session::Session;
-use crate::transfer::Transfer;
-use crate::watch::{self, DirWatcher, Intake, IntakeConfig};
-use crate::worker::Worker;
+use crate::s3::S3;
+use crate::supervise::{Fatal, Supervisor};
+use crate::upload::{AfterUploadAction, Context, Sender, Worker};
+use crate::watch::{DirWatcher, Intake, IntakeConfig};
 
 const STARTUP_RETRY_CAP: Duration = Duration::from_secs(60);
 
-pub async fn run(config: Config) -> anyhow::Result<()> {
-    watch::check_root(&config.watch_dir)?;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&config.state_dir)
-        .with_context(|| format!("cannot create state_dir {}", config.state_dir.display()))?;
-    if let AfterUpload::Move(dir) = &config.after_upload {
-        check_move_target(&config, dir)?;
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
     }
+
+    /// The name of the stop signal that arrived.
+    async fn stop(&mut self) -> &'static str {
+        stop_signal(&mut self.term, &mut self.int).await
+    }
+}
+
+async fn stop_signal(term: &mut Signal, int: &mut Signal) -> &'static str {
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+/// What the main loop watches over.
+struct Running {
+    queue: Arc<Queue>,
+    worker: Arc<Worker>,
+    supervisor: Supervisor,
+    rescan_now: Arc<Notify>,
+    retry_now: Arc<Notify>,
+    ready: Option<oneshot::Receiver<()>>,
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    chain::local(&config, &mut Quiet)?;
     let ledger = Arc::new(Ledger::open(&config.state_dir)?);
-
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
-
+    let mut signals = Signals::new()?;
     let session = tokio::select! {
         session = establish(&config) => session?,
-        _ = sigterm.recv() => return Ok(()),
-        _ = sigint.recv() => return Ok(()),
+        _ = signals.stop() => return Ok(()),
     };
     tracing::info!(
         instance_id = session.facts.instance_id,
@@ -52,13 +79,50 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         watch_dir = %config.watch_dir.display(),
         "s3drop started"
     );
-
-    let queue = Arc::new(Queue::new());
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let rescan_now = Arc::new(Notify::new());
-    let retry_now = Arc::new(Notify::new());
+    let mut running = start(&config, &session, ledger, &cancel, &tracker)?;
+    let ended = watch_over(&mut running, &mut signals).await;
+    let (signal_name, fatal) = match ended {
+        Ok(name) => (name, None),
+        Err(fatal) => {
+            tracing::error!(error = %fatal, "fatal error; stopping");
+            ("fatal error", Some(fatal))
+        }
+    };
+    tracing::info!(
+        signal = signal_name,
+        in_flight_or_waiting = running.queue.depth(),
+        deadline_s = config.shutdown_timeout.as_secs(),
+        "stopping: no new uploads; waiting for those in flight"
+    );
+    notify(&[sd_notify::NotifyState::Stopping]);
+    cancel.cancel();
+    tracker.close();
+    if tokio::time::timeout(config.shutdown_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown deadline passed; unfinished uploads will be redone at next start");
+    }
+    tracing::info!("stopped");
+    match fatal {
+        None => Ok(()),
+        Some(fatal) => Err(fatal).context("s3drop stopped on a fatal error"),
+    }
+}
 
+/// Starts the watch, the intake and the workers.
+fn start(
+    config: &Config,
+    session: &Session,
+    ledger: Arc<Ledger>,
+    cancel: &CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<Running> {
+    let queue = Arc::new(Queue::new());
+    let mut supervisor = Supervisor::new(tracker.clone());
+    let (rescan_now, retry_now) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     // Watch before the backlog scan, so nothing that lands during the scan is missed.
     let watcher = DirWatcher::start(&config.watch_dir)?;
     let intake = Intake::new(
@@ -73,75 +137,76 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         queue.clone(),
         ledger.clone(),
     );
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let intake_task = tracker.spawn(intake.run(rescan_now.clone(), ready_tx, cancel.clone()));
-
+    let (ready_tx, ready) = oneshot::channel();
+    supervisor.spawn(
+        "intake",
+        intake.run(rescan_now.clone(), ready_tx, cancel.clone()),
+    );
+    let s3 = S3::new(
+        &session.sdk,
+        &config.bucket,
+        config.force_path_style,
+        session.credentials.clone(),
+    );
     let worker = Arc::new(Worker::new(
         config.watch_dir.clone(),
         session.scope.prefix.clone(),
-        config.after_upload.clone(),
+        AfterUploadAction(config.after_upload.clone()),
         ledger.clone(),
-        Transfer::new(&config, session.uploader.clone(), ledger),
+        Sender::new(config, s3, ledger),
         queue.clone(),
     ));
+    let cx = Context {
+        tracker: tracker.clone(),
+        retry_now: retry_now.clone(),
+        cancel: cancel.clone(),
+        fatal: supervisor.reporter(),
+    };
     for _ in 0..config.concurrency {
-        tracker.spawn(
-            worker
-                .clone()
-                .run(tracker.clone(), retry_now.clone(), cancel.clone()),
-        );
+        supervisor.spawn("upload worker", worker.clone().run(cx.clone()));
     }
+    Ok(Running {
+        queue,
+        worker,
+        supervisor,
+        rescan_now,
+        retry_now,
+        ready: Some(ready),
+    })
+}
 
-    let mut ready = Some(ready_rx);
-    // Ping the service manager's watchdog twice per period, from this loop, and only while
-    // the intake is alive: a wedged or dead daemon gets restarted.
+/// The main loop: READY, the watchdog and STATUS for systemd, SIGHUP; until a stop signal
+/// (its name) or a fatal error.
+async fn watch_over(r: &mut Running, signals: &mut Signals) -> Result<&'static str, Fatal> {
+    // Ping the service manager's watchdog twice per period, from this loop: a wedged
+    // daemon gets restarted, and a dead task ends the daemon (and so the pings).
     let watchdog_period =
         sd_notify::watchdog_enabled().map_or(Duration::from_secs(10), |period| period / 2);
     let mut heartbeat = tokio::time::interval(watchdog_period);
-    let signal_name = loop {
+    let Signals { term, int, hup } = signals;
+    loop {
         tokio::select! {
-            _ = sigterm.recv() => break "SIGTERM",
-            _ = sigint.recv() => break "SIGINT",
-            Ok(()) = async { ready.as_mut().expect("guarded").await }, if ready.is_some() => {
-                ready = None;
-                tracing::info!(queued = queue.depth(), "ready: backlog queued, watching");
+            name = stop_signal(term, int) => return Ok(name),
+            fatal = r.supervisor.failure() => return Err(fatal),
+            Ok(()) = async { r.ready.as_mut().expect("guarded").await }, if r.ready.is_some() => {
+                r.ready = None;
+                tracing::info!(queued = r.queue.depth(), "ready: backlog queued, watching");
                 notify(&[sd_notify::NotifyState::Ready]);
             }
             _ = heartbeat.tick() => {
-                if intake_task.is_finished() {
-                    tracing::error!("the watch task ended; no longer reporting healthy");
-                    continue;
-                }
-                let status = format!("queue {}; {}", queue.depth(), worker.progress.summary());
+                let status = format!("queue {}; {}", r.queue.depth(), r.worker.progress.summary());
                 notify(&[
                     sd_notify::NotifyState::Watchdog,
                     sd_notify::NotifyState::Status(&status),
                 ]);
             }
-            _ = sighup.recv() => {
+            _ = hup.recv() => {
                 tracing::info!("SIGHUP: rescanning watch_dir and retrying failed files now");
-                rescan_now.notify_one();
-                retry_now.notify_waiters();
+                r.rescan_now.notify_one();
+                r.retry_now.notify_waiters();
             }
         }
-    };
-    tracing::info!(
-        signal = signal_name,
-        in_flight_or_waiting = queue.depth(),
-        deadline_s = config.shutdown_timeout.as_secs(),
-        "stopping: no new uploads; waiting for those in flight"
-    );
-    notify(&[sd_notify::NotifyState::Stopping]);
-    cancel.cancel();
-    tracker.close();
-    if tokio::time::timeout(config.shutdown_timeout, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("shutdown deadline passed; unfinished uploads will be redone at next start");
     }
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// Tells systemd (when run as a `Type=notify` unit; a no-op otherwise).
@@ -151,12 +216,12 @@ fn notify(states: &[sd_notify::NotifyState<'_>]) {
     }
 }
 
-/// Establishes the session, retrying with backoff while IMDS or STS are unreachable (at
-/// boot the network or the instance profile may not be ready). A refusal is final.
+/// Mints the session, retrying with backoff while IMDS or STS are unreachable (at boot the
+/// network or the instance profile may not be ready). A refusal is final.
 async fn establish(config: &Config) -> anyhow::Result<Session> {
     let mut delay = Duration::from_secs(1);
     loop {
-        match Session::establish(config).await {
+        match auth::establish(config, &mut Quiet).await {
             Ok(session) => return Ok(session),
             Err(e) if e.is_permanent() => {
                 return Err(e).context("cannot establish the upload session");
@@ -168,22 +233,4 @@ async fn establish(config: &Config) -> anyhow::Result<Session> {
             }
         }
     }
-}
-
-/// Moving is a rename: the target must exist and be on the same filesystem.
-fn check_move_target(config: &Config, dir: &std::path::Path) -> anyhow::Result<()> {
-    let target = std::fs::metadata(dir)
-        .with_context(|| format!("move_to {} is not usable", dir.display()))?;
-    let source = std::fs::metadata(&config.watch_dir)?;
-    if !target.is_dir() {
-        bail!("move_to {} is not a directory", dir.display());
-    }
-    if target.dev() != source.dev() {
-        bail!(
-            "move_to {} is on another filesystem than watch_dir; files are moved by rename, \
-             so it must be on the same one",
-            dir.display()
-        );
-    }
-    Ok(())
 }

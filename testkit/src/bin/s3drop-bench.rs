@@ -22,7 +22,8 @@ use aws_credential_types::Credentials;
 use s3drop_testkit::{Daemon, FakeCloud, INSTANCE_ID, REGION, Site, World};
 
 const BUCKET: &str = "bench";
-const CONCURRENCY: usize = 16;
+/// Every client uploads this many files at once: s3drop's default.
+const CONCURRENCY: usize = s3drop::config::defaults::CONCURRENCY;
 
 struct Sizes {
     p1_files: usize,
@@ -79,7 +80,7 @@ fn wait_usage(pid: i32) -> Result<Usage> {
 /// s3drop's own session policy for the bench's prefix, with the multipart action names the
 /// emulator wants (as the daemon builds it under fakecloud).
 fn session_policy() -> Result<String> {
-    Ok(s3drop::policy::session_policy(
+    Ok(s3drop::auth::policy::session_policy(
         "aws",
         BUCKET,
         &format!("{INSTANCE_ID}/"),
@@ -376,7 +377,7 @@ async fn raw_loop(dir: PathBuf, key_prefix: String, concurrency: usize) -> Resul
                 path.file_name().unwrap().to_string_lossy()
             );
             async move {
-                let body = if std::fs::metadata(&path)?.len() <= s3drop::upload::IN_MEMORY_MAX {
+                let body = if std::fs::metadata(&path)?.len() <= s3drop::s3::IN_MEMORY_MAX {
                     aws_sdk_s3::primitives::ByteStream::from(tokio::fs::read(&path).await?)
                 } else {
                     aws_sdk_s3::primitives::ByteStream::from_path(&path).await?
@@ -544,17 +545,60 @@ struct Bench {
 }
 
 /// s3drop's defaults for big files, which the raw multipart ceiling copies.
-const PART_SIZE: u64 = 8 << 20;
-const PART_CONCURRENCY: usize = 4;
+const PART_SIZE: u64 = s3drop::config::defaults::PART_SIZE;
+const PART_CONCURRENCY: usize = s3drop::config::defaults::PART_CONCURRENCY;
 
-const P1_CLIENTS: [&str; 4] = ["s3drop", "raw SDK loop", "aws s3 cp", "rclone copy"];
-const P2_CLIENTS: [&str; 5] = [
-    "s3drop",
-    "raw SDK PutObject (one request)",
-    "raw SDK multipart (s3drop's part size and concurrency)",
-    "aws s3 cp",
-    "rclone copyto",
-];
+/// The clients of P1, each with its name in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum P1Client {
+    S3drop,
+    RawLoop,
+    AwsCli,
+    Rclone,
+}
+
+impl P1Client {
+    const ALL: [P1Client; 4] = [Self::S3drop, Self::RawLoop, Self::AwsCli, Self::Rclone];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::S3drop => "s3drop",
+            Self::RawLoop => "raw SDK loop",
+            Self::AwsCli => "aws s3 cp",
+            Self::Rclone => "rclone copy",
+        }
+    }
+}
+
+/// The clients of P2, each with its name in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum P2Client {
+    S3drop,
+    RawPut,
+    RawMultipart,
+    AwsCli,
+    Rclone,
+}
+
+impl P2Client {
+    const ALL: [P2Client; 5] = [
+        Self::S3drop,
+        Self::RawPut,
+        Self::RawMultipart,
+        Self::AwsCli,
+        Self::Rclone,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::S3drop => "s3drop",
+            Self::RawPut => "raw SDK PutObject (one request)",
+            Self::RawMultipart => "raw SDK multipart (s3drop's part size and concurrency)",
+            Self::AwsCli => "aws s3 cp",
+            Self::Rclone => "rclone copyto",
+        }
+    }
+}
 
 /// One table row per client: its name and `cells`, or "not installed".
 fn write_rows(
@@ -586,11 +630,12 @@ impl Bench {
     }
 
     /// One P1 run of client `i` on its own server; None if the client is not installed.
-    async fn p1_run(&self, i: usize, dir: &Path) -> Result<Option<Usage>> {
+    async fn p1_run(&self, client: P1Client, dir: &Path) -> Result<Option<Usage>> {
+        let i = client as usize;
         let server = Server::start().await?;
         let target = format!("p1-{i}/");
-        let usage = match i {
-            0 => {
+        let usage = match client {
+            P1Client::S3drop => {
                 let (site, daemon) = start_s3drop(&self.s3drop, &server.fc, "")?;
                 let mut counter = UploadCounter::new(&daemon)?;
                 let (cpu0, _) = proc_cpu_and_rss(daemon.pid())?;
@@ -605,8 +650,8 @@ impl Bench {
                     max_rss_kib: rss,
                 })
             }
-            1 => Some(measure(&mut self.peers.raw(&server, dir, &target))?),
-            2 => self
+            P1Client::RawLoop => Some(measure(&mut self.peers.raw(&server, dir, &target))?),
+            P1Client::AwsCli => self
                 .peers
                 .aws(
                     &server,
@@ -620,7 +665,7 @@ impl Bench {
                 )
                 .map(measure_owned)
                 .transpose()?,
-            _ => self
+            P1Client::Rclone => self
                 .peers
                 .rclone(
                     &server,
@@ -640,17 +685,17 @@ impl Bench {
     async fn p1(&mut self) -> Result<()> {
         let files = self.sizes.p1_files;
         eprintln!("P1: {files} files of 4 KiB, {} runs each", self.runs);
-        let mut runs: Vec<Vec<Usage>> = vec![Vec::new(); P1_CLIENTS.len()];
+        let mut runs: Vec<Vec<Usage>> = vec![Vec::new(); P1Client::ALL.len()];
         for run in 0..self.runs {
-            for (i, client) in runs.iter_mut().enumerate() {
-                let dir = self.work().join(format!("p1-{i}-{run}"));
+            for (client, usages) in P1Client::ALL.into_iter().zip(runs.iter_mut()) {
+                let dir = self.work().join(format!("p1-{}-{run}", client as usize));
                 make_files(&dir, files, 4096)?;
-                if let Some(u) = self.p1_run(i, &dir).await? {
-                    client.push(u);
+                if let Some(u) = self.p1_run(client, &dir).await? {
+                    usages.push(u);
                 }
             }
         }
-        let results = medians(&P1_CLIENTS, runs);
+        let results = medians(&P1Client::ALL.map(P1Client::name), runs);
 
         let table = &mut self.table;
         writeln!(
@@ -674,21 +719,17 @@ impl Bench {
                 u.cpu.as_secs_f64()
             )
         })?;
-        let wall = |n: &str| {
-            results
-                .iter()
-                .find(|(k, _)| *k == n)
-                .and_then(|(_, u)| u.map(|u| u.wall.as_secs_f64()))
-        };
-        if let Some(raw) = wall("raw SDK loop") {
+        let wall = |client: P1Client| results[client as usize].1.map(|u| u.wall.as_secs_f64());
+        if let Some(raw) = wall(P1Client::RawLoop) {
             self.notes.push(format!(
                 "P1: s3drop reaches {:.0} % of the raw-SDK ceiling (target ≥ 80 %)",
                 100.0 * raw / s3drop.as_secs_f64()
             ));
         }
-        for (peer, target) in [("aws s3 cp", 5.0), ("rclone copy", 1.5)] {
+        for (peer, target) in [(P1Client::AwsCli, 5.0), (P1Client::Rclone, 1.5)] {
             if let Some(d) = wall(peer) {
                 let x = d / s3drop.as_secs_f64();
+                let peer = peer.name();
                 self.notes
                     .push(format!("P1: {x:.2}× {peer} (target ≥ {target}×)"));
             }
@@ -697,11 +738,12 @@ impl Bench {
     }
 
     /// One P2 run of client `i` on its own server; None if the client is not installed.
-    async fn p2_run(&self, i: usize, big: &Path) -> Result<Option<Usage>> {
+    async fn p2_run(&self, client: P2Client, big: &Path) -> Result<Option<Usage>> {
+        let i = client as usize;
         let server = Server::start().await?;
         let key = format!("p2-{i}/big.bin");
-        Ok(match i {
-            0 => {
+        Ok(match client {
+            P2Client::S3drop => {
                 let (site, daemon) = start_s3drop(&self.s3drop, &server.fc, "")?;
                 let dir = site.watch.join(format!("p2-{i}"));
                 std::fs::create_dir(&dir)?;
@@ -718,7 +760,7 @@ impl Bench {
                 std::mem::forget(daemon); // already reaped
                 Some(Usage { wall, ..u })
             }
-            1 => {
+            P2Client::RawPut => {
                 let dir = self.work().join("p2-raw");
                 std::fs::create_dir_all(&dir)?;
                 let linked = dir.join("big.bin");
@@ -731,13 +773,15 @@ impl Bench {
                     &format!("p2-{i}/"),
                 ))?)
             }
-            2 => Some(measure(&mut self.peers.raw_multipart(&server, big, &key))?),
-            3 => self
+            P2Client::RawMultipart => {
+                Some(measure(&mut self.peers.raw_multipart(&server, big, &key))?)
+            }
+            P2Client::AwsCli => self
                 .peers
                 .aws(&server, &["s3", "cp", big.to_str().unwrap(), &s3_url(&key)])
                 .map(measure_owned)
                 .transpose()?,
-            _ => self
+            P2Client::Rclone => self
                 .peers
                 .rclone(
                     &server,
@@ -758,16 +802,16 @@ impl Bench {
         );
         let big = self.work().join("big.bin");
         make_big_file(&big, bytes)?;
-        let mut runs: Vec<Vec<Usage>> = vec![Vec::new(); P2_CLIENTS.len()];
+        let mut runs: Vec<Vec<Usage>> = vec![Vec::new(); P2Client::ALL.len()];
         for _ in 0..self.runs {
-            for (i, client) in runs.iter_mut().enumerate() {
-                if let Some(u) = self.p2_run(i, &big).await? {
-                    client.push(u);
+            for (client, usages) in P2Client::ALL.into_iter().zip(runs.iter_mut()) {
+                if let Some(u) = self.p2_run(client, &big).await? {
+                    usages.push(u);
                 }
             }
         }
         std::fs::remove_file(&big)?;
-        let results = medians(&P2_CLIENTS, runs);
+        let results = medians(&P2Client::ALL.map(P2Client::name), runs);
 
         let table = &mut self.table;
         writeln!(
@@ -787,17 +831,12 @@ impl Bench {
                 u.cpu.as_secs_f64()
             )
         })?;
-        let speed = |n: &str| {
-            results
-                .iter()
-                .find(|(k, _)| k.starts_with(n))
-                .and_then(|(_, u)| u.map(|u| mib_s(bytes, u.wall)))
-        };
-        let ours = speed("s3drop").expect("s3drop ran");
+        let speed = |client: P2Client| results[client as usize].1.map(|u| mib_s(bytes, u.wall));
+        let ours = speed(P2Client::S3drop).expect("s3drop ran");
         let rss = results[0].1.expect("s3drop ran").max_rss_kib as f64 / 1024.0;
         for (ceiling, what) in [
-            ("raw SDK PutObject", "the single-request ceiling"),
-            ("raw SDK multipart", "the multipart ceiling"),
+            (P2Client::RawPut, "the single-request ceiling"),
+            (P2Client::RawMultipart, "the multipart ceiling"),
         ] {
             if let Some(c) = speed(ceiling) {
                 self.notes.push(format!(
@@ -806,7 +845,7 @@ impl Bench {
                 ));
             }
         }
-        if let Some(r) = speed("rclone") {
+        if let Some(r) = speed(P2Client::Rclone) {
             self.notes.push(format!(
                 "P2: {:.2}× rclone's throughput (target ≥ 1×)",
                 ours / r

@@ -1,16 +1,21 @@
-//! The ledger: a durable record, in `state_dir`, of which files S3 has confirmed, so that a
-//! restart uploads nothing twice. Stored in redb (one file, ACID, crash-safe commits); each
-//! record is versioned JSON keyed by the file's path relative to `watch_dir`.
+//! The ledger: a durable record, in `state_dir`, of what S3 has confirmed for each file, so
+//! that a restart uploads nothing twice and a multipart upload resumes. Stored in redb (one
+//! file, ACID, crash-safe commits), keyed by the file's path relative to `watch_dir`; each
+//! value is a versioned record ([`record`]). Writes go through one writer thread that
+//! group-commits them ([`store`]).
+
+mod record;
+mod store;
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use redb::{Database, ReadableDatabase, TableDefinition};
-use serde::{Deserialize, Serialize};
+use redb::{Database, ReadableDatabase};
 
-const FILES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("files_v1");
+pub use record::{FileRecord, FileState, PartRecord};
+use store::{FILES, Store, Write, open_db, write_loop};
+
 const LEDGER_FILE: &str = "ledger.redb";
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -26,97 +31,20 @@ pub enum LedgerError {
     Store { op: &'static str, message: String },
     #[error("ledger record for {path:?} is unreadable: {message}")]
     Corrupt { path: PathBuf, message: String },
+    /// The writer thread is gone: nothing more can be recorded, so the daemon must stop.
+    #[error("the ledger writer has stopped; nothing more can be recorded")]
+    WriterStopped,
+}
+
+impl LedgerError {
+    /// No further write can succeed in this process.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, LedgerError::WriterStopped)
+    }
 }
 
 fn writer_stopped() -> LedgerError {
-    LedgerError::Store {
-        op: "write",
-        message: "the ledger writer has stopped".into(),
-    }
-}
-
-fn store_err(op: &'static str) -> impl FnOnce(redb::Error) -> LedgerError {
-    move |e| LedgerError::Store {
-        op,
-        message: e.to_string(),
-    }
-}
-
-/// What identifies one version of a file on disk: if any of these change, it is new data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileIdentity {
-    pub dev: u64,
-    pub inode: u64,
-    pub size: u64,
-    pub mtime_ns: i128,
-}
-
-impl FileIdentity {
-    pub fn of(meta: &std::fs::Metadata) -> FileIdentity {
-        use std::os::unix::fs::MetadataExt;
-        FileIdentity {
-            dev: meta.dev(),
-            inode: meta.ino(),
-            size: meta.size(),
-            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum FileState {
-    /// A multipart upload is under way: the parts S3 has confirmed so far, so a restart
-    /// continues instead of starting over.
-    Uploading {
-        key: String,
-        upload_id: String,
-        part_size: u64,
-        parts: Vec<PartRecord>,
-    },
-    /// S3 confirmed the object `key` with this CRC32C (base64; for a multipart upload,
-    /// S3's checksum of the part checksums).
-    Uploaded { key: String, crc32c: String },
-    /// S3 refused the upload for a reason an operator must fix; retried later.
-    Failed { key: String, error: String },
-}
-
-/// One part S3 confirmed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PartRecord {
-    pub number: i32,
-    pub etag: String,
-    pub crc32c: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileRecord {
-    pub identity: FileIdentity,
-    #[serde(flatten)]
-    pub state: FileState,
-    pub updated_unix: u64,
-}
-
-impl FileRecord {
-    pub fn is_uploaded_as(&self, identity: &FileIdentity) -> bool {
-        matches!(self.state, FileState::Uploaded { .. }) && self.identity == *identity
-    }
-}
-
-/// The database, reopened after an I/O error.
-struct Store {
-    path: PathBuf,
-    /// `None` only while it is being reopened.
-    db: std::sync::RwLock<Option<Database>>,
-    /// Transactions the writer has committed.
-    commits: std::sync::atomic::AtomicU64,
-}
-
-/// One change for the writer thread, with where to report the commit's outcome.
-struct Write {
-    key: Vec<u8>,
-    value: Option<Vec<u8>>,
-    done: tokio::sync::oneshot::Sender<Result<(), LedgerError>>,
+    LedgerError::WriterStopped
 }
 
 /// Writes are group-committed: a writer thread takes every change waiting, applies them in
@@ -126,109 +54,6 @@ pub struct Ledger {
     store: Arc<Store>,
     writes: Mutex<Option<std::sync::mpsc::Sender<Write>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
-}
-
-/// Most changes one commit takes.
-const MAX_BATCH: usize = 4096;
-/// Least time between the starts of two commits. Each commit costs an fsync and a few
-/// pages written whatever its size, so pacing them bounds the ledger's CPU and disk work
-/// under a burst (at most 50 commits a second) while a lone upload is still recorded
-/// at once. Nothing waits on a commit in the upload path itself.
-const MIN_COMMIT_INTERVAL: Duration = Duration::from_millis(20);
-
-fn open_db(path: &Path) -> Result<Database, LedgerError> {
-    let db = Database::create(path).map_err(|e| match e {
-        redb::DatabaseError::DatabaseAlreadyOpen => LedgerError::InUse {
-            path: path.to_owned(),
-        },
-        other => LedgerError::Open {
-            path: path.to_owned(),
-            message: other.to_string(),
-        },
-    })?;
-    let txn = db.begin_write().map_err(|e| store_err("begin")(e.into()))?;
-    txn.open_table(FILES)
-        .map_err(|e| store_err("create table")(e.into()))?;
-    txn.commit().map_err(|e| store_err("commit")(e.into()))?;
-    Ok(db)
-}
-
-impl Store {
-    /// Runs `f` on the database. After an I/O error (a full or failing disk) redb refuses
-    /// all further work until reopened, so the store reopens it and tries once more.
-    fn with_db<T>(
-        &self,
-        op: &'static str,
-        f: impl Fn(&Database) -> Result<T, redb::Error>,
-    ) -> Result<T, LedgerError> {
-        let first = {
-            let guard = self.db.read().expect("ledger lock");
-            match guard.as_ref() {
-                Some(db) => f(db),
-                None => Err(redb::Error::DatabaseClosed),
-            }
-        };
-        match first {
-            Ok(v) => Ok(v),
-            Err(redb::Error::PreviousIo | redb::Error::Io(_) | redb::Error::DatabaseClosed) => {
-                let mut guard = self.db.write().expect("ledger lock");
-                *guard = None; // release the file lock before opening again
-                let db = open_db(&self.path)?;
-                let result = f(&db).map_err(store_err(op));
-                *guard = Some(db);
-                result
-            }
-            Err(e) => Err(store_err(op)(e)),
-        }
-    }
-
-    /// Applies `batch` in one transaction.
-    fn commit(&self, batch: &[Write]) -> Result<(), LedgerError> {
-        self.commits
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.with_db("commit", |db| {
-            let txn = db.begin_write()?;
-            {
-                let mut table = txn.open_table(FILES)?;
-                for write in batch {
-                    match &write.value {
-                        Some(value) => {
-                            table.insert(write.key.as_slice(), value.as_slice())?;
-                        }
-                        None => {
-                            table.remove(write.key.as_slice())?;
-                        }
-                    }
-                }
-            }
-            Ok(txn.commit()?)
-        })
-    }
-}
-
-fn write_loop(store: Arc<Store>, writes: std::sync::mpsc::Receiver<Write>) {
-    let mut last_commit: Option<Instant> = None;
-    while let Ok(first) = writes.recv() {
-        // Commits are paced: the next one starts no sooner than MIN_COMMIT_INTERVAL after
-        // the last one began, and takes everything that arrived meanwhile. A lone write
-        // after a quiet spell is committed at once; under load many share one fsync. The
-        // writer sleeps rather than waking for every write that arrives.
-        if let Some(due) = last_commit.map(|at| at + MIN_COMMIT_INTERVAL) {
-            std::thread::sleep(due.saturating_duration_since(Instant::now()));
-        }
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match writes.try_recv() {
-                Ok(more) => batch.push(more),
-                Err(_) => break,
-            }
-        }
-        last_commit = Some(Instant::now());
-        let result = store.commit(&batch);
-        for write in batch {
-            let _ = write.done.send(result.clone());
-        }
-    }
 }
 
 impl Ledger {
@@ -311,7 +136,7 @@ impl Ledger {
         relative: &Path,
         record: &FileRecord,
     ) -> impl std::future::Future<Output = Result<(), LedgerError>> + Send + use<> {
-        let value = serde_json::to_vec(record).expect("ledger records always serialize");
+        let value = record::encode(record);
         let submitted = self.submit(relative, Some(value));
         async move { submitted?.await.map_err(|_| writer_stopped())? }
     }
@@ -325,9 +150,9 @@ impl Ledger {
                 .map(|v| v.value().to_vec()))
         })?;
         raw.map(|bytes| {
-            serde_json::from_slice(&bytes).map_err(|e| LedgerError::Corrupt {
+            record::decode(&bytes).map_err(|message| LedgerError::Corrupt {
                 path: relative.to_owned(),
-                message: e.to_string(),
+                message,
             })
         })
         .transpose()
@@ -335,7 +160,7 @@ impl Ledger {
 
     /// Durably records `record` (its commit is fsynced before this returns).
     pub fn put(&self, relative: &Path, record: &FileRecord) -> Result<(), LedgerError> {
-        let value = serde_json::to_vec(record).expect("ledger records always serialize");
+        let value = record::encode(record);
         self.write(relative, Some(value))
     }
 
@@ -392,6 +217,9 @@ impl Drop for Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::file::FileIdentity;
+    use std::time::{Duration, Instant};
+    use store::MIN_COMMIT_INTERVAL;
 
     fn record(size: u64) -> FileRecord {
         FileRecord {
@@ -403,7 +231,7 @@ mod tests {
             },
             state: FileState::Uploaded {
                 key: "p/a".into(),
-                crc32c: "AAAAAA==".into(),
+                crc32c: Some("AAAAAA==".into()),
             },
             updated_unix: 4,
         }
@@ -530,5 +358,60 @@ mod tests {
         let name = Path::new(OsStr::from_bytes(b"bad\xffname"));
         ledger.put(name, &record(1)).unwrap();
         assert!(ledger.get(name).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_ledger_written_by_the_first_release_is_read() {
+        // Written by s3drop at commit cb4f9ca (records without a version field).
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("src/ledger/fixtures/ledger-first-release.redb"),
+            dir.path().join(LEDGER_FILE),
+        )
+        .unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        assert_eq!(ledger.len().unwrap(), 4);
+        let uploaded = ledger
+            .get(Path::new("reports/2026-11-24.csv"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            uploaded.state,
+            FileState::Uploaded {
+                key: "i-0123456789abcdef0/reports/2026-11-24.csv".into(),
+                crc32c: Some("yZRlqg==".into()),
+            }
+        );
+        assert_eq!(uploaded.identity.inode, 131_074);
+        let FileState::Uploading {
+            upload_id, parts, ..
+        } = ledger.get(Path::new("big.bin")).unwrap().unwrap().state
+        else {
+            panic!("big.bin is a multipart upload in progress")
+        };
+        assert_eq!(upload_id, "upload-1");
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[1].crc32c.as_deref(), Some("BBBBBB=="));
+        assert!(matches!(
+            ledger.get(Path::new("denied.txt")).unwrap().unwrap().state,
+            FileState::Failed { .. }
+        ));
+        use std::ffi::OsStr;
+        assert!(
+            ledger
+                .get(Path::new(OsStr::from_bytes(b"odd\xffname")))
+                .unwrap()
+                .is_some()
+        );
+        // Rewritten records carry the current version and still read back.
+        ledger.put(Path::new("big.bin"), &record(7)).unwrap();
+        assert!(
+            ledger
+                .get(Path::new("big.bin"))
+                .unwrap()
+                .unwrap()
+                .is_uploaded_as(&record(7).identity)
+        );
     }
 }

@@ -4,6 +4,12 @@
 //! the tree. Files found by a scan (backlog at start, a directory that appeared with files
 //! already in it) are taken once they have not been modified for `settle`, unless an event
 //! shows someone is still writing them.
+//!
+//! [`events`] turns inotify events into changes, [`scan`] walks directories; the
+//! [`Intake`] here decides, from both, which files are complete and queues them.
+
+mod events;
+mod scan;
 
 use std::collections::HashSet;
 use std::future::poll_fn;
@@ -11,154 +17,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
-use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 
 use crate::config::Exclude;
-use crate::ledger::{FileIdentity, Ledger};
+use crate::file::{FileIdentity, kind as file_kind};
+use crate::ledger::Ledger;
 use crate::queue::Queue;
-use crate::upload::file_kind;
+use crate::supervise::Fatal;
 
-const CHANNEL_CAPACITY: usize = 16 * 1024;
-/// Files a scan hands to the intake at a time.
-const WALK_CHUNK: usize = 256;
-
-#[derive(Debug, thiserror::Error)]
-pub enum WatchError {
-    #[error("watch_dir {path} is not a readable directory: {message}")]
-    NotADirectory { path: PathBuf, message: String },
-    #[error(
-        "cannot watch {path}: the inotify watch limit is reached; raise it with \
-         `sysctl fs.inotify.max_user_watches=524288` (and persist it in /etc/sysctl.d/)"
-    )]
-    WatchLimit { path: PathBuf },
-    #[error(
-        "cannot create an inotify instance: raise `sysctl fs.inotify.max_user_instances` \
-         ({message})"
-    )]
-    InstanceLimit { message: String },
-    #[error("cannot watch {path}: {message}")]
-    Other { path: PathBuf, message: String },
-}
-
-/// What the watcher saw, reduced to what intake acts on.
-#[derive(Debug, PartialEq, Eq)]
-enum Change {
-    /// Closed after writing: complete.
-    Closed(PathBuf),
-    /// Renamed or moved into the tree (file or directory): complete as it stands.
-    Arrived(PathBuf),
-    /// Created or written to: someone is writing it; wait for the close.
-    Writing(PathBuf),
-    /// Removed or moved away.
-    Gone(PathBuf),
-    /// A directory was created: it may hold files from before its watch was added.
-    DirCreated(PathBuf),
-    /// Events were lost (kernel queue overflow) or the watch failed: rescan everything.
-    Rescan(&'static str),
-}
-
-fn changes_of(event: Event) -> Vec<Change> {
-    if event.need_rescan() {
-        return vec![Change::Rescan("inotify queue overflowed")];
-    }
-    let mut paths = event.paths.into_iter();
-    let first = paths.next();
-    let Some(path) = first else {
-        return Vec::new();
-    };
-    let change = match event.kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Change::Closed(path),
-        EventKind::Create(CreateKind::Folder) => Change::DirCreated(path),
-        EventKind::Create(_) | EventKind::Modify(ModifyKind::Data(_)) => Change::Writing(path),
-        // notify also sends `Both` for a rename inside the tree; its `To` half is enough.
-        EventKind::Modify(ModifyKind::Name(RenameMode::To)) => Change::Arrived(path),
-        EventKind::Modify(ModifyKind::Name(RenameMode::From)) | EventKind::Remove(_) => {
-            Change::Gone(path)
-        }
-        _ => return Vec::new(),
-    };
-    vec![change]
-}
-
-/// The running inotify watch. Dropping it stops the watch.
-pub struct DirWatcher {
-    _watcher: RecommendedWatcher,
-    changes: mpsc::Receiver<Change>,
-    lost: Arc<Notify>,
-}
-
-impl DirWatcher {
-    /// Watches `root` recursively (not following symlinks). Events are handed over without
-    /// blocking the notify thread; if the channel is full they are dropped and a rescan is
-    /// requested instead.
-    pub fn start(root: &Path) -> Result<DirWatcher, WatchError> {
-        let (tx, changes) = mpsc::channel(CHANNEL_CAPACITY);
-        let lost = Arc::new(Notify::new());
-        let lost_tx = lost.clone();
-        let handler = move |result: notify::Result<Event>| {
-            let batch = match result {
-                Ok(event) => changes_of(event),
-                Err(e) => {
-                    tracing::warn!(error = %e, "watch error; rescanning");
-                    vec![Change::Rescan("watch error")]
-                }
-            };
-            for change in batch {
-                if tx.try_send(change).is_err() {
-                    lost_tx.notify_one();
-                }
-            }
-        };
-        let config = notify::Config::default().with_follow_symlinks(false);
-        let mut watcher =
-            RecommendedWatcher::new(handler, config).map_err(|e| WatchError::InstanceLimit {
-                message: e.to_string(),
-            })?;
-        watcher
-            .watch(root, RecursiveMode::Recursive)
-            .map_err(|e| watch_error(root, e))?;
-        Ok(DirWatcher {
-            _watcher: watcher,
-            changes,
-            lost,
-        })
-    }
-}
-
-fn watch_error(path: &Path, e: notify::Error) -> WatchError {
-    match e.kind {
-        notify::ErrorKind::MaxFilesWatch => WatchError::WatchLimit {
-            path: path.to_owned(),
-        },
-        notify::ErrorKind::Io(ref io) if io.raw_os_error() == Some(libc::ENOSPC) => {
-            WatchError::WatchLimit {
-                path: path.to_owned(),
-            }
-        }
-        _ => WatchError::Other {
-            path: path.to_owned(),
-            message: e.to_string(),
-        },
-    }
-}
-
-/// Checks `root` before anything else touches it.
-pub fn check_root(root: &Path) -> Result<(), WatchError> {
-    let not_dir = |message: String| WatchError::NotADirectory {
-        path: root.to_owned(),
-        message,
-    };
-    let meta = std::fs::metadata(root).map_err(|e| not_dir(e.to_string()))?;
-    if !meta.is_dir() {
-        return Err(not_dir("it is not a directory".into()));
-    }
-    std::fs::read_dir(root).map_err(|e| not_dir(e.to_string()))?;
-    Ok(())
-}
+use events::Change;
+pub use events::{DirWatcher, WatchError};
+use scan::Found;
 
 /// Settings for [`Intake`].
 pub struct IntakeConfig {
@@ -190,13 +61,6 @@ pub struct Intake {
     watcher: Option<DirWatcher>,
     /// (dev, inode) of `root` when it was last watched.
     root_identity: Option<(u64, u64)>,
-}
-
-/// One entry of a scan.
-struct Found {
-    path: PathBuf,
-    meta: Option<std::fs::Metadata>,
-    file_type: std::fs::FileType,
 }
 
 fn dir_identity(path: &Path) -> Option<(u64, u64)> {
@@ -240,13 +104,14 @@ impl Intake {
     }
 
     /// Scans the whole tree once (the backlog), then follows the watcher until cancelled.
-    /// `rescan_now` (SIGHUP) asks for a full scan at once; `ready` fires once the backlog scan has queued everything found.
+    /// `rescan_now` (SIGHUP) asks for a full scan at once; `ready` fires once the backlog
+    /// scan has queued everything found. Ending before `cancel` is fatal to the daemon.
     pub async fn run(
         mut self,
         rescan_now: Arc<Notify>,
         ready: tokio::sync::oneshot::Sender<()>,
         cancel: CancellationToken,
-    ) {
+    ) -> Result<(), Fatal> {
         self.full_scan("backlog scan at start").await;
         let _ = ready.send(());
         let mut rescan = tokio::time::interval(self.config.rescan_interval);
@@ -255,7 +120,7 @@ impl Intake {
         let mut root_check = tokio::time::interval(ROOT_CHECK_INTERVAL);
         loop {
             tokio::select! {
-                _ = cancel.cancelled() => return,
+                _ = cancel.cancelled() => return Ok(()),
                 change = next_change(&mut self.watcher) => match change {
                     Some(change) => self.on_change(change).await,
                     None => self.watcher = None,
@@ -440,50 +305,13 @@ impl Intake {
     /// queued in chunks as the walk finds them, so uploads start before a large tree has
     /// been read to the end.
     async fn walk(&mut self, dir: PathBuf, reason: &'static str, moved_in: bool) {
-        let root = self.config.root.clone();
-        let exclude = self.config.exclude.clone();
         let started = std::time::Instant::now();
-        let (chunks, mut found) = mpsc::channel::<Vec<Found>>(4);
-        let walker = tokio::task::spawn_blocking(move || {
-            let mut errors = Vec::new();
-            let mut chunk = Vec::with_capacity(WALK_CHUNK);
-            let entries = walkdir::WalkDir::new(&dir)
-                .follow_links(false)
-                .into_iter()
-                .filter_entry(|e| {
-                    e.path()
-                        .strip_prefix(&root)
-                        .map(|r| r.as_os_str().is_empty() || !exclude.is_excluded(r))
-                        .unwrap_or(false)
-                });
-            for entry in entries {
-                match entry {
-                    Ok(entry) if entry.file_type().is_dir() => {}
-                    Ok(entry) => {
-                        chunk.push(Found {
-                            // Only the settle rule needs the age; a moved-in tree is complete.
-                            meta: if moved_in {
-                                None
-                            } else {
-                                entry.metadata().ok()
-                            },
-                            file_type: entry.file_type(),
-                            path: entry.into_path(),
-                        });
-                        if chunk.len() == WALK_CHUNK
-                            && chunks.blocking_send(std::mem::take(&mut chunk)).is_err()
-                        {
-                            return errors; // the intake stopped
-                        }
-                    }
-                    Err(e) => errors.push(e.to_string()),
-                }
-            }
-            if !chunk.is_empty() {
-                let _ = chunks.blocking_send(chunk);
-            }
-            errors
-        });
+        let (mut found, walker) = scan::start(
+            dir,
+            self.config.root.clone(),
+            self.config.exclude.clone(),
+            moved_in,
+        );
         let (mut files, mut queued) = (0usize, 0usize);
         while let Some(chunk) = found.recv().await {
             files += chunk.len();
@@ -517,54 +345,6 @@ impl Intake {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use notify::event::{DataChange, Flag, RemoveKind};
-
-    fn ev(kind: EventKind, path: &str) -> Event {
-        Event::new(kind).add_path(PathBuf::from(path))
-    }
-
-    #[test]
-    fn close_after_write_and_rename_in_are_complete() {
-        assert_eq!(
-            changes_of(ev(
-                EventKind::Access(AccessKind::Close(AccessMode::Write)),
-                "/d/a"
-            )),
-            vec![Change::Closed("/d/a".into())]
-        );
-        assert_eq!(
-            changes_of(ev(
-                EventKind::Modify(ModifyKind::Name(RenameMode::To)),
-                "/d/b"
-            )),
-            vec![Change::Arrived("/d/b".into())]
-        );
-    }
-
-    #[test]
-    fn writes_mark_a_file_busy_and_overflow_asks_for_a_rescan() {
-        assert_eq!(
-            changes_of(ev(
-                EventKind::Modify(ModifyKind::Data(DataChange::Any)),
-                "/d/a"
-            )),
-            vec![Change::Writing("/d/a".into())]
-        );
-        assert_eq!(
-            changes_of(ev(EventKind::Remove(RemoveKind::File), "/d/a")),
-            vec![Change::Gone("/d/a".into())]
-        );
-        let overflow = Event::new(EventKind::Other).set_flag(Flag::Rescan);
-        assert!(matches!(changes_of(overflow)[..], [Change::Rescan(_)]));
-        // A close after reading only is not a completed write.
-        assert!(
-            changes_of(ev(
-                EventKind::Access(AccessKind::Close(AccessMode::Read)),
-                "/d/a"
-            ))
-            .is_empty()
-        );
-    }
 
     struct Fixture {
         intake: Intake,
@@ -591,6 +371,17 @@ mod tests {
         }
     }
 
+    /// A temporary tree with these files (each holding its own name).
+    fn tree(files: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for name in files {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, name).unwrap();
+        }
+        dir
+    }
+
     fn drain(queue: &Queue) -> Vec<PathBuf> {
         let mut got = Vec::new();
         while let Some(p) = queue.try_pop() {
@@ -603,13 +394,8 @@ mod tests {
 
     #[tokio::test]
     async fn scan_takes_settled_files_and_skips_excluded_links_and_fifos() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tree(&["a.txt", "sub/b.txt", "sub/.cache/c.txt", "x.tmp"]);
         let root = dir.path();
-        std::fs::create_dir_all(root.join("sub/.cache")).unwrap();
-        std::fs::write(root.join("a.txt"), b"a").unwrap();
-        std::fs::write(root.join("sub/b.txt"), b"b").unwrap();
-        std::fs::write(root.join("sub/.cache/c.txt"), b"c").unwrap();
-        std::fs::write(root.join("x.tmp"), b"x").unwrap();
         std::os::unix::fs::symlink("/etc/hostname", root.join("link")).unwrap();
         let fifo = std::ffi::CString::new(root.join("fifo").to_str().unwrap()).unwrap();
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
@@ -625,10 +411,8 @@ mod tests {
 
     #[tokio::test]
     async fn fresh_or_busy_files_wait_for_settle_or_close() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tree(&["fresh", "busy"]);
         let root = dir.path();
-        std::fs::write(root.join("fresh"), b"a").unwrap();
-        std::fs::write(root.join("busy"), b"b").unwrap();
         let mut f = intake(root, Duration::from_secs(60));
         f.intake.on_change(Change::Writing(root.join("busy"))).await;
         f.intake.scan(root.to_owned(), "test").await;
@@ -642,16 +426,14 @@ mod tests {
     #[tokio::test]
     async fn rescans_skip_what_the_ledger_has_and_prune_what_is_gone() {
         use crate::ledger::{FileRecord, FileState};
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tree(&["done", "new"]);
         let root = dir.path();
-        std::fs::write(root.join("done"), b"uploaded before").unwrap();
-        std::fs::write(root.join("new"), b"not yet").unwrap();
         let mut f = intake(root, Duration::ZERO);
         let record = |path: &str| FileRecord {
             identity: FileIdentity::of(&std::fs::symlink_metadata(root.join(path)).unwrap()),
             state: FileState::Uploaded {
                 key: "k".into(),
-                crc32c: "c".into(),
+                crc32c: Some("c".into()),
             },
             updated_unix: 0,
         };

@@ -1,177 +1,20 @@
-//! Credentials: the instance role's temporary credentials from IMDSv2, chained through
-//! `sts:AssumeRole` into the upload role with an inline session policy, and cached until
-//! shortly before they expire.
+//! The upload session's credentials, cached until shortly before they expire. Unlike the
+//! SDK's own identity cache it can be told that S3 found a session expired
+//! ([`SessionCredentials::invalidate`]), and it keeps using a still-valid session when a
+//! refresh fails.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use aws_config::environment::region::EnvironmentVariableRegionProvider;
-use aws_config::imds;
-use aws_config::imds::credentials::ImdsCredentialsProvider;
-use aws_config::meta::region::ProvideRegion;
-use aws_config::sts::AssumeRoleProvider;
-use aws_config::{BehaviorVersion, SdkConfig};
 use aws_credential_types::Credentials;
-use aws_credential_types::provider::{self, ProvideCredentials, SharedCredentialsProvider, future};
+use aws_credential_types::provider::{self, ProvideCredentials, SharedCredentialsProvider};
 use aws_smithy_types::error::display::DisplayErrorContext;
-use aws_types::region::Region;
 
-use crate::config::Config;
+use super::AuthError;
 
 /// Refresh this long before the session's expiry, so no request (or long upload) starts
 /// with credentials about to lapse.
 const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(5 * 60);
-
-const IMDS_HINT: &str = "is this an EC2 instance with the metadata service enabled and \
-    HttpTokens allowing IMDSv2? In a container, the IMDSv2 token response needs \
-    HttpPutResponseHopLimit >= 2 on the instance";
-
-#[derive(Debug, thiserror::Error)]
-pub enum CredentialsError {
-    #[error("instance metadata (IMDSv2) did not answer for {what}: {message} ({IMDS_HINT})")]
-    Imds { what: &'static str, message: String },
-    #[error(
-        "no region: set `region` in the config or AWS_REGION, or run where IMDS answers \
-         placement/region ({message})"
-    )]
-    Region { message: String },
-    #[error(
-        "the instance role's credentials are not available from IMDS: {message} (does the \
-         instance have an instance profile with a role?)"
-    )]
-    InstanceRole { message: String },
-    #[error(
-        "sts:AssumeRole into {role_arn} with the session policy was refused: {message} (the \
-         upload role's trust policy must trust the instance role, and the instance role's \
-         policy must allow sts:AssumeRole on it)"
-    )]
-    AssumeRole {
-        role_arn: String,
-        message: String,
-        /// Refused (denied, malformed policy) rather than unreachable.
-        refused: bool,
-    },
-}
-
-impl CredentialsError {
-    /// Will trying again without an operator's change not help?
-    pub fn is_permanent(&self) -> bool {
-        matches!(self, CredentialsError::AssumeRole { refused: true, .. })
-    }
-}
-
-/// What IMDS tells s3drop about the instance it runs on.
-#[derive(Debug, Clone)]
-pub struct InstanceFacts {
-    pub instance_id: String,
-    pub region: String,
-}
-
-/// The IMDS client, IMDSv2 only (the SDK's client never falls back to IMDSv1). It honours
-/// `AWS_EC2_METADATA_SERVICE_ENDPOINT`.
-pub fn imds_client() -> imds::Client {
-    imds::Client::builder()
-        .max_attempts(4)
-        .connect_timeout(Duration::from_secs(2))
-        .read_timeout(Duration::from_secs(2))
-        .build()
-}
-
-/// Instance id from IMDS; region from the config, else `AWS_REGION`, else IMDS.
-pub async fn instance_facts(
-    imds: &imds::Client,
-    configured_region: Option<&str>,
-) -> Result<InstanceFacts, CredentialsError> {
-    let instance_id = imds
-        .get("/latest/meta-data/instance-id")
-        .await
-        .map_err(|e| CredentialsError::Imds {
-            what: "instance-id",
-            message: DisplayErrorContext(&e).to_string(),
-        })?;
-    let region = match configured_region {
-        Some(r) => r.to_string(),
-        None => match EnvironmentVariableRegionProvider::new().region().await {
-            Some(r) => r.to_string(),
-            None => imds
-                .get("/latest/meta-data/placement/region")
-                .await
-                .map_err(|e| CredentialsError::Region {
-                    message: DisplayErrorContext(&e).to_string(),
-                })?
-                .as_ref()
-                .to_string(),
-        },
-    };
-    Ok(InstanceFacts {
-        instance_id: instance_id.as_ref().to_string(),
-        region,
-    })
-}
-
-/// The instance role's credentials, straight from IMDS (used only to call AssumeRole).
-pub fn instance_role_provider(imds: imds::Client) -> ImdsCredentialsProvider {
-    ImdsCredentialsProvider::builder().imds_client(imds).build()
-}
-
-/// Fetches the instance role's credentials once, to report a missing instance profile
-/// clearly.
-pub async fn check_instance_role(
-    provider: &ImdsCredentialsProvider,
-) -> Result<Credentials, CredentialsError> {
-    provider
-        .provide_credentials()
-        .await
-        .map_err(|e| CredentialsError::InstanceRole {
-            message: DisplayErrorContext(&e).to_string(),
-        })
-}
-
-/// SDK configuration for the instance's region; credentials come only from IMDS (no env
-/// keys, no profile files), endpoints from the SDK's own variables (`AWS_ENDPOINT_URL`).
-pub async fn base_sdk_config(region: &str, instance_role: ImdsCredentialsProvider) -> SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(region.to_string()))
-        .credentials_provider(instance_role)
-        .load()
-        .await
-}
-
-/// A session name STS accepts (`[\w+=,.@-]`, at most 64 characters) that names the instance
-/// in CloudTrail.
-pub fn session_name(instance_id: &str) -> String {
-    let cleaned: String = instance_id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "+=,.@-_".contains(c) {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    let mut name = format!("s3drop-{cleaned}");
-    name.truncate(64);
-    name
-}
-
-/// The AssumeRole provider for the upload role with the inline session policy.
-pub async fn upload_role_provider(
-    config: &Config,
-    base: &SdkConfig,
-    facts: &InstanceFacts,
-    policy: String,
-) -> AssumeRoleProvider {
-    let mut builder = AssumeRoleProvider::builder(config.role_arn.as_str())
-        .session_name(session_name(&facts.instance_id))
-        .policy(policy)
-        .session_length(config.session_duration)
-        .configure(base);
-    if let Some(external_id) = &config.external_id {
-        builder = builder.external_id(external_id.clone());
-    }
-    builder.build().await
-}
 
 /// Caches the session credentials and refreshes them [`REFRESH_BEFORE_EXPIRY`] before they
 /// expire. Unlike the SDK's own identity cache it can be told that S3 found them expired
@@ -184,7 +27,7 @@ pub struct SessionCredentials {
 #[derive(Debug)]
 struct Inner {
     source: SharedCredentialsProvider,
-    role_arn: String,
+    target: String,
     cached: tokio::sync::Mutex<Option<Cached>>,
 }
 
@@ -194,11 +37,11 @@ struct Cached {
 }
 
 impl SessionCredentials {
-    pub fn new(source: impl ProvideCredentials + 'static, role_arn: &str) -> Self {
+    pub fn new(source: impl ProvideCredentials + 'static, target: &str) -> Self {
         SessionCredentials {
             inner: Arc::new(Inner {
                 source: SharedCredentialsProvider::new(source),
-                role_arn: role_arn.to_string(),
+                target: target.to_string(),
                 cached: tokio::sync::Mutex::new(None),
             }),
         }
@@ -206,7 +49,7 @@ impl SessionCredentials {
 
     /// Current credentials, refreshed when within the refresh window of expiry. If a
     /// refresh fails while the old credentials are still valid, those are used.
-    pub async fn get(&self) -> Result<Credentials, CredentialsError> {
+    pub async fn get(&self) -> Result<Credentials, AuthError> {
         let mut cached = self.inner.cached.lock().await;
         let now = SystemTime::now();
         if let Some(c) = cached.as_ref()
@@ -217,7 +60,7 @@ impl SessionCredentials {
         match self.inner.source.provide_credentials().await {
             Ok(credentials) => {
                 tracing::info!(
-                    role_arn = %self.inner.role_arn,
+                    target = %self.inner.target,
                     expires_in_s = credentials
                         .expiry()
                         .and_then(|e| e.duration_since(now).ok())
@@ -248,8 +91,8 @@ impl SessionCredentials {
                 ]
                 .iter()
                 .any(|needle| message.contains(needle));
-                Err(CredentialsError::AssumeRole {
-                    role_arn: self.inner.role_arn.clone(),
+                Err(AuthError::Mint {
+                    target: self.inner.target.clone(),
                     message,
                     refused,
                 })
@@ -278,22 +121,10 @@ fn needs_refresh(credentials: &Credentials, now: SystemTime) -> bool {
         .is_some_and(|expiry| expiry <= now + REFRESH_BEFORE_EXPIRY)
 }
 
-impl ProvideCredentials for SessionCredentials {
-    fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
-    where
-        Self: 'a,
-    {
-        future::ProvideCredentials::new(async move {
-            self.get()
-                .await
-                .map_err(provider::error::CredentialsError::provider_error)
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aws_credential_types::provider::future;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// Hands out credentials that expire `lifetime` after each call, counting calls.
@@ -379,15 +210,5 @@ mod tests {
         let creds = SessionCredentials::new(source, "arn:aws:iam::1:role/x");
         let err = creds.get().await.unwrap_err().to_string();
         assert!(err.contains("arn:aws:iam::1:role/x"), "{err}");
-    }
-
-    #[test]
-    fn session_name_is_sts_safe() {
-        assert_eq!(
-            session_name("i-0123456789abcdef0"),
-            "s3drop-i-0123456789abcdef0"
-        );
-        assert_eq!(session_name("a b/c"), "s3drop-a-b-c");
-        assert_eq!(session_name(&"x".repeat(100)).len(), 64);
     }
 }

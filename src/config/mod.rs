@@ -5,9 +5,15 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod exclude;
+mod prefix;
+pub mod reference;
+
 use bytesize::ByteSize;
-use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
+
+pub use exclude::Exclude;
+pub use prefix::{KeyPrefixTemplate, PrefixFacts};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/s3drop/s3drop.toml";
 
@@ -28,7 +34,7 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
 }
 
-fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,
         message: message.into(),
@@ -109,8 +115,16 @@ pub fn default_exclude() -> Vec<String> {
         .map(String::from)
         .to_vec()
 }
+/// Defaults that other code (the benchmark, which gives peers s3drop's settings) reads.
+pub mod defaults {
+    pub const CONCURRENCY: usize = 16;
+    pub const MULTIPART_THRESHOLD: u64 = 16 << 20;
+    pub const PART_SIZE: u64 = 8 << 20;
+    pub const PART_CONCURRENCY: usize = 4;
+}
+
 fn default_concurrency() -> usize {
-    16
+    defaults::CONCURRENCY
 }
 fn default_settle_seconds() -> u64 {
     2
@@ -122,13 +136,13 @@ fn default_rescan_interval() -> u64 {
     300
 }
 fn default_multipart_threshold() -> ByteSize {
-    ByteSize::mib(16)
+    ByteSize::b(defaults::MULTIPART_THRESHOLD)
 }
 fn default_part_size() -> ByteSize {
-    ByteSize::mib(8)
+    ByteSize::b(defaults::PART_SIZE)
 }
 fn default_part_concurrency() -> usize {
-    4
+    defaults::PART_CONCURRENCY
 }
 
 /// S3 limits for multipart uploads.
@@ -195,6 +209,38 @@ impl Config {
 
 impl RawConfig {
     fn validate(self) -> Result<Config, ConfigError> {
+        self.check_dirs()?;
+        validate_bucket(&self.bucket)?;
+        let role_arn = RoleArn::parse(&self.role_arn)?;
+        let key_prefix = KeyPrefixTemplate::parse(&self.key_prefix)?;
+        self.check_session()?;
+        let exclude = Exclude::new(&self.exclude)?;
+        let after_upload = self.after_upload()?;
+        let transfer = self.transfer()?;
+        Ok(Config {
+            watch_dir: self.watch_dir,
+            state_dir: self.state_dir,
+            bucket: self.bucket,
+            role_arn,
+            key_prefix,
+            region: self.region,
+            external_id: self.external_id,
+            session_duration: Duration::from_secs(self.session_duration_seconds),
+            after_upload,
+            exclude,
+            concurrency: self.concurrency,
+            settle: Duration::from_secs(self.settle_seconds),
+            shutdown_timeout: Duration::from_secs(self.shutdown_timeout_seconds),
+            rescan_interval: Duration::from_secs(self.rescan_interval_seconds),
+            multipart_threshold: transfer.multipart_threshold,
+            part_size: transfer.part_size,
+            part_concurrency: self.part_concurrency,
+            max_bandwidth: transfer.max_bandwidth,
+            force_path_style: self.force_path_style,
+        })
+    }
+
+    fn check_dirs(&self) -> Result<(), ConfigError> {
         if !self.watch_dir.is_absolute() {
             return Err(invalid("watch_dir", "must be an absolute path"));
         }
@@ -209,9 +255,19 @@ impl RawConfig {
                 "must not be inside watch_dir (or contain it): the ledger would upload itself",
             ));
         }
-        validate_bucket(&self.bucket)?;
-        let role_arn = RoleArn::parse(&self.role_arn)?;
-        let key_prefix = KeyPrefixTemplate::parse(&self.key_prefix)?;
+        if !(10..=86_400).contains(&self.rescan_interval_seconds) {
+            return Err(invalid(
+                "rescan_interval_seconds",
+                "must be between 10 and 86400",
+            ));
+        }
+        if self.settle_seconds > 3600 {
+            return Err(invalid("settle_seconds", "must be at most 3600"));
+        }
+        Ok(())
+    }
+
+    fn check_session(&self) -> Result<(), ConfigError> {
         if let Some(region) = &self.region
             && (region.is_empty()
                 || !region
@@ -231,34 +287,28 @@ impl RawConfig {
                 "must be 2 to 1224 characters long (STS limit)",
             ));
         }
-        if self.session_duration_seconds < MIN_SESSION_SECONDS {
+        let seconds = self.session_duration_seconds;
+        if seconds < MIN_SESSION_SECONDS {
+            return Err(invalid(
+                "session_duration_seconds",
+                format!("{seconds} is below STS's minimum of 900 seconds"),
+            ));
+        }
+        if seconds > MAX_CHAINED_SESSION_SECONDS {
             return Err(invalid(
                 "session_duration_seconds",
                 format!(
-                    "{} is below STS's minimum of 900 seconds",
-                    self.session_duration_seconds
+                    "{seconds} is above 3600: s3drop assumes the upload role with the instance \
+                     role's temporary credentials (role chaining), and STS limits a chained \
+                     session to one hour whatever the role's MaxSessionDuration says"
                 ),
             ));
         }
-        if self.session_duration_seconds > MAX_CHAINED_SESSION_SECONDS {
-            return Err(invalid(
-                "session_duration_seconds",
-                format!(
-                    "{} is above 3600: s3drop assumes the upload role with the instance role's \
-                     temporary credentials (role chaining), and STS limits a chained session \
-                     to one hour whatever the role's MaxSessionDuration says",
-                    self.session_duration_seconds
-                ),
-            ));
-        }
-        if self.concurrency == 0 || self.concurrency > 1024 {
-            return Err(invalid("concurrency", "must be between 1 and 1024"));
-        }
-        if self.settle_seconds > 3600 {
-            return Err(invalid("settle_seconds", "must be at most 3600"));
-        }
-        let exclude = Exclude::new(&self.exclude)?;
-        let after_upload = match (self.after_upload, self.move_to) {
+        Ok(())
+    }
+
+    fn after_upload(&self) -> Result<AfterUpload, ConfigError> {
+        match (self.after_upload, &self.move_to) {
             (AfterUploadKind::Move, Some(dir)) => {
                 if !dir.is_absolute() {
                     return Err(invalid("move_to", "must be an absolute path"));
@@ -270,29 +320,25 @@ impl RawConfig {
                          or state_dir",
                     ));
                 }
-                AfterUpload::Move(dir)
+                Ok(AfterUpload::Move(dir.clone()))
             }
-            (AfterUploadKind::Move, None) => {
-                return Err(invalid(
-                    "move_to",
-                    "is required with after_upload = \"move\" (the directory to move uploaded \
-                     files to)",
-                ));
-            }
-            (_, Some(_)) => {
-                return Err(invalid(
-                    "move_to",
-                    "is only used with after_upload = \"move\"",
-                ));
-            }
-            (AfterUploadKind::Keep, None) => AfterUpload::Keep,
-            (AfterUploadKind::Delete, None) => AfterUpload::Delete,
-        };
-        if !(10..=86_400).contains(&self.rescan_interval_seconds) {
-            return Err(invalid(
-                "rescan_interval_seconds",
-                "must be between 10 and 86400",
-            ));
+            (AfterUploadKind::Move, None) => Err(invalid(
+                "move_to",
+                "is required with after_upload = \"move\" (the directory to move uploaded \
+                 files to)",
+            )),
+            (_, Some(_)) => Err(invalid(
+                "move_to",
+                "is only used with after_upload = \"move\"",
+            )),
+            (AfterUploadKind::Keep, None) => Ok(AfterUpload::Keep),
+            (AfterUploadKind::Delete, None) => Ok(AfterUpload::Delete),
+        }
+    }
+
+    fn transfer(&self) -> Result<TransferLimits, ConfigError> {
+        if self.concurrency == 0 || self.concurrency > 1024 {
+            return Err(invalid("concurrency", "must be between 1 and 1024"));
         }
         let part_size = self.part_size.as_u64();
         if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&part_size) {
@@ -318,28 +364,49 @@ impl RawConfig {
                 "must be at least 64KiB (per second), or left out for no cap",
             ));
         }
-        Ok(Config {
-            watch_dir: self.watch_dir,
-            state_dir: self.state_dir,
-            bucket: self.bucket,
-            role_arn,
-            key_prefix,
-            region: self.region,
-            external_id: self.external_id,
-            session_duration: Duration::from_secs(self.session_duration_seconds),
-            after_upload,
-            exclude,
-            concurrency: self.concurrency,
-            settle: Duration::from_secs(self.settle_seconds),
-            shutdown_timeout: Duration::from_secs(self.shutdown_timeout_seconds),
-            rescan_interval: Duration::from_secs(self.rescan_interval_seconds),
+        Ok(TransferLimits {
             multipart_threshold,
             part_size,
-            part_concurrency: self.part_concurrency,
             max_bandwidth,
-            force_path_style: self.force_path_style,
         })
     }
+}
+
+/// The validated sizes of `transfer`.
+struct TransferLimits {
+    multipart_threshold: u64,
+    part_size: u64,
+    max_bandwidth: Option<u64>,
+}
+
+/// The field names of [`RawConfig`] as serde sees them (for the documentation test).
+#[cfg(test)]
+pub(crate) fn raw_field_names() -> &'static [&'static str] {
+    use serde::de::{self, Visitor};
+    struct Capture(Option<&'static [&'static str]>);
+    impl<'de> de::Deserializer<'de> for &mut Capture {
+        type Error = de::value::Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("not a struct"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            self.0 = Some(fields);
+            Err(de::Error::custom("captured"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+    let mut capture = Capture(None);
+    let _ = RawConfig::deserialize(&mut capture);
+    capture.0.expect("RawConfig is a struct")
 }
 
 fn validate_bucket(bucket: &str) -> Result<(), ConfigError> {
@@ -417,130 +484,6 @@ impl RoleArn {
 impl fmt::Display for RoleArn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.arn)
-    }
-}
-
-/// `key_prefix` before the instance's facts are known.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyPrefixTemplate(String);
-
-/// Values for the placeholders of [`KeyPrefixTemplate`].
-pub struct PrefixFacts<'a> {
-    pub instance_id: &'a str,
-    pub region: &'a str,
-}
-
-const PLACEHOLDERS: [&str; 2] = ["instance_id", "region"];
-
-impl KeyPrefixTemplate {
-    pub fn parse(template: &str) -> Result<KeyPrefixTemplate, ConfigError> {
-        let mut rest = template;
-        while let Some(start) = rest.find('{') {
-            let Some(len) = rest[start..].find('}') else {
-                return Err(invalid("key_prefix", "has a `{` without a closing `}`"));
-            };
-            let name = &rest[start + 1..start + len];
-            if !PLACEHOLDERS.contains(&name) {
-                return Err(invalid(
-                    "key_prefix",
-                    format!(
-                        "unknown placeholder {{{name}}} (known: {})",
-                        PLACEHOLDERS.map(|p| format!("{{{p}}}")).join(", ")
-                    ),
-                ));
-            }
-            rest = &rest[start + len + 1..];
-        }
-        if rest.contains('}') {
-            return Err(invalid("key_prefix", "has a `}` without an opening `{`"));
-        }
-        // Check the literal parts now so that a bad prefix fails at start-up, not at IMDS time.
-        check_expanded_prefix(&template.replace(['{', '}'], ""))?;
-        Ok(KeyPrefixTemplate(template.to_string()))
-    }
-
-    pub fn expand(&self, facts: &PrefixFacts<'_>) -> Result<String, ConfigError> {
-        let expanded = self
-            .0
-            .replace("{instance_id}", facts.instance_id)
-            .replace("{region}", facts.region);
-        check_expanded_prefix(&expanded)?;
-        Ok(expanded)
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-/// The prefix ends up in an IAM resource ARN: characters that IAM reads as wildcards or
-/// policy variables would widen the session policy, so they are refused.
-fn check_expanded_prefix(prefix: &str) -> Result<(), ConfigError> {
-    if prefix.is_empty() {
-        return Err(invalid(
-            "key_prefix",
-            "must not be empty: the session policy would then allow writing anywhere in the bucket",
-        ));
-    }
-    if prefix.starts_with('/') {
-        return Err(invalid(
-            "key_prefix",
-            "must not start with `/` (S3 keys have no leading slash)",
-        ));
-    }
-    if let Some(c) = prefix
-        .chars()
-        .find(|c| matches!(c, '*' | '?' | '$') || c.is_control())
-    {
-        return Err(invalid(
-            "key_prefix",
-            format!(
-                "must not contain {c:?}: IAM would read it as a wildcard or policy variable and \
-                 widen the session policy"
-            ),
-        ));
-    }
-    if prefix.len() > 512 {
-        return Err(invalid("key_prefix", "must be at most 512 bytes"));
-    }
-    Ok(())
-}
-
-/// Exclusion globs. A pattern without `/` is matched against every component of the path
-/// relative to `watch_dir` (so `.*` excludes dotfiles and everything under dot-directories);
-/// a pattern with `/` is matched against the whole relative path.
-#[derive(Debug, Clone)]
-pub struct Exclude {
-    by_component: GlobSet,
-    by_path: GlobSet,
-}
-
-impl Exclude {
-    pub fn new(patterns: &[String]) -> Result<Exclude, ConfigError> {
-        let mut by_component = GlobSetBuilder::new();
-        let mut by_path = GlobSetBuilder::new();
-        for pattern in patterns {
-            let glob = Glob::new(pattern.trim_start_matches('/'))
-                .map_err(|e| invalid("exclude", format!("pattern {pattern:?}: {e}")))?;
-            if pattern.contains('/') {
-                by_path.add(glob);
-            } else {
-                by_component.add(glob);
-            }
-        }
-        let build = |b: GlobSetBuilder| b.build().map_err(|e| invalid("exclude", e.to_string()));
-        Ok(Exclude {
-            by_component: build(by_component)?,
-            by_path: build(by_path)?,
-        })
-    }
-
-    /// `relative` is relative to `watch_dir`.
-    pub fn is_excluded(&self, relative: &Path) -> bool {
-        self.by_path.is_match(relative)
-            || relative
-                .components()
-                .any(|c| self.by_component.is_match(c.as_os_str()))
     }
 }
 

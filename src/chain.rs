@@ -1,0 +1,266 @@
+//! The chain s3drop depends on, link by link, walked the same way by `run` and `check`:
+//! the local prerequisites here ([`local`]: watch_dir, state_dir, move_to), then the
+//! credential chain ([`crate::auth::establish`]). Each link reports to an [`Observer`]:
+//! `check` prints every step, `run` only takes the result.
+
+use std::fmt::Display;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use crate::config::{AfterUpload, Config};
+
+/// One link of the chain, in the order they are walked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    Config,
+    WatchDir,
+    StateDir,
+    MoveTo,
+    InstanceMetadata,
+    Region,
+    SessionPolicy,
+    InstanceRole,
+    UploadRole,
+    WriteUnderPrefix,
+    ScopeHolds,
+}
+
+impl Link {
+    /// The name `check` prints (and `check --json` reports as `check`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Link::Config => "config",
+            Link::WatchDir => "watch_dir",
+            Link::StateDir => "state_dir",
+            Link::MoveTo => "move_to",
+            Link::InstanceMetadata => "instance metadata (IMDSv2)",
+            Link::Region => "region",
+            Link::SessionPolicy => "session policy",
+            Link::InstanceRole => "instance role",
+            Link::UploadRole => "assume upload role",
+            Link::WriteUnderPrefix => "write under prefix",
+            Link::ScopeHolds => "scope holds",
+        }
+    }
+
+    /// What an operator does when this link is broken.
+    pub fn fix(self, config: Option<&Config>) -> String {
+        let role = config.map_or("the upload role".to_string(), |c| c.role_arn.to_string());
+        match self {
+            Link::Config => "correct the config file (see `s3drop run --help`)".into(),
+            Link::WatchDir => "create the directory and make it readable by the s3drop user".into(),
+            Link::StateDir => {
+                "give the s3drop user write access (systemd: StateDirectory=s3drop)".into()
+            }
+            Link::MoveTo => "create move_to on watch_dir's filesystem, writable by the s3drop \
+                             user (systemd: ReadWritePaths=)"
+                .into(),
+            Link::InstanceMetadata => "run on EC2 with IMDSv2 enabled; in containers set the \
+                                       metadata hop limit to 2"
+                .into(),
+            Link::Region => "set `region` in the config or AWS_REGION".into(),
+            Link::SessionPolicy => "correct `key_prefix`".into(),
+            Link::InstanceRole => "attach an instance profile whose role may call \
+                                   sts:AssumeRole on the upload role"
+                .into(),
+            Link::UploadRole => format!(
+                "let the instance role assume {role}: its trust policy must name the instance \
+                 role and the instance role's policy must allow sts:AssumeRole on it"
+            ),
+            Link::WriteUnderPrefix => format!(
+                "the upload role {role} must allow the session policy's actions (see \
+                 `session policy`) on the prefix, and no bucket policy may deny them"
+            ),
+            Link::ScopeHolds => "delete that probe object and report this: the upload session \
+                                 must not write outside its prefix"
+                .into(),
+        }
+    }
+}
+
+/// Hears about each link as it is walked.
+pub trait Observer {
+    fn passed(&mut self, link: Link, detail: &dyn Display);
+    fn failed(&mut self, link: Link, error: &dyn Display);
+}
+
+/// For `run`: the result is all it needs.
+pub struct Quiet;
+
+impl Observer for Quiet {
+    fn passed(&mut self, _: Link, _: &dyn Display) {}
+    fn failed(&mut self, _: Link, _: &dyn Display) {}
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error("watch_dir {path} is not a readable directory: {message}")]
+    WatchDir { path: PathBuf, message: String },
+    #[error("state_dir {path} is not writable: {message} (the ledger lives there)")]
+    StateDir { path: PathBuf, message: String },
+    #[error("move_to {path} is not usable: {message}")]
+    MoveTo { path: PathBuf, message: String },
+}
+
+impl LocalError {
+    pub fn link(&self) -> Link {
+        match self {
+            LocalError::WatchDir { .. } => Link::WatchDir,
+            LocalError::StateDir { .. } => Link::StateDir,
+            LocalError::MoveTo { .. } => Link::MoveTo,
+        }
+    }
+}
+
+/// The local prerequisites, in order, stopping at the first broken one: watch_dir is a
+/// readable directory, state_dir exists (created 0700 if missing) and is writable, and
+/// with `after_upload = "move"`, move_to is a directory on watch_dir's filesystem.
+pub fn local(config: &Config, observer: &mut impl Observer) -> Result<(), LocalError> {
+    let watch_dir = check_watch_dir(&config.watch_dir)
+        .map(|()| format!("{} is readable", config.watch_dir.display()));
+    report(observer, Link::WatchDir, watch_dir)?;
+    report(observer, Link::StateDir, check_state_dir(config))?;
+    if matches!(config.after_upload, AfterUpload::Move(_)) {
+        report(observer, Link::MoveTo, check_move_to(config))?;
+    }
+    Ok(())
+}
+
+fn report(
+    observer: &mut impl Observer,
+    link: Link,
+    result: Result<String, LocalError>,
+) -> Result<(), LocalError> {
+    match result {
+        Ok(detail) => {
+            observer.passed(link, &detail);
+            Ok(())
+        }
+        Err(e) => {
+            observer.failed(link, &e);
+            Err(e)
+        }
+    }
+}
+
+/// The metadata of `path` if it is a directory; else why not.
+fn directory(path: &Path) -> Result<std::fs::Metadata, String> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => Ok(meta),
+        Ok(_) => Err("it is not a directory".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// `root` is a directory s3drop can list.
+pub fn check_watch_dir(root: &Path) -> Result<(), LocalError> {
+    directory(root)
+        .and_then(|_| std::fs::read_dir(root).map_err(|e| e.to_string()))
+        .map(drop)
+        .map_err(|message| LocalError::WatchDir {
+            path: root.to_owned(),
+            message,
+        })
+}
+
+fn check_state_dir(config: &Config) -> Result<String, LocalError> {
+    let dir = &config.state_dir;
+    let probe = dir.join(".s3drop-write-probe");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .and_then(|()| std::fs::write(&probe, b"probe"))
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|e| LocalError::StateDir {
+            path: dir.clone(),
+            message: e.to_string(),
+        })?;
+    Ok(format!("{} is writable", dir.display()))
+}
+
+/// Moving is a rename: the target must exist and be on the same filesystem.
+fn check_move_to(config: &Config) -> Result<String, LocalError> {
+    let AfterUpload::Move(dir) = &config.after_upload else {
+        return Ok(String::new());
+    };
+    let fail = |message: String| LocalError::MoveTo {
+        path: dir.clone(),
+        message,
+    };
+    let target = directory(dir).map_err(fail)?;
+    let source = std::fs::metadata(&config.watch_dir).map_err(|e| fail(e.to_string()))?;
+    if target.dev() != source.dev() {
+        return Err(fail(
+            "it is on another filesystem than watch_dir; files are moved by rename, so it \
+             must be on the same one"
+                .into(),
+        ));
+    }
+    Ok(format!("{} is on watch_dir's filesystem", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Record(Vec<(Link, bool)>);
+
+    impl Observer for Record {
+        fn passed(&mut self, link: Link, _: &dyn Display) {
+            self.0.push((link, true));
+        }
+        fn failed(&mut self, link: Link, _: &dyn Display) {
+            self.0.push((link, false));
+        }
+    }
+
+    fn config(watch: &Path, state: &Path, extra: &str) -> Config {
+        Config::parse(&format!(
+            "watch_dir = {watch:?}\nstate_dir = {state:?}\nbucket = \"b-1\"\n\
+             role_arn = \"arn:aws:iam::123456789012:role/u\"\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    /// Walks the local links for a config of `watch`, `dir/state` and `extra`.
+    fn walk(dir: &Path, watch: &Path, extra: &str) -> (Result<(), LocalError>, Vec<(Link, bool)>) {
+        let mut seen = Record::default();
+        let result = local(&config(watch, &dir.join("state"), extra), &mut seen);
+        (result, seen.0)
+    }
+
+    fn dirs() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let watch = dir.path().join("watch");
+        std::fs::create_dir(&watch).unwrap();
+        (dir, watch)
+    }
+
+    #[test]
+    fn local_links_stop_at_the_first_broken_one() {
+        let (dir, watch) = dirs();
+        let (result, seen) = walk(dir.path(), &watch, "");
+        result.unwrap();
+        assert_eq!(seen, [(Link::WatchDir, true), (Link::StateDir, true)]);
+        assert!(dir.path().join("state").is_dir(), "state_dir is created");
+
+        let (result, seen) = walk(dir.path(), &dir.path().join("missing"), "");
+        assert_eq!(result.unwrap_err().link(), Link::WatchDir);
+        assert_eq!(seen, [(Link::WatchDir, false)], "nothing after it");
+    }
+
+    #[test]
+    fn move_to_is_checked_by_run_and_check_alike() {
+        let (dir, watch) = dirs();
+        let done = dir.path().join("done");
+        let extra = format!("after_upload = \"move\"\nmove_to = {done:?}");
+        let (result, _) = walk(dir.path(), &watch, &extra);
+        assert_eq!(result.unwrap_err().link(), Link::MoveTo);
+        std::fs::create_dir(&done).unwrap();
+        let (result, seen) = walk(dir.path(), &watch, &extra);
+        result.unwrap();
+        assert_eq!(seen.last(), Some(&(Link::MoveTo, true)));
+    }
+}

@@ -1,0 +1,219 @@
+//! The one description of every config key: `s3drop run --help` is generated from it, and
+//! tests hold README's table and `examples/s3drop.toml` to it (and it to the config
+//! struct), so a key cannot exist in one place and be missing from another.
+
+/// One config key as documented.
+pub struct KeyDoc {
+    pub name: &'static str,
+    /// The default as README shows it (Markdown), or "required" / "none".
+    pub default: &'static str,
+    /// What it means (Markdown: backticks for code).
+    pub meaning: &'static str,
+}
+
+pub const KEYS: &[KeyDoc] = &[
+    KeyDoc {
+        name: "watch_dir",
+        default: "required",
+        meaning: "directory to watch, recursively (absolute path)",
+    },
+    KeyDoc {
+        name: "bucket",
+        default: "required",
+        meaning: "destination bucket",
+    },
+    KeyDoc {
+        name: "role_arn",
+        default: "required",
+        meaning: "upload role to assume",
+    },
+    KeyDoc {
+        name: "state_dir",
+        default: "`/var/lib/s3drop`",
+        meaning: "where the ledger lives; not inside `watch_dir`",
+    },
+    KeyDoc {
+        name: "key_prefix",
+        default: "`\"{instance_id}/\"`",
+        meaning: "key prefix; `{instance_id}` and `{region}` are filled in from IMDS. Must not \
+                  be empty or contain `*`, `?`, `$` (IAM would read them as wildcards or \
+                  variables)",
+    },
+    KeyDoc {
+        name: "region",
+        default: "`AWS_REGION`, else IMDS",
+        meaning: "region of the bucket and STS",
+    },
+    KeyDoc {
+        name: "external_id",
+        default: "none",
+        meaning: "passed to AssumeRole when the upload role's trust policy requires one",
+    },
+    KeyDoc {
+        name: "session_duration_seconds",
+        default: "`3600`",
+        meaning: "900–3600: STS caps role-chained sessions at one hour",
+    },
+    KeyDoc {
+        name: "after_upload",
+        default: "`\"keep\"`",
+        meaning: "`\"keep\"`, `\"delete\"` or `\"move\"`; delete and move act only after S3 \
+                  confirmed that very version",
+    },
+    KeyDoc {
+        name: "move_to",
+        default: "none",
+        meaning: "with `\"move\"`: directory on watch_dir's filesystem, outside it",
+    },
+    KeyDoc {
+        name: "exclude",
+        default: "`[\".*\", \"*.tmp\", \"*.part\", \"*.swp\", \"*~\"]`",
+        meaning: "globs; a pattern without `/` matches any path component (so `.*` also skips \
+                  dot-directories), one with `/` the whole relative path. Setting it replaces \
+                  the defaults",
+    },
+    KeyDoc {
+        name: "concurrency",
+        default: "`16`",
+        meaning: "files uploaded at once",
+    },
+    KeyDoc {
+        name: "settle_seconds",
+        default: "`2`",
+        meaning: "how long a file found by a scan must be unmodified",
+    },
+    KeyDoc {
+        name: "shutdown_timeout_seconds",
+        default: "`30`",
+        meaning: "grace for uploads in flight at stop",
+    },
+    KeyDoc {
+        name: "rescan_interval_seconds",
+        default: "`300`",
+        meaning: "safety rescan period (10–86400)",
+    },
+    KeyDoc {
+        name: "multipart_threshold",
+        default: "`\"16MiB\"`",
+        meaning: "files larger than this go up in parts (5MiB–5GiB)",
+    },
+    KeyDoc {
+        name: "part_size",
+        default: "`\"8MiB\"`",
+        meaning: "part size (5MiB–5GiB), raised to stay within 10,000 parts",
+    },
+    KeyDoc {
+        name: "part_concurrency",
+        default: "`4`",
+        meaning: "parts of one file sent at once",
+    },
+    KeyDoc {
+        name: "max_bandwidth",
+        default: "none",
+        meaning: "e.g. `\"50MiB\"`: bytes per second over all uploads",
+    },
+    KeyDoc {
+        name: "force_path_style",
+        default: "`false`",
+        meaning: "path-style URLs, for S3-compatible servers behind a host name",
+    },
+];
+
+/// README's configuration table.
+pub fn markdown_table() -> String {
+    let mut table = String::from("| key | default | meaning |\n|---|---|---|\n");
+    for key in KEYS {
+        table.push_str(&format!(
+            "| `{}` | {} | {} |\n",
+            key.name, key.default, key.meaning
+        ));
+    }
+    table
+}
+
+/// The key list of `s3drop run --help`: plain text, wrapped.
+pub fn help_text() -> String {
+    const NAME_WIDTH: usize = 26;
+    const WIDTH: usize = 90;
+    let mut out = String::from("Config keys (TOML; unknown keys are rejected):\n");
+    for key in KEYS {
+        let default = match key.default {
+            "required" => "required; ".to_string(),
+            "none" => String::new(),
+            d => format!("[default: {}] ", d.replace('`', "")),
+        };
+        let text = format!("{default}{}", key.meaning.replace('`', ""));
+        let mut line = format!("  {:<NAME_WIDTH$}", key.name);
+        for word in text.split_whitespace() {
+            if line.len() + 1 + word.len() > WIDTH && line.trim().len() > key.name.len() {
+                out.push_str(line.trim_end());
+                out.push('\n');
+                line = " ".repeat(NAME_WIDTH + 2);
+            } else if !line.ends_with(' ') {
+                line.push(' ');
+            }
+            line.push_str(word);
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// The field names of the config struct, as serde sees them.
+    fn struct_fields() -> BTreeSet<&'static str> {
+        super::super::raw_field_names().iter().copied().collect()
+    }
+
+    fn documented() -> BTreeSet<&'static str> {
+        KEYS.iter().map(|k| k.name).collect()
+    }
+
+    fn repo_file(path: &str) -> String {
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
+            .unwrap()
+    }
+
+    #[test]
+    fn every_config_field_is_documented_once_and_nothing_else_is() {
+        assert_eq!(struct_fields(), documented());
+        assert_eq!(KEYS.len(), documented().len(), "a key documented twice");
+    }
+
+    #[test]
+    fn readme_has_the_generated_table() {
+        let readme = repo_file("README.md");
+        let table = markdown_table();
+        assert!(
+            readme.contains(&table),
+            "README.md's configuration table differs from config::reference; replace it \
+             with:\n{table}"
+        );
+    }
+
+    #[test]
+    fn the_example_mentions_every_key() {
+        let example = repo_file("examples/s3drop.toml");
+        for key in KEYS {
+            let mentioned = example.lines().any(|line| {
+                line.trim_start_matches(['#', ' '])
+                    .starts_with(&format!("{} ", key.name))
+            });
+            assert!(mentioned, "examples/s3drop.toml lacks `{}`", key.name);
+        }
+    }
+
+    #[test]
+    fn help_lists_every_key_within_the_width() {
+        let help = help_text();
+        for key in KEYS {
+            assert!(help.contains(&format!("  {} ", key.name)), "{}", key.name);
+        }
+        assert!(help.lines().all(|l| l.len() <= 90), "{help}");
+    }
+}

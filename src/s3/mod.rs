@@ -1,0 +1,247 @@
+//! S3, behind one seam: a client for one bucket whose every operation goes through one
+//! envelope ([`S3::call`]): take the current session's credentials, send, classify the
+//! answer ([`error::classify`]), and on `ExpiredToken` drop exactly that session and send
+//! once more with a new one. Credentials are handed to each request, not baked into the
+//! client, so which session signs a request is the caller's (and the cache's) choice.
+//!
+//! Operations: [`S3::put_object`] (from memory or streamed from a file),
+//! [`S3::put_bytes`] (check's probes), and multipart ([`multipart`]).
+
+mod error;
+
+/// Sends S3 request `$method` on object `$key` of the bucket, with the setters given,
+/// through [`S3::call`]: signed by the session of the moment, the SDK's error turned into
+/// an [`S3Error`] for `$op`. Setter arguments are evaluated inside the request's future
+/// (so `.await?` works there), once per attempt.
+macro_rules! send {
+    ($s3:ident, $op:expr, $method:ident($key:expr) $(.$setter:ident($($arg:expr),*))*) => {
+        $s3.call($op, |signed_by| async move {
+            $s3.client
+                .$method()
+                .bucket(&$s3.bucket)
+                .key($key)
+                $(.$setter($($arg),*))*
+                .customize()
+                .config_override(signed_by)
+                .send()
+                .await
+                .map_err(|e| S3Error::from_sdk($op, e))
+        })
+    };
+}
+
+mod multipart;
+
+use std::future::Future;
+
+use aws_config::SdkConfig;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::IdentityCache;
+use aws_sdk_s3::primitives::{ByteStream, Length};
+use aws_sdk_s3::types::ChecksumAlgorithm;
+use bytes::Bytes;
+
+pub use error::{ErrorClass, S3Error, classify};
+pub use multipart::CompletedPart;
+
+use crate::auth::SessionCredentials;
+use crate::file::OpenedFile;
+
+/// Files up to this size are read once into memory and sent from there; larger ones stream
+/// from disk. Buffers are thus at most `concurrency` × 1 MiB.
+pub const IN_MEMORY_MAX: u64 = 1024 * 1024;
+const READ_CHUNK: usize = 256 * 1024;
+
+/// What S3 said it stored, checksum-wise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checksum {
+    /// S3 answered with this CRC32C (base64), equal to the one sent if one was.
+    Verified(String),
+    /// The server did not answer with a checksum (some S3-compatible servers never do).
+    Unverified,
+}
+
+impl Checksum {
+    pub fn crc32c(&self) -> Option<&str> {
+        match self {
+            Checksum::Verified(c) => Some(c),
+            Checksum::Unverified => None,
+        }
+    }
+}
+
+/// The one rule for every operation: a checksum answer that differs from what was sent is
+/// an error; an answer without one is accepted as unverified, never silently as verified.
+pub fn confirm(
+    op: &'static str,
+    sent: Option<&str>,
+    answered: Option<&str>,
+) -> Result<Checksum, S3Error> {
+    match (sent, answered) {
+        (Some(sent), Some(answered)) if sent != answered => Err(S3Error::ChecksumMismatch {
+            op,
+            sent: sent.to_string(),
+            answered: answered.to_string(),
+        }),
+        (_, Some(answered)) => Ok(Checksum::Verified(answered.to_string())),
+        (_, None) => Ok(Checksum::Unverified),
+    }
+}
+
+/// CRC32C of `bytes`, base64 as S3 spells it.
+pub fn crc32c_of(bytes: &[u8]) -> String {
+    let mut hasher = aws_smithy_checksums::ChecksumAlgorithm::Crc32c.into_impl();
+    hasher.update(bytes);
+    aws_smithy_types::base64::encode(hasher.finalize())
+}
+
+/// Per-request configuration: the credentials that sign it.
+type Override = aws_sdk_s3::config::Builder;
+
+/// A client for one bucket, signing with the upload session.
+#[derive(Clone, Debug)]
+pub struct S3 {
+    client: Client,
+    bucket: String,
+    credentials: SessionCredentials,
+}
+
+impl S3 {
+    pub fn new(
+        sdk: &SdkConfig,
+        bucket: &str,
+        force_path_style: bool,
+        credentials: SessionCredentials,
+    ) -> S3 {
+        let config = aws_sdk_s3::config::Builder::from(sdk)
+            // Each request carries its credentials (see `call`); the session cache
+            // refreshes them, so the SDK must not cache identities per provider.
+            .identity_cache(IdentityCache::no_cache())
+            .force_path_style(force_path_style)
+            .build();
+        S3 {
+            client: Client::from_conf(config),
+            bucket: bucket.to_string(),
+            credentials,
+        }
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// The envelope every operation goes through (see the module's doc).
+    async fn call<T, F, Fut>(&self, op: &'static str, send: F) -> Result<T, S3Error>
+    where
+        F: Fn(Override) -> Fut,
+        Fut: Future<Output = Result<T, S3Error>>,
+    {
+        let mut retried = false;
+        loop {
+            let credentials = self
+                .credentials
+                .get()
+                .await
+                .map_err(|e| S3Error::Credentials {
+                    op,
+                    refused: e.is_permanent(),
+                    message: e.to_string(),
+                })?;
+            let session = credentials.access_key_id().to_string();
+            let signed_by = Override::default().credentials_provider(credentials);
+            match send(signed_by).await {
+                Err(e) if e.class() == ErrorClass::ExpiredToken && !retried => {
+                    self.credentials.invalidate(&session).await;
+                    retried = true;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// PUTs `file` as `key` with its CRC32C; S3 stores it only if the bytes match. A file up
+    /// to [`IN_MEMORY_MAX`] is read once and sent from memory with the checksum in a
+    /// header; a larger one streams from disk, the SDK computing the checksum on the way
+    /// and sending it as a trailer. Either way every byte is read from disk once.
+    pub async fn put_object(&self, file: &OpenedFile, key: &str) -> Result<Checksum, S3Error> {
+        const OP: &str = "PutObject";
+        let size = file.identity.size;
+        if size <= IN_MEMORY_MAX {
+            let bytes = file.read_all().map_err(S3Error::Body)?;
+            return self.put_bytes(key, bytes.into()).await;
+        }
+        let answered = send!(
+            self,
+            OP,
+            put_object(key)
+                .content_length(size as i64)
+                .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+                .body(stream_body(file, 0, size).await?)
+        )
+        .await?;
+        confirm(OP, None, answered.checksum_crc32_c())
+    }
+
+    /// PUTs an in-memory body with its CRC32C in a header (small files, `check`'s probes).
+    pub async fn put_bytes(&self, key: &str, body: Bytes) -> Result<Checksum, S3Error> {
+        const OP: &str = "PutObject";
+        let crc32c = &crc32c_of(&body);
+        let body = &body;
+        let answered = send!(
+            self,
+            OP,
+            put_object(key)
+                .content_length(body.len() as i64)
+                .checksum_crc32_c(crc32c)
+                .body(ByteStream::from(body.clone()))
+        )
+        .await?;
+        confirm(OP, Some(crc32c), answered.checksum_crc32_c())
+    }
+}
+
+/// A retryable body of `len` bytes of `file` from `offset`, streamed from disk through
+/// the descriptor that was checked (not whatever the path names now).
+async fn stream_body(file: &OpenedFile, offset: u64, len: u64) -> Result<ByteStream, S3Error> {
+    ByteStream::read_from()
+        .path(file.proc_path())
+        .offset(offset)
+        .length(Length::Exact(len))
+        .buffer_size(READ_CHUNK)
+        .build()
+        .await
+        .map_err(|e| S3Error::Body(std::io::Error::other(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc32c_matches_the_known_value() {
+        // CRC-32C check value for "123456789" is 0xE3069283.
+        assert_eq!(
+            crc32c_of(b"123456789"),
+            aws_smithy_types::base64::encode(0xE306_9283u32.to_be_bytes())
+        );
+    }
+
+    #[test]
+    fn one_checksum_rule_for_every_answer() {
+        let c = |sent, answered| confirm("PutObject", sent, answered);
+        assert_eq!(
+            c(Some("AAAAAA=="), Some("AAAAAA==")).unwrap(),
+            Checksum::Verified("AAAAAA==".into())
+        );
+        assert_eq!(
+            c(None, Some("BBBBBB==")).unwrap(),
+            Checksum::Verified("BBBBBB==".into())
+        );
+        // Absent answers are unverified whether or not a checksum was sent.
+        assert_eq!(c(Some("AAAAAA=="), None).unwrap(), Checksum::Unverified);
+        assert_eq!(c(None, None).unwrap(), Checksum::Unverified);
+        let mismatch = c(Some("AAAAAA=="), Some("BBBBBB==")).unwrap_err();
+        assert_eq!(mismatch.class(), ErrorClass::BadChecksum);
+        assert!(!mismatch.is_permanent());
+    }
+}

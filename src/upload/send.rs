@@ -1,0 +1,286 @@
+//! How one opened file gets to S3: a single PutObject up to `multipart_threshold`, else a
+//! multipart upload whose UploadId and confirmed parts are kept in the ledger, so a restart
+//! continues where it stopped. Parts stream from disk (memory does not grow with the file)
+//! and several go at once; every byte is paced by `max_bandwidth`.
+//!
+//! Part records are progress for a restart, nothing more: the upload completes without
+//! waiting for them to be durable (a part whose record was not yet committed when s3drop
+//! died is simply sent again). Only the final "uploaded" record is waited for, by the
+//! worker.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use futures_util::{StreamExt, TryStreamExt, stream};
+
+use super::pacing::Pacer;
+use crate::config::{Config, MAX_SINGLE_PUT};
+use crate::file::OpenedFile;
+use crate::ledger::{FileRecord, FileState, Ledger, PartRecord};
+use crate::s3::{Checksum, CompletedPart, ErrorClass, S3, S3Error};
+
+/// S3 allows at most this many parts.
+const MAX_PARTS: u64 = 10_000;
+const MIB: u64 = 1024 * 1024;
+
+/// Why a file did not get to S3.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    S3(#[from] S3Error),
+    #[error("the file changed while it was being uploaded")]
+    Changed,
+}
+
+/// How a file of `size` bytes is cut: `count` parts of `part_size` (the last one shorter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartPlan {
+    pub part_size: u64,
+    pub count: u64,
+}
+
+impl PartPlan {
+    /// `configured` raised (to whole MiB) when the file would need more than 10,000 parts.
+    pub fn new(size: u64, configured: u64) -> PartPlan {
+        let needed = size.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB;
+        let part_size = configured.max(needed);
+        PartPlan {
+            part_size,
+            count: size.div_ceil(part_size).max(1),
+        }
+    }
+
+    /// Number (1-based), offset and length of part `number` in a file of `size` bytes.
+    pub fn part(&self, number: u64, size: u64) -> (i32, u64, u64) {
+        let offset = (number - 1) * self.part_size;
+        (number as i32, offset, self.part_size.min(size - offset))
+    }
+}
+
+/// One file to send: where it is, what it is called in the ledger and in S3.
+pub struct Item<'a> {
+    pub file: &'a OpenedFile,
+    pub path: &'a Path,
+    pub relative: &'a Path,
+    pub key: &'a str,
+}
+
+pub struct Sender {
+    s3: S3,
+    ledger: Arc<Ledger>,
+    pacer: Pacer,
+    multipart_threshold: u64,
+    part_size: u64,
+    part_concurrency: usize,
+}
+
+fn part_record(p: CompletedPart) -> PartRecord {
+    PartRecord {
+        number: p.number,
+        etag: p.etag,
+        crc32c: p.crc32c,
+    }
+}
+
+fn completed_part(p: &PartRecord) -> CompletedPart {
+    CompletedPart {
+        number: p.number,
+        etag: p.etag.clone(),
+        crc32c: p.crc32c.clone(),
+    }
+}
+
+impl Sender {
+    pub fn new(config: &Config, s3: S3, ledger: Arc<Ledger>) -> Sender {
+        Sender {
+            s3,
+            ledger,
+            pacer: Pacer::new(config.max_bandwidth),
+            multipart_threshold: config.multipart_threshold.min(MAX_SINGLE_PUT),
+            part_size: config.part_size,
+            part_concurrency: config.part_concurrency,
+        }
+    }
+
+    pub fn bucket(&self) -> &str {
+        self.s3.bucket()
+    }
+
+    /// Sends the file; for a multipart upload the ledger keeps the progress under
+    /// `item.relative`. The caller records the final state.
+    pub async fn send(&self, item: &Item<'_>) -> Result<Checksum, SendError> {
+        let size = item.file.identity.size;
+        if size <= self.multipart_threshold {
+            self.pacer.take(size).await;
+            return Ok(self.s3.put_object(item.file, item.key).await?);
+        }
+        self.send_multipart(item).await
+    }
+
+    async fn send_multipart(&self, item: &Item<'_>) -> Result<Checksum, SendError> {
+        let size = item.file.identity.size;
+        let plan = PartPlan::new(size, self.part_size);
+        let (upload_id, done) = self.resume_or_start(item, plan).await?;
+        if !done.is_empty() {
+            tracing::info!(
+                path = %item.path.display(), key = item.key, parts_done = done.len(),
+                parts = plan.count, "resuming multipart upload"
+            );
+        }
+        let sent = self.send_parts(item, plan, &upload_id, done).await;
+        let mut parts = match sent {
+            Ok(parts) => parts,
+            Err(e) => return Err(self.failed(item, e).await),
+        };
+        if !item.file.unchanged(item.path) {
+            // Its parts are a mix of versions: throw them away and start over later.
+            self.abandon(item.relative, item.key, &upload_id).await;
+            return Err(SendError::Changed);
+        }
+        parts.sort_by_key(|p| p.number);
+        let parts: Vec<CompletedPart> = parts.iter().map(completed_part).collect();
+        match self
+            .s3
+            .complete_multipart(item.key, &upload_id, &parts)
+            .await
+        {
+            Ok(checksum) => Ok(checksum),
+            Err(e) => Err(self.failed(item, e).await),
+        }
+    }
+
+    /// Sends the parts not yet `done`, recording each as S3 confirms it; returns them all.
+    async fn send_parts(
+        &self,
+        item: &Item<'_>,
+        plan: PartPlan,
+        upload_id: &str,
+        done: Vec<PartRecord>,
+    ) -> Result<Vec<PartRecord>, S3Error> {
+        let size = item.file.identity.size;
+        let missing: Vec<u64> = (1..=plan.count)
+            .filter(|n| !done.iter().any(|p| p.number as u64 == *n))
+            .collect();
+        let parts = Mutex::new(done);
+        let uploading = |parts: &[PartRecord]| FileState::Uploading {
+            key: item.key.to_string(),
+            upload_id: upload_id.to_string(),
+            part_size: plan.part_size,
+            parts: parts.to_vec(),
+        };
+        stream::iter(missing)
+            .map(|number| {
+                let (parts, uploading) = (&parts, &uploading);
+                async move {
+                    let part = plan.part(number, size);
+                    self.pacer.take(part.2).await;
+                    let confirmed = self
+                        .s3
+                        .upload_part(item.file, item.key, upload_id, part)
+                        .await?;
+                    let mut parts = parts.lock().expect("parts lock");
+                    parts.push(part_record(confirmed));
+                    // Submitted in order under the lock, so the ledger ends with the latest
+                    // list; nothing waits for the commit (see the module's doc).
+                    let record = FileRecord::new(item.file.identity, uploading(&parts));
+                    drop(self.ledger.put_later(item.relative, &record));
+                    Ok::<_, S3Error>(())
+                }
+            })
+            .buffer_unordered(self.part_concurrency)
+            .try_collect::<()>()
+            .await?;
+        Ok(parts.into_inner().expect("parts lock"))
+    }
+
+    /// An upload S3 no longer knows is forgotten, so the next attempt starts anew.
+    async fn failed(&self, item: &Item<'_>, e: S3Error) -> SendError {
+        if e.class() == ErrorClass::NoSuchUpload {
+            self.forget(item.relative).await;
+        }
+        SendError::S3(e)
+    }
+
+    /// Continues the recorded upload of this very file version, or abandons a recorded one
+    /// of an older version and starts anew.
+    async fn resume_or_start(
+        &self,
+        item: &Item<'_>,
+        plan: PartPlan,
+    ) -> Result<(String, Vec<PartRecord>), S3Error> {
+        let recorded = self.ledger.get(item.relative).ok().flatten();
+        if let Some(FileRecord {
+            identity,
+            state:
+                FileState::Uploading {
+                    key,
+                    upload_id,
+                    part_size,
+                    parts,
+                },
+            ..
+        }) = recorded
+        {
+            if identity == item.file.identity && key == item.key && part_size == plan.part_size {
+                return Ok((upload_id, parts));
+            }
+            tracing::info!(
+                key,
+                "the file changed since its multipart upload began; aborting that upload"
+            );
+            self.abandon(item.relative, &key, &upload_id).await;
+        }
+        let upload_id = self.s3.create_multipart(item.key).await?;
+        let record = FileRecord::new(
+            item.file.identity,
+            FileState::Uploading {
+                key: item.key.to_string(),
+                upload_id: upload_id.clone(),
+                part_size: plan.part_size,
+                parts: Vec::new(),
+            },
+        );
+        // Not waited for: a part's record, submitted later, includes the UploadId too.
+        drop(self.ledger.put_later(item.relative, &record));
+        Ok((upload_id, Vec::new()))
+    }
+
+    async fn abandon(&self, relative: &Path, key: &str, upload_id: &str) {
+        if let Err(e) = self.s3.abort_multipart(key, upload_id).await {
+            tracing::warn!(key, error = %e, "could not abort a stale multipart upload (a bucket lifecycle rule for incomplete uploads cleans it up)");
+        }
+        self.forget(relative).await;
+    }
+
+    async fn forget(&self, relative: &Path) {
+        if let Err(e) = self.ledger.remove_later(relative).await {
+            tracing::warn!(error = %e, "could not forget a multipart upload in the ledger");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_keep_the_configured_size_until_10000_would_not_do() {
+        let plan = PartPlan::new(40 * MIB, 8 * MIB);
+        assert_eq!(
+            plan,
+            PartPlan {
+                part_size: 8 * MIB,
+                count: 5
+            }
+        );
+        assert_eq!(plan.part(5, 40 * MIB), (5, 32 * MIB, 8 * MIB));
+        let odd = PartPlan::new(41 * MIB + 3, 8 * MIB);
+        assert_eq!(odd.count, 6);
+        assert_eq!(odd.part(6, 41 * MIB + 3), (6, 40 * MIB, MIB + 3));
+        // 1 TiB at 8 MiB would be 131,072 parts: raised to whole MiB within 10,000.
+        let big = PartPlan::new(1 << 40, 8 * MIB);
+        assert!(big.count <= MAX_PARTS, "{big:?}");
+        assert_eq!(big.part_size % MIB, 0);
+        assert_eq!(big.part_size, 105 * MIB);
+    }
+}

@@ -1,0 +1,316 @@
+//! One file's way through s3drop once intake says it is complete: key → open → ledger
+//! check → send → verify it did not change → record → after-upload action. Every failure
+//! either drops the file with a log line saying why (gone, not a regular file, no valid
+//! key) or schedules another attempt ([`super::retry`]); nothing is deleted unless S3
+//! confirmed it. This is where a file's fate is decided.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::after::AfterUploadAction;
+use super::progress::Progress;
+use super::retry::{Backoff, Verdict, verdict};
+use super::send::{Item, SendError, Sender};
+use crate::file::{OpenError, OpenedFile};
+use crate::keys;
+use crate::ledger::{FileRecord, FileState, Ledger, LedgerError};
+use crate::queue::Queue;
+use crate::s3::Checksum;
+use crate::supervise::{Fatal, FatalReporter};
+
+/// What happened to one file.
+enum Outcome {
+    /// S3 confirmed it; the ledger commit is under way (see [`Recording`]).
+    Uploaded(Box<Recording>),
+    /// Nothing (more) to do: recorded, or already uploaded before, or dropped with a log
+    /// line.
+    Done,
+    Retry {
+        permanent: bool,
+    },
+    /// Nothing more can be recorded: the daemon must stop.
+    Fatal(Fatal),
+}
+
+/// The tail of a confirmed upload: waiting for the ledger commit, then the after-upload
+/// action. It runs apart from the worker, so the worker takes the next file while commits
+/// are batched (one fsync for all uploads that finished meanwhile).
+struct Recording {
+    commit: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), LedgerError>> + Send>>,
+    file: OpenedFile,
+    relative: PathBuf,
+    key: String,
+}
+
+/// What the workers share: settings, the pipeline's parts, and how to reach the daemon.
+pub struct Worker {
+    pub root: PathBuf,
+    pub prefix: String,
+    pub after_upload: AfterUploadAction,
+    pub ledger: Arc<Ledger>,
+    pub sender: Sender,
+    pub queue: Arc<Queue>,
+    pub progress: Arc<Progress>,
+    backoff: Backoff,
+    /// Whether the "checksums not confirmed" warning was given (once per run).
+    warned_unverified: AtomicBool,
+}
+
+/// What a worker needs from the daemon: where helper tasks go, SIGHUP's "retry now", the
+/// shutdown token and the way to report a fatal error.
+#[derive(Clone)]
+pub struct Context {
+    pub tracker: TaskTracker,
+    pub retry_now: Arc<Notify>,
+    pub cancel: CancellationToken,
+    pub fatal: FatalReporter,
+}
+
+impl Worker {
+    pub fn new(
+        root: PathBuf,
+        prefix: String,
+        after_upload: AfterUploadAction,
+        ledger: Arc<Ledger>,
+        sender: Sender,
+        queue: Arc<Queue>,
+    ) -> Self {
+        Worker {
+            root,
+            prefix,
+            after_upload,
+            ledger,
+            sender,
+            queue,
+            progress: Arc::default(),
+            backoff: Backoff::default(),
+            warned_unverified: AtomicBool::new(false),
+        }
+    }
+
+    /// Takes paths from the queue until cancelled. An upload already started is finished
+    /// (the daemon bounds that with its shutdown deadline).
+    pub async fn run(self: Arc<Self>, cx: Context) -> Result<(), Fatal> {
+        loop {
+            let path = tokio::select! {
+                _ = cx.cancel.cancelled() => return Ok(()),
+                path = self.queue.pop() => path,
+            };
+            match self.process(&path).await {
+                Outcome::Uploaded(recording) => {
+                    let (worker, cx2) = (self.clone(), cx.clone());
+                    cx.tracker.spawn(async move {
+                        let outcome = match worker.record(&path, *recording).await {
+                            Outcome::Fatal(fatal) => {
+                                cx2.fatal.report(fatal);
+                                Outcome::Retry { permanent: true }
+                            }
+                            outcome => outcome,
+                        };
+                        worker.queue.finish(&path);
+                        worker.conclude(path, outcome, &cx2);
+                    });
+                }
+                Outcome::Fatal(fatal) => {
+                    self.queue.finish(&path);
+                    return Err(fatal);
+                }
+                outcome => {
+                    self.queue.finish(&path);
+                    self.conclude(path, outcome, &cx);
+                }
+            }
+        }
+    }
+
+    /// Schedules the next attempt, or forgets the file's attempts.
+    fn conclude(&self, path: PathBuf, outcome: Outcome, cx: &Context) {
+        let Outcome::Retry { permanent } = outcome else {
+            self.backoff.forget(&path);
+            return;
+        };
+        let delay = self.backoff.next_delay(&path, permanent);
+        let (queue, cx2) = (self.queue.clone(), cx.clone());
+        tracing::info!(path = %path.display(), retry_in_s = delay.as_secs_f32(), "will retry");
+        cx.tracker.spawn(async move {
+            tokio::select! {
+                _ = cx2.cancel.cancelled() => {}
+                _ = tokio::time::sleep(delay) => queue.push(path),
+                _ = cx2.retry_now.notified() => queue.push(path),
+            }
+        });
+    }
+
+    async fn process(&self, path: &Path) -> Outcome {
+        let Some((relative, key)) = self.key_of(path) else {
+            return Outcome::Done;
+        };
+        let file = match self.open(path) {
+            Ok(file) => file,
+            Err(outcome) => return outcome,
+        };
+        match self.ledger.get(relative) {
+            Ok(Some(record)) if record.is_uploaded_as(&file.identity) => {
+                tracing::debug!(path = %path.display(), "already uploaded");
+                self.after_upload
+                    .run(path, relative, &file, &self.ledger)
+                    .await;
+                return Outcome::Done;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "ledger lookup failed; uploading anyway"),
+        }
+        let item = Item {
+            file: &file,
+            path,
+            relative,
+            key: &key,
+        };
+        let started = Instant::now();
+        let sent = self.sender.send(&item).await;
+        let unchanged = file.unchanged(path);
+        let checksum = match sent {
+            Ok(checksum) if unchanged => checksum,
+            Ok(_) => return self.changed(&item),
+            Err(e) => return self.failed(&item, e, unchanged).await,
+        };
+        self.uploaded(&item, &checksum, started);
+        let record = FileRecord::new(
+            file.identity,
+            FileState::Uploaded {
+                key: key.clone(),
+                crc32c: checksum.crc32c().map(String::from),
+            },
+        );
+        Outcome::Uploaded(Box::new(Recording {
+            commit: Box::pin(self.ledger.put_later(relative, &record)),
+            file,
+            relative: relative.to_owned(),
+            key,
+        }))
+    }
+
+    /// The path relative to `watch_dir` and its object key; `None` (logged) if it has none.
+    fn key_of<'a>(&self, path: &'a Path) -> Option<(&'a Path, String)> {
+        let relative = path.strip_prefix(&self.root).ok()?;
+        match keys::object_key(&self.prefix, relative) {
+            Ok(key) => Some((relative, key)),
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "not uploaded; the file is kept");
+                None
+            }
+        }
+    }
+
+    fn open(&self, path: &Path) -> Result<OpenedFile, Outcome> {
+        let error = match OpenedFile::open(path) {
+            Ok(file) => return Ok(file),
+            Err(e) => e,
+        };
+        match error {
+            OpenError::Vanished => {
+                tracing::info!(path = %path.display(), "file deleted before upload; nothing to do");
+                Err(Outcome::Done)
+            }
+            e @ OpenError::NotRegular { .. } => {
+                tracing::warn!(path = %path.display(), error = %e, "skipped");
+                Err(Outcome::Done)
+            }
+            e @ OpenError::Permission(_) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot read the file; retried later (or at SIGHUP)");
+                Err(Outcome::Retry { permanent: true })
+            }
+            e @ OpenError::Io(_) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot open; will retry");
+                Err(Outcome::Retry { permanent: false })
+            }
+        }
+    }
+
+    fn uploaded(&self, item: &Item<'_>, checksum: &Checksum, started: Instant) {
+        tracing::info!(
+            path = %item.path.display(),
+            key = item.key,
+            bytes = item.file.identity.size,
+            duration_ms = started.elapsed().as_millis() as u64,
+            crc32c = checksum.crc32c().unwrap_or("unverified"),
+            "uploaded"
+        );
+        if *checksum == Checksum::Unverified
+            && !self.warned_unverified.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                key = item.key,
+                "S3 did not answer with the upload's CRC32C, so s3drop cannot confirm what was \
+                 stored; such uploads are logged and recorded as unverified (S3-compatible \
+                 servers do not all echo checksums; AWS S3 does)"
+            );
+        }
+        self.progress.record(item.key);
+    }
+
+    fn changed(&self, item: &Item<'_>) -> Outcome {
+        tracing::info!(path = %item.path.display(), key = item.key, "file changed during upload; uploading it again");
+        Outcome::Retry { permanent: false }
+    }
+
+    async fn failed(&self, item: &Item<'_>, error: SendError, unchanged: bool) -> Outcome {
+        match verdict(&error, unchanged) {
+            Verdict::Changed => self.changed(item),
+            Verdict::Transient => {
+                tracing::warn!(path = %item.path.display(), key = item.key, %error, "upload failed; will retry");
+                Outcome::Retry { permanent: false }
+            }
+            Verdict::Permanent => {
+                tracing::error!(
+                    path = %item.path.display(), key = item.key, bucket = self.sender.bucket(),
+                    %error, "upload refused; the file is kept and retried later (or at SIGHUP)"
+                );
+                let record = FileRecord::new(
+                    item.file.identity,
+                    FileState::Failed {
+                        key: item.key.to_string(),
+                        error: error.to_string(),
+                    },
+                );
+                match self.ledger.put_later(item.relative, &record).await {
+                    Err(e) if e.is_fatal() => Outcome::Fatal(e.into()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not record the failure in the ledger");
+                        Outcome::Retry { permanent: true }
+                    }
+                    Ok(()) => Outcome::Retry { permanent: true },
+                }
+            }
+        }
+    }
+
+    /// Waits for the ledger to hold the upload, then runs the after-upload action.
+    async fn record(&self, path: &Path, recording: Recording) -> Outcome {
+        let Recording {
+            commit,
+            file,
+            relative,
+            key,
+        } = recording;
+        if let Err(e) = commit.await {
+            if e.is_fatal() {
+                return Outcome::Fatal(e.into());
+            }
+            // The object is safe in S3; the file stays where it is and is sent again later
+            // (or at SIGHUP), when the record can be written.
+            tracing::error!(path = %path.display(), key, error = %e, "uploaded but could not record it; retried later");
+            return Outcome::Retry { permanent: true };
+        }
+        self.after_upload
+            .run(path, &relative, &file, &self.ledger)
+            .await;
+        Outcome::Done
+    }
+}
