@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use s3drop_testkit::{Daemon, FakeCloud, INSTANCE_ID, Site, World};
 
-const S3DROP: &str = env!("CARGO_BIN_EXE_s3drop");
-const BUCKET: &str = "drop-bucket";
+mod common;
+use common::*;
+
 const FILES: usize = 1_000;
 const KILLS: usize = 20;
 const CONCURRENCY: usize = 8;

@@ -2,26 +2,13 @@
 //! the AWS APIs, and the real s3drop binary with credentials only from the emulated IMDS.
 
 use std::io::Write;
-use std::path::Path;
+
 use std::time::Duration;
 
-use s3drop_testkit::{Daemon, FakeCloud, Site, object_key as key, policies, setup};
+use s3drop_testkit::{Daemon, FakeCloud, object_key as key, policies, setup};
 
-const S3DROP: &str = env!("CARGO_BIN_EXE_s3drop");
-const BUCKET: &str = "drop-bucket";
-const ARRIVAL: Duration = Duration::from_secs(30);
-
-fn s3drop() -> &'static Path {
-    Path::new(S3DROP)
-}
-
-/// Content that differs per file and is not all one byte, so a swapped or truncated
-/// upload shows.
-fn content(seed: u8, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
-}
+mod common;
+use common::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn files_arrive_whole_under_the_right_keys_and_nothing_partial_is_sent() {
@@ -32,10 +19,7 @@ async fn files_arrive_whole_under_the_right_keys_and_nothing_partial_is_sent() {
     std::fs::write(site.watch.join("ignored.tmp"), b"temporary").unwrap();
     std::os::unix::fs::symlink("/etc/hostname", site.watch.join("link-out")).unwrap();
 
-    let mut daemon = Daemon::start(&site, s3drop(), &fc).unwrap();
-    daemon
-        .wait_for_log("ready: backlog queued", ARRIVAL)
-        .unwrap();
+    let mut daemon = start_ready(&site, &fc);
     assert_eq!(
         world
             .wait_for_object(&key("backlog.csv"), ARRIVAL)
@@ -118,7 +102,10 @@ async fn files_arrive_whole_under_the_right_keys_and_nothing_partial_is_sent() {
     assert_eq!(world.keys().await.unwrap(), expected);
 
     // Each upload was logged with path, key, bytes and duration.
-    let uploaded = daemon_events(&site, "uploaded");
+    let uploaded = s3drop_testkit::events_in(
+        &std::fs::read_to_string(site.dir.path().join("s3drop-run.log")).unwrap(),
+        "uploaded",
+    );
     assert_eq!(uploaded.len(), 4, "{uploaded:?}");
     for event in &uploaded {
         for field in ["path", "key", "bytes", "duration_ms"] {
@@ -132,26 +119,14 @@ async fn files_arrive_whole_under_the_right_keys_and_nothing_partial_is_sent() {
     );
 }
 
-fn daemon_events(site: &Site, message: &str) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(site.dir.path().join("s3drop-run.log"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["message"] == message)
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restart_uploads_nothing_twice() {
     let (fc, world, site) = setup(BUCKET, "").await;
-    for i in 0..20u8 {
+    for i in 0..20u32 {
         std::fs::write(site.watch.join(format!("f{i:02}.dat")), content(i, 2_000)).unwrap();
     }
-    let mut first = Daemon::start(&site, s3drop(), &fc).unwrap();
-    first
-        .wait_for_log("ready: backlog queued", ARRIVAL)
-        .unwrap();
-    for i in 0..20u8 {
+    let mut first = start_ready(&site, &fc);
+    for i in 0..20u32 {
         world
             .wait_for_object(&key(&format!("f{i:02}.dat")), ARRIVAL)
             .await
@@ -163,11 +138,7 @@ async fn a_restart_uploads_nothing_twice() {
     second
         .wait_for_log("backlog scan at start", ARRIVAL)
         .unwrap();
-    std::fs::write(site.watch.join("after-restart.dat"), b"new").unwrap();
-    world
-        .wait_for_object(&key("after-restart.dat"), ARRIVAL)
-        .await
-        .unwrap();
+    drop_file(&world, &site, "after-restart.dat", b"new").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(second.stop().unwrap().success());
 
@@ -311,15 +282,8 @@ async fn check_names_the_first_broken_link() {
 #[tokio::test(flavor = "multi_thread")]
 async fn delete_mode_removes_files_only_after_s3_confirms() {
     let (fc, world, site) = setup(BUCKET, "after_upload = \"delete\"").await;
-    let mut daemon = Daemon::start(&site, s3drop(), &fc).unwrap();
-    daemon
-        .wait_for_log("ready: backlog queued", ARRIVAL)
-        .unwrap();
-    std::fs::write(site.watch.join("gone-after.txt"), b"payload").unwrap();
-    world
-        .wait_for_object(&key("gone-after.txt"), ARRIVAL)
-        .await
-        .unwrap();
+    let mut daemon = start_ready(&site, &fc);
+    drop_file(&world, &site, "gone-after.txt", b"payload").await;
     let deadline = std::time::Instant::now() + ARRIVAL;
     while site.watch.join("gone-after.txt").exists() {
         assert!(std::time::Instant::now() < deadline, "file not deleted");
@@ -350,11 +314,7 @@ async fn logs_never_carry_secrets_even_at_trace_level() {
         .stderr(log)
         .spawn()
         .unwrap();
-    std::fs::write(site.watch.join("secret-check.txt"), b"x").unwrap();
-    world
-        .wait_for_object(&key("secret-check.txt"), ARRIVAL)
-        .await
-        .unwrap();
+    drop_file(&world, &site, "secret-check.txt", b"x").await;
     child.kill().unwrap();
     child.wait().unwrap();
     let text = std::fs::read_to_string(&log_path).unwrap();

@@ -2,33 +2,17 @@
 //! recorded in the ledger, and sent again whole when the file changes mid-upload. Parts are
 //! counted on the server (fakecloud's log of UploadPart requests answered 200).
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use s3drop_testkit::proxy::FaultProxy;
 use s3drop_testkit::{Daemon, Site, object_key as key, setup};
 
-const S3DROP: &str = env!("CARGO_BIN_EXE_s3drop");
-const BUCKET: &str = "drop-bucket";
+mod common;
+use common::*;
+
 const MIB: usize = 1 << 20;
 /// 40 MiB in 5 MiB parts: 8 parts.
 const CONFIG: &str = "multipart_threshold = \"8MiB\"\npart_size = \"5MiB\"";
-
-fn s3drop() -> &'static Path {
-    Path::new(S3DROP)
-}
-
-fn content(seed: u32, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_40_mib_file_goes_up_in_8_verified_parts() {

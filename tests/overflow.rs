@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use s3drop_testkit::{Daemon, FakeCloud, INSTANCE_ID, Site, World};
 
-const S3DROP: &str = env!("CARGO_BIN_EXE_s3drop");
+mod common;
+use common::*;
+
 const QUEUE_KNOB: &str = "/proc/sys/fs/inotify/max_queued_events";
 
 /// Sets the knob for inotify instances created from now on; restores it when dropped.

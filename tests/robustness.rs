@@ -10,13 +10,8 @@ use std::time::{Duration, Instant};
 use s3drop_testkit::proxy::FaultProxy;
 use s3drop_testkit::{Daemon, FakeCloud, REGION, Site, World, object_key as key, setup};
 
-const S3DROP: &str = env!("CARGO_BIN_EXE_s3drop");
-const BUCKET: &str = "drop-bucket";
-const ARRIVAL: Duration = Duration::from_secs(30);
-
-fn s3drop() -> &'static Path {
-    Path::new(S3DROP)
-}
+mod common;
+use common::*;
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -34,14 +29,6 @@ fn without_dac_override() -> Vec<&'static str> {
         ]
     } else {
         Vec::new()
-    }
-}
-
-async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -149,15 +136,8 @@ async fn odd_names_links_fifos_and_unreadable_files_cost_no_other_file() {
 #[tokio::test(flavor = "multi_thread")]
 async fn watch_dir_deleted_and_recreated_is_watched_again() {
     let (fc, world, site) = setup(BUCKET, "").await;
-    let mut daemon = Daemon::start(&site, s3drop(), &fc).unwrap();
-    daemon
-        .wait_for_log("ready: backlog queued", ARRIVAL)
-        .unwrap();
-    std::fs::write(site.watch.join("before.txt"), b"before").unwrap();
-    world
-        .wait_for_object(&key("before.txt"), ARRIVAL)
-        .await
-        .unwrap();
+    let mut daemon = start_ready(&site, &fc);
+    drop_file(&world, &site, "before.txt", b"before").await;
 
     std::fs::remove_dir_all(&site.watch).unwrap();
     daemon
@@ -165,14 +145,7 @@ async fn watch_dir_deleted_and_recreated_is_watched_again() {
         .unwrap();
     std::fs::create_dir(&site.watch).unwrap();
     daemon.wait_for_log("watching it again", ARRIVAL).unwrap();
-    std::fs::write(site.watch.join("after.txt"), b"after").unwrap();
-    assert_eq!(
-        world
-            .wait_for_object(&key("after.txt"), ARRIVAL)
-            .await
-            .unwrap(),
-        b"after"
-    );
+    drop_file(&world, &site, "after.txt", b"after").await;
     assert!(daemon.stop().unwrap().success());
 }
 
@@ -190,16 +163,9 @@ async fn move_mode_moves_confirmed_files_and_never_overwrites() {
     )
     .await;
     // move_to must be on watch_dir's filesystem; both are under the temp dir here.
-    let mut daemon = Daemon::start(&site, s3drop(), &fc).unwrap();
-    daemon
-        .wait_for_log("ready: backlog queued", ARRIVAL)
-        .unwrap();
+    let mut daemon = start_ready(&site, &fc);
     std::fs::create_dir_all(site.watch.join("sub")).unwrap();
-    std::fs::write(site.watch.join("sub/report.csv"), b"first").unwrap();
-    world
-        .wait_for_object(&key("sub/report.csv"), ARRIVAL)
-        .await
-        .unwrap();
+    drop_file(&world, &site, "sub/report.csv", b"first").await;
     let moved = done.join("sub/report.csv");
     wait_until("the first move", ARRIVAL, || moved.exists()).await;
     std::fs::write(site.watch.join("sub/report.csv"), b"second").unwrap();
@@ -217,13 +183,6 @@ async fn move_mode_moves_confirmed_files_and_never_overwrites() {
     );
     assert!(!site.watch.join("sub/report.csv").exists());
     assert!(daemon.stop().unwrap().success());
-}
-
-/// Content that differs per file.
-fn content(seed: u32, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) as u8)
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -329,10 +288,7 @@ async fn sessions_that_expire_mid_stream_are_renewed_and_no_file_fails() {
     };
     let world = World::provision(&fc, BUCKET).await.unwrap();
     let site = Site::new(BUCKET, "session_duration_seconds = 900").unwrap();
-    let mut daemon = Daemon::start(&site, s3drop(), &fc).unwrap();
-    daemon
-        .wait_for_log("ready: backlog queued", ARRIVAL)
-        .unwrap();
+    let mut daemon = start_ready(&site, &fc);
     for round in 0..3 {
         for i in 0..5 {
             let rel = format!("round{round}/f{i}.txt");
@@ -488,15 +444,8 @@ async fn a_full_state_dir_loses_no_file_and_recovers() {
         eprintln!("SKIPPED: cannot mount a tmpfs (needs root); full state_dir not tested");
         return;
     };
-    let mut daemon = Daemon::start(&site, s3drop(), &fc).unwrap();
-    daemon
-        .wait_for_log("ready: backlog queued", ARRIVAL)
-        .unwrap();
-    std::fs::write(site.watch.join("early.txt"), b"recorded").unwrap();
-    world
-        .wait_for_object(&key("early.txt"), ARRIVAL)
-        .await
-        .unwrap();
+    let mut daemon = start_ready(&site, &fc);
+    drop_file(&world, &site, "early.txt", b"recorded").await;
 
     // Fill the state filesystem to the last byte.
     let filler = site.state.join("filler");

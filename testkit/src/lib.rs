@@ -702,12 +702,30 @@ impl Daemon {
 
     /// The JSON log lines whose message is `message`.
     pub fn events(&self, message: &str) -> Vec<serde_json::Value> {
-        self.log()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["message"] == message)
-            .collect()
+        events_in(&self.log(), message)
     }
+}
+
+/// The JSON lines of a daemon's `log` whose message is `message`.
+pub fn events_in(log: &str, message: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == message)
+        .collect()
+}
+
+/// `len` bytes that differ per `seed` and are not all one byte (xorshift), so a swapped
+/// or truncated upload shows.
+pub fn content(seed: u32, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
 }
 
 fn unique(path: PathBuf) -> PathBuf {

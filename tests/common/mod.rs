@@ -1,0 +1,48 @@
+//! What the end-to-end test files share: the binary under test, the bucket they provision,
+//! how long an upload may take to arrive, and small waiting helpers. Each test file uses a
+//! part of it.
+#![allow(dead_code, unused_imports)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+pub use s3drop_testkit::content;
+use s3drop_testkit::{Daemon, FakeCloud, Site, World};
+
+pub const S3DROP: &str = env!("CARGO_BIN_EXE_s3drop");
+pub const BUCKET: &str = "drop-bucket";
+/// How long a dropped file may take to arrive in S3 before a test gives up.
+pub const ARRIVAL: Duration = Duration::from_secs(30);
+
+/// The s3drop binary Cargo built for these tests.
+pub fn s3drop() -> &'static Path {
+    Path::new(S3DROP)
+}
+
+/// Waits until `done()` holds, failing the test after `limit`.
+pub async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Starts the daemon and waits until it is READY (watch up, backlog queued).
+pub fn start_ready(site: &Site, fc: &FakeCloud) -> Daemon {
+    let mut daemon = Daemon::start(site, s3drop(), fc).unwrap();
+    daemon
+        .wait_for_log("ready: backlog queued", ARRIVAL)
+        .unwrap();
+    daemon
+}
+
+/// Writes `relative` in the watched directory and waits for its object.
+pub async fn drop_file(world: &World, site: &Site, relative: &str, body: &[u8]) {
+    std::fs::write(site.watch.join(relative), body).unwrap();
+    let stored = world
+        .wait_for_object(&s3drop_testkit::object_key(relative), ARRIVAL)
+        .await
+        .unwrap();
+    assert_eq!(stored, body, "{relative}");
+}
