@@ -3,7 +3,8 @@
 # - fakecloud 0.51.0, the local AWS emulator (a debug `cargo install`: ~10 minutes on
 #   2 cores, ~450 MB; never committed);
 # - cargo-deb, to build the .deb;
-# - from Debian: faketime (moves the emulator's clock in the token-expiry test),
+# - from Debian: faketime (moves the emulator's clock in the token-expiry test), acl
+#   (setfacl: the package's postinst sets a default ACL on the spool),
 #   systemd (systemd-analyze), cloud-init (schema check);
 # - from PyPI: cfn-lint (CloudFormation template lint).
 set -euo pipefail
@@ -23,6 +24,7 @@ fi
 
 apt_missing=()
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ] || apt_missing+=(faketime)
+command -v setfacl >/dev/null 2>&1 || apt_missing+=(acl)
 command -v systemd-analyze >/dev/null 2>&1 || apt_missing+=(systemd)
 command -v cloud-init >/dev/null 2>&1 || apt_missing+=(cloud-init)
 if [ "${#apt_missing[@]}" -gt 0 ]; then

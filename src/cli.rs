@@ -65,10 +65,12 @@ must be denied: proof that the session policy confines the session.")]
 const RUN_ABOUT: &str = "\
 Run the daemon in the foreground until SIGTERM or SIGINT.
 
-At start: validates the config, checks watch_dir, state_dir (and move_to), reads the instance
-id and region from IMDS, assumes the upload role with the prefix-scoped session policy (a
-refusal here exits non-zero with the cause), uploads files already in watch_dir, then uploads
-each new file as it completes. On SIGTERM it stops taking new files, lets uploads in flight
+At start: validates the config, checks watch_dir, state_dir (and move_to), starts watching
+and queues the files already in watch_dir (then it is ready: systemd's READY=1), reads the
+instance id and region from IMDS and assumes the upload role with the prefix-scoped session
+policy, then uploads the queue and each new file as it completes. While IMDS or STS cannot
+be reached it keeps retrying (files stay queued; the status line says why); a refusal exits
+non-zero with the cause. On SIGTERM it stops taking new files, lets uploads in flight
 finish within shutdown_timeout_seconds, and exits 0. SIGHUP rescans watch_dir and retries
 failed files now (it does not reload the config). A fatal error (a task that dies, a ledger
 that can no longer be written) stops it the same way and exits non-zero with the cause.";

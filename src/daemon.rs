@@ -1,7 +1,13 @@
-//! Wiring for `s3drop run`: walk the chain (local prerequisites, then the upload session),
-//! open the ledger, start the watch, the intake and the upload workers under one
-//! [`Supervisor`], and stop them on one path: a signal (exit 0) or a fatal error from any
-//! task (exit non-zero with the cause).
+//! Wiring for `s3drop run`: check the local prerequisites, open the ledger, start the
+//! watch and the intake, mint the upload session, start the upload workers once it is
+//! there, all under one [`Supervisor`], and stop them on one path: a signal (exit 0) or a
+//! fatal error (exit non-zero with the cause).
+//!
+//! READY means "files dropped now are safe": the watch is up and the backlog is queued. It
+//! does not wait for credentials: while IMDS or STS cannot be reached, files wait in the
+//! queue, STATUS and the journal say why, and they go up once the session is there. A
+//! permanent refusal (AssumeRole denied, a policy STS rejects) is fatal, so the unit fails
+//! with the cause.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,10 +15,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{Notify, oneshot};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{self, Session};
+use crate::auth::{self, AuthError, Session};
 use crate::chain::{self, Quiet};
 use crate::config::{AfterUpload, Config};
 use crate::ledger::Ledger;
@@ -23,6 +30,8 @@ use crate::upload::{AfterUploadAction, Context, Sender, Worker};
 use crate::watch::{DirWatcher, Intake, IntakeConfig};
 
 const STARTUP_RETRY_CAP: Duration = Duration::from_secs(60);
+/// How often STATUS is compared with what systemd was last told.
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
 struct Signals {
     term: Signal,
@@ -38,13 +47,9 @@ impl Signals {
             hup: signal(SignalKind::hangup())?,
         })
     }
-
-    /// The name of the stop signal that arrived.
-    async fn stop(&mut self) -> &'static str {
-        stop_signal(&mut self.term, &mut self.int).await
-    }
 }
 
+/// The name of the stop signal that arrived.
 async fn stop_signal(term: &mut Signal, int: &mut Signal) -> &'static str {
     tokio::select! {
         _ = term.recv() => "SIGTERM",
@@ -54,34 +59,28 @@ async fn stop_signal(term: &mut Signal, int: &mut Signal) -> &'static str {
 
 /// What the main loop watches over.
 struct Running {
+    config: Config,
+    ledger: Arc<Ledger>,
     queue: Arc<Queue>,
-    worker: Arc<Worker>,
     supervisor: Supervisor,
     rescan_now: Arc<Notify>,
-    retry_now: Arc<Notify>,
+    cx: Context,
     ready: Option<oneshot::Receiver<()>>,
+    /// Minting the session, until it is there.
+    session: Option<JoinHandle<Result<Session, AuthError>>>,
+    /// Why there is no session yet (for STATUS).
+    waiting_for: Arc<std::sync::Mutex<String>>,
+    /// The workers, once the session is there.
+    worker: Option<Arc<Worker>>,
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     chain::local(&config, &mut Quiet)?;
     let ledger = Arc::new(Ledger::open(&config.state_dir)?);
     let mut signals = Signals::new()?;
-    let session = tokio::select! {
-        session = establish(&config) => session?,
-        _ = signals.stop() => return Ok(()),
-    };
-    tracing::info!(
-        instance_id = session.facts.instance_id,
-        region = session.facts.region,
-        bucket = config.bucket,
-        prefix = session.scope.prefix,
-        role_arn = %config.role_arn,
-        watch_dir = %config.watch_dir.display(),
-        "s3drop started"
-    );
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let mut running = start(&config, &session, ledger, &cancel, &tracker)?;
+    let mut running = start(config, ledger, &cancel, &tracker)?;
     let ended = watch_over(&mut running, &mut signals).await;
     let (signal_name, fatal) = match ended {
         Ok(name) => (name, None),
@@ -90,6 +89,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ("fatal error", Some(fatal))
         }
     };
+    let config = &running.config;
     tracing::info!(
         signal = signal_name,
         in_flight_or_waiting = running.queue.depth(),
@@ -97,6 +97,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "stopping: no new uploads; waiting for those in flight"
     );
     notify(&[sd_notify::NotifyState::Stopping]);
+    if let Some(minting) = running.session.take() {
+        minting.abort(); // nothing to finish: no session, so no upload in flight
+    }
     cancel.cancel();
     tracker.close();
     if tokio::time::timeout(config.shutdown_timeout, tracker.wait())
@@ -112,10 +115,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 }
 
-/// Starts the watch, the intake and the workers.
+/// Starts the watch, the intake and the minting of the session.
 fn start(
-    config: &Config,
-    session: &Session,
+    config: Config,
     ledger: Arc<Ledger>,
     cancel: &CancellationToken,
     tracker: &TaskTracker,
@@ -142,6 +144,40 @@ fn start(
         "intake",
         intake.run(rescan_now.clone(), ready_tx, cancel.clone()),
     );
+    let waiting_for = Arc::new(std::sync::Mutex::new("asking IMDS and STS".to_string()));
+    let session = tracker.spawn(establish(config.clone(), waiting_for.clone()));
+    let cx = Context {
+        tracker: tracker.clone(),
+        retry_now,
+        cancel: cancel.clone(),
+        fatal: supervisor.reporter(),
+    };
+    Ok(Running {
+        config,
+        ledger,
+        queue,
+        supervisor,
+        rescan_now,
+        cx,
+        ready: Some(ready),
+        session: Some(session),
+        waiting_for,
+        worker: None,
+    })
+}
+
+/// The session is there: start the workers.
+fn start_workers(r: &mut Running, session: Session) {
+    let config = &r.config;
+    tracing::info!(
+        instance_id = session.facts.instance_id,
+        region = session.facts.region,
+        bucket = config.bucket,
+        prefix = session.scope.prefix,
+        role_arn = %config.role_arn,
+        watch_dir = %config.watch_dir.display(),
+        "s3drop started"
+    );
     let s3 = S3::new(
         &session.sdk,
         &config.bucket,
@@ -152,37 +188,40 @@ fn start(
         config.watch_dir.clone(),
         session.scope.prefix.clone(),
         AfterUploadAction(config.after_upload.clone()),
-        ledger.clone(),
-        Sender::new(config, s3, ledger),
-        queue.clone(),
+        r.ledger.clone(),
+        Sender::new(config, s3, r.ledger.clone()),
+        r.queue.clone(),
     ));
-    let cx = Context {
-        tracker: tracker.clone(),
-        retry_now: retry_now.clone(),
-        cancel: cancel.clone(),
-        fatal: supervisor.reporter(),
-    };
     for _ in 0..config.concurrency {
-        supervisor.spawn("upload worker", worker.clone().run(cx.clone()));
+        r.supervisor
+            .spawn("upload worker", worker.clone().run(r.cx.clone()));
     }
-    Ok(Running {
-        queue,
-        worker,
-        supervisor,
-        rescan_now,
-        retry_now,
-        ready: Some(ready),
-    })
+    r.worker = Some(worker);
 }
 
-/// The main loop: READY, the watchdog and STATUS for systemd, SIGHUP; until a stop signal
-/// (its name) or a fatal error.
+/// The line systemd shows (`systemctl status`).
+fn status_line(r: &Running) -> String {
+    let depth = r.queue.depth();
+    match &r.worker {
+        Some(worker) => format!("queue {depth}; {}", worker.progress.summary()),
+        None => format!(
+            "queue {depth}; waiting for credentials: {}",
+            r.waiting_for.lock().expect("status lock")
+        ),
+    }
+}
+
+/// The main loop: READY, the session, the watchdog and STATUS for systemd, SIGHUP; until a
+/// stop signal (its name) or a fatal error.
 async fn watch_over(r: &mut Running, signals: &mut Signals) -> Result<&'static str, Fatal> {
     // Ping the service manager's watchdog twice per period, from this loop: a wedged
     // daemon gets restarted, and a dead task ends the daemon (and so the pings).
     let watchdog_period =
         sd_notify::watchdog_enabled().map_or(Duration::from_secs(10), |period| period / 2);
     let mut heartbeat = tokio::time::interval(watchdog_period);
+    // STATUS follows changes, at most once a second.
+    let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
+    let mut last_status = String::new();
     let Signals { term, int, hup } = signals;
     loop {
         tokio::select! {
@@ -193,17 +232,26 @@ async fn watch_over(r: &mut Running, signals: &mut Signals) -> Result<&'static s
                 tracing::info!(queued = r.queue.depth(), "ready: backlog queued, watching");
                 notify(&[sd_notify::NotifyState::Ready]);
             }
-            _ = heartbeat.tick() => {
-                let status = format!("queue {}; {}", r.queue.depth(), r.worker.progress.summary());
-                notify(&[
-                    sd_notify::NotifyState::Watchdog,
-                    sd_notify::NotifyState::Status(&status),
-                ]);
+            minted = async { r.session.as_mut().expect("guarded").await }, if r.session.is_some() => {
+                r.session = None;
+                match minted {
+                    Ok(Ok(session)) => start_workers(r, session),
+                    Ok(Err(refused)) => return Err(Fatal::Session(refused)),
+                    Err(e) => return Err(Fatal::Panicked { task: "session", message: e.to_string() }),
+                }
+            }
+            _ = heartbeat.tick() => notify(&[sd_notify::NotifyState::Watchdog]),
+            _ = status_tick.tick() => {
+                let status = status_line(r);
+                if status != last_status {
+                    notify(&[sd_notify::NotifyState::Status(&status)]);
+                    last_status = status;
+                }
             }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: rescanning watch_dir and retrying failed files now");
                 r.rescan_now.notify_one();
-                r.retry_now.notify_waiters();
+                r.cx.retry_now.notify_waiters();
             }
         }
     }
@@ -217,17 +265,20 @@ fn notify(states: &[sd_notify::NotifyState<'_>]) {
 }
 
 /// Mints the session, retrying with backoff while IMDS or STS are unreachable (at boot the
-/// network or the instance profile may not be ready). A refusal is final.
-async fn establish(config: &Config) -> anyhow::Result<Session> {
+/// network or the instance profile may not be ready), saying why in `waiting_for`. A
+/// refusal is final.
+async fn establish(
+    config: Config,
+    waiting_for: Arc<std::sync::Mutex<String>>,
+) -> Result<Session, AuthError> {
     let mut delay = Duration::from_secs(1);
     loop {
-        match auth::establish(config, &mut Quiet).await {
+        match auth::establish(&config, &mut Quiet).await {
             Ok(session) => return Ok(session),
-            Err(e) if e.is_permanent() => {
-                return Err(e).context("cannot establish the upload session");
-            }
+            Err(e) if e.is_permanent() => return Err(e),
             Err(e) => {
-                tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "cannot establish the upload session yet; retrying");
+                tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "cannot establish the upload session yet; files are kept and queued; retrying");
+                *waiting_for.lock().expect("status lock") = e.to_string();
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(STARTUP_RETRY_CAP);
             }

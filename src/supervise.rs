@@ -13,6 +13,7 @@ use futures_util::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::AuthError;
 use crate::ledger::LedgerError;
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +24,9 @@ pub enum Fatal {
     Ended { task: &'static str },
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    /// The upload session was refused: an operator must act.
+    #[error("cannot establish the upload session: {0}")]
+    Session(#[from] AuthError),
 }
 
 /// Lets a helper task end the daemon.

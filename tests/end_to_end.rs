@@ -432,3 +432,168 @@ async fn systemd_hears_ready_after_the_backlog_then_watchdog_and_status() {
         tail = String::from_utf8_lossy(&buf[..n]).into_owned();
     }
 }
+
+/// Reads service-manager notifications until one contains `needle`; returns it.
+fn notification_with(
+    socket: &std::os::unix::net::UnixDatagram,
+    needle: &str,
+    limit: Duration,
+) -> String {
+    let deadline = std::time::Instant::now() + limit;
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = socket.recv(&mut buf).expect("a notification");
+        let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if m.contains(needle) {
+            return m;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no notification with {needle:?} within {limit:?}; last: {m}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ready_does_not_wait_for_credentials_and_status_says_why_then_follows_uploads() {
+    let (fc, world, site) = setup(BUCKET, "").await;
+    let imds = s3drop_testkit::proxy::FaultProxy::start(&fc.endpoint, 0)
+        .await
+        .unwrap();
+    imds.set_down(true);
+    let socket_path = site.dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut cmd = site.command(s3drop(), &fc, &["run", "--log-format", "json"]);
+    // A long watchdog period: STATUS must follow changes on its own, not ride the pings.
+    cmd.env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "120000000")
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &imds.endpoint);
+    let mut daemon = Daemon::spawn(&site, cmd).unwrap();
+
+    // READY although no session can be minted: `systemctl start` returns.
+    notification_with(&socket, "READY=1", ARRIVAL);
+    let waiting = notification_with(&socket, "HttpPutResponseHopLimit", ARRIVAL);
+    assert!(
+        waiting.contains("STATUS=queue 0; waiting for credentials: instance metadata"),
+        "{waiting}"
+    );
+    // A file dropped meanwhile is safe and goes up once IMDS answers.
+    std::fs::write(site.watch.join("during-outage.txt"), b"kept").unwrap();
+    imds.set_down(false);
+    assert_eq!(
+        world
+            .wait_for_object(&key("during-outage.txt"), Duration::from_secs(90))
+            .await
+            .unwrap(),
+        b"kept"
+    );
+    let uploaded = std::time::Instant::now();
+    let status = notification_with(&socket, "STATUS=queue 0; 1 uploaded", ARRIVAL);
+    let lag = uploaded.elapsed();
+    assert!(
+        lag < Duration::from_secs(5),
+        "STATUS lagged {lag:?}: {status}"
+    );
+    assert!(daemon.stop().unwrap().success(), "{}", daemon.log());
+}
+
+/// Binds journald's socket in a private mount namespace (a tmpfs over /run), runs s3drop
+/// with `JOURNAL_STREAM` naming its stderr (as systemd does), decodes journald's native
+/// protocol (`KEY=value` lines, or `KEY`, a 64-bit length and the value) and prints each
+/// entry as one JSON object per line.
+const FAKE_JOURNALD: &str = r#"
+import json, os, socket, struct, subprocess, sys, time
+def fields(d):
+    out, i = {}, 0
+    while i < len(d):
+        nl = d.index(b'\n', i)
+        line = d[i:nl]
+        if b'=' in line:
+            k, v = line.split(b'=', 1)
+            i = nl + 1
+        else:
+            k, n = line, struct.unpack('<Q', d[nl + 1:nl + 9])[0]
+            v = d[nl + 9:nl + 9 + n]
+            i = nl + 9 + n + 1
+        out[k.decode()] = v.decode('utf-8', 'replace')
+    return out
+os.makedirs('/run/systemd/journal')
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind('/run/systemd/journal/socket')
+s.settimeout(1)
+st = os.fstat(2)
+env = dict(os.environ, JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}")
+child = subprocess.Popen(sys.argv[1:], env=env)
+deadline = time.time() + 30
+got = []
+while time.time() < deadline and not any(g.get('PRIORITY') == '4' for g in got):
+    try:
+        d = s.recv(1 << 16)
+    except socket.timeout:
+        continue
+    if d:
+        got.append(fields(d))
+child.terminate()
+child.wait()
+for g in got:
+    print(json.dumps(g))
+"#;
+
+#[test]
+fn under_systemd_logs_go_to_journald_with_priorities_and_fields() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root for a private mount namespace");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = offline_config(dir.path(), "region = \"us-east-1\"");
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "sh", "-c"])
+        .arg(
+            "mount --make-rprivate / && mount -t tmpfs tmpfs /run && exec python3 -c \"$0\" \"$@\"",
+        )
+        .arg(FAKE_JOURNALD)
+        .arg(s3drop())
+        .args(["run", "--config"])
+        .arg(&config)
+        // Nothing answers here, so s3drop warns that it cannot mint the session yet.
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    // Stopped (SIGTERM) while still waiting for credentials: nothing is in flight, so it
+    // must not sit out the 30-second shutdown deadline.
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let entries: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let entry = |message: &str| {
+        entries
+            .iter()
+            .find(|e| {
+                e["MESSAGE"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with(message))
+            })
+            .unwrap_or_else(|| panic!("no {message:?} in journald: {entries:?}\n{stderr}"))
+    };
+    let warning = entry("cannot establish the upload session yet");
+    assert_eq!(warning["PRIORITY"], "4", "{warning}");
+    assert!(
+        warning["ERROR"].as_str().unwrap().contains("IMDSv2"),
+        "a structured field: {warning}"
+    );
+    assert_eq!(warning["SYSLOG_IDENTIFIER"], "s3drop");
+    let ready = entry("ready: backlog queued");
+    assert_eq!(ready["PRIORITY"], "5", "info is notice: {ready}");
+    assert!(
+        !stderr.contains("cannot establish"),
+        "journald, not stderr: {stderr}"
+    );
+}

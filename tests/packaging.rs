@@ -136,27 +136,7 @@ fn cloudformation_template_lints_clean_and_carries_the_cloud_init_verbatim() {
 #[test]
 fn debian_package_holds_binary_unit_example_and_docs() {
     let out = tempfile::tempdir().unwrap();
-    // --no-build packages the binary this test run built (target/debug): a release build
-    // would double CI time. scripts/build-deb.sh makes the release package.
-    let (ok, text) = run(Command::new(env!("CARGO"))
-        .args([
-            "deb",
-            "-p",
-            "s3drop",
-            "--no-build",
-            "--profile",
-            "dev",
-            "--no-strip",
-            "-o",
-        ])
-        .arg(out.path())
-        .current_dir(repo()));
-    assert!(ok, "cargo deb: {text}");
-    let deb = std::fs::read_dir(out.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .expect("a .deb");
+    let deb = debug_deb(out.path());
     let (ok, listing) = run(Command::new("dpkg-deb").arg("-c").arg(&deb));
     assert!(ok, "{listing}");
     for path in [
@@ -171,7 +151,9 @@ fn debian_package_holds_binary_unit_example_and_docs() {
     }
     let (ok, fields) = run(Command::new("dpkg-deb").arg("-f").arg(&deb));
     assert!(
-        ok && fields.contains("Package: s3drop") && fields.contains("adduser"),
+        ok && fields.contains("Package: s3drop")
+            && fields.contains("adduser")
+            && fields.contains("acl"),
         "{fields}"
     );
 
@@ -180,6 +162,10 @@ fn debian_package_holds_binary_unit_example_and_docs() {
     assert!(ok, "{text}");
     let postinst = std::fs::read_to_string(control.join("postinst")).unwrap();
     assert!(postinst.contains("adduser --system --group"), "{postinst}");
+    assert!(
+        postinst.contains("setfacl -m g:s3drop:rwx -d -m g:s3drop:rwx /var/spool/s3drop"),
+        "producers' subdirectories stay writable for s3drop: {postinst}"
+    );
     assert!(
         postinst.contains("deb-systemd-helper"),
         "unit registered: {postinst}"

@@ -13,11 +13,6 @@ use s3drop_testkit::{Daemon, FakeCloud, REGION, Site, World, object_key as key, 
 mod common;
 use common::*;
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// Root reads any file whatever its mode; to make "no read permission" real, the daemon
 /// runs as root without the capabilities that bypass file permissions.
 fn without_dac_override() -> Vec<&'static str> {
@@ -510,17 +505,7 @@ fn a_read_only_state_dir_is_a_clear_error_at_start() {
     let state = dir.path().join("state");
     std::fs::create_dir(&state).unwrap();
     std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o500)).unwrap();
-    let watch = dir.path().join("watch");
-    std::fs::create_dir(&watch).unwrap();
-    let config = dir.path().join("s3drop.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "watch_dir = {watch:?}\nstate_dir = {state:?}\nbucket = \"b-b-b\"\n\
-             role_arn = \"arn:aws:iam::123456789012:role/r\"\n"
-        ),
-    )
-    .unwrap();
+    let config = offline_config(dir.path(), "");
     let wrapper = without_dac_override();
     let mut cmd = match wrapper.split_first() {
         Some((program, rest)) => {
@@ -599,5 +584,40 @@ async fn sigterm_lets_the_upload_in_flight_finish_and_sigint_past_the_deadline_l
             .unwrap(),
         b"next time"
     );
+    assert!(daemon.stop().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_directory_s3drop_may_not_write_keeps_the_file_and_the_log_names_it_and_the_fix() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root to own a directory as another user");
+        return;
+    }
+    let (fc, world, site) = setup(BUCKET, "after_upload = \"delete\"").await;
+    // A producer's subdirectory: its owner, mode 0755 (umask 022). s3drop may read the
+    // file but not remove it.
+    let sub = site.watch.join("made-by-producer");
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::write(sub.join("report.csv"), b"kept").unwrap();
+    std::os::unix::fs::chown(&sub, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&sub, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let cmd = site.command_with(
+        &without_dac_override(),
+        s3drop(),
+        &fc.sdk_env(),
+        &["run", "--log-format", "json"],
+    );
+    let mut daemon = Daemon::spawn(&site, cmd).unwrap();
+    world
+        .wait_for_object(&key("made-by-producer/report.csv"), ARRIVAL)
+        .await
+        .unwrap();
+    let failed = "uploaded, but the after-upload action failed; it is retried at the next scan";
+    daemon.wait_for_log(failed, ARRIVAL).unwrap();
+    let event = daemon.events(failed).remove(0);
+    let fix = event["fix"].as_str().unwrap();
+    assert!(fix.contains(sub.to_str().unwrap()), "{fix}");
+    assert!(fix.contains("setfacl"), "{fix}");
+    assert!(sub.join("report.csv").exists(), "the file is kept");
     assert!(daemon.stop().unwrap().success());
 }

@@ -6,6 +6,26 @@ use crate::config::AfterUpload;
 use crate::file::{OpenedFile, move_without_replacing};
 use crate::ledger::Ledger;
 
+/// What to do when deleting or moving `path` failed with `e`: the directory that must be
+/// writable and how to make it so.
+fn fix_for(path: &Path, e: &std::io::Error) -> String {
+    let dir = path.parent().unwrap_or(path).display();
+    match e.raw_os_error() {
+        Some(libc::EACCES | libc::EPERM) => format!(
+            "s3drop needs write access to the directory {dir} to delete or move files from it. \
+             Producers' subdirectories must be writable by the s3drop group: the package puts a \
+             default ACL on /var/spool/s3drop for new ones; for a directory made before, or \
+             elsewhere, run `setfacl -R -m g:s3drop:rwx -d -m g:s3drop:rwx {dir}`"
+        ),
+        Some(libc::EROFS) => format!(
+            "{dir} is read-only for s3drop; under systemd add a drop-in with \
+             `ReadWritePaths=` naming watch_dir (and move_to) for delete or move mode"
+        ),
+        Some(libc::EXDEV) => "move_to must be on watch_dir's filesystem".into(),
+        _ => "see the error".into(),
+    }
+}
+
 /// The configured action ([`AfterUpload`]), carried out.
 pub struct AfterUploadAction(pub AfterUpload);
 
@@ -36,7 +56,7 @@ impl AfterUploadAction {
                 }
             }
             Err(e) => tracing::warn!(
-                path = %path.display(), error = %e,
+                path = %path.display(), error = %e, fix = fix_for(path, &e),
                 "uploaded, but the after-upload action failed; it is retried at the next scan"
             ),
         }

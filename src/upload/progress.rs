@@ -1,5 +1,7 @@
-//! What the workers have done, for the service manager's status line.
+//! What the workers have done and what is stuck, for the service manager's status line.
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -8,20 +10,81 @@ use std::time::Instant;
 pub struct Progress {
     uploaded: AtomicU64,
     last: Mutex<Option<(Instant, String)>>,
+    /// Files waiting on a permanent failure, with its cause (and when it was seen).
+    failed: Mutex<HashMap<PathBuf, (Instant, String)>>,
 }
 
 impl Progress {
-    pub fn record(&self, key: &str) {
+    pub fn uploaded(&self, path: &Path, key: &str) {
         self.uploaded.fetch_add(1, Ordering::Relaxed);
         *self.last.lock().expect("progress lock") = Some((Instant::now(), key.to_string()));
+        self.settled(path);
     }
 
-    /// e.g. "12 uploaded; last i-0abc/x.csv 3s ago".
+    /// `path` waits on a failure an operator must fix.
+    pub fn failed(&self, path: &Path, error: String) {
+        let mut failed = self.failed.lock().expect("progress lock");
+        failed.insert(path.to_owned(), (Instant::now(), error));
+    }
+
+    /// `path` no longer waits on a failure (uploaded, gone, or dropped).
+    pub fn settled(&self, path: &Path) {
+        let mut failed = self.failed.lock().expect("progress lock");
+        if !failed.is_empty() {
+            failed.remove(path);
+        }
+    }
+
+    /// e.g. "12 uploaded; last i-0abc/x.csv 3s ago; 1 failed (newest: /spool/y: S3 denied …)".
     pub fn summary(&self) -> String {
         let n = self.uploaded.load(Ordering::Relaxed);
-        match &*self.last.lock().expect("progress lock") {
+        let mut line = match &*self.last.lock().expect("progress lock") {
             Some((at, key)) => format!("{n} uploaded; last {key} {}s ago", at.elapsed().as_secs()),
             None => format!("{n} uploaded"),
+        };
+        let failed = self.failed.lock().expect("progress lock");
+        if let Some((path, (_, error))) = failed.iter().max_by_key(|(_, (at, _))| *at) {
+            let mut error = error.clone();
+            if error.len() > 120 {
+                let cut = (0..=120)
+                    .rev()
+                    .find(|i| error.is_char_boundary(*i))
+                    .unwrap_or(0);
+                error.truncate(cut);
+                error.push('…');
+            }
+            line.push_str(&format!(
+                "; {} failed (newest: {}: {error})",
+                failed.len(),
+                path.display()
+            ));
         }
+        line
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_names_uploads_and_the_newest_failure() {
+        let p = Progress::default();
+        assert_eq!(p.summary(), "0 uploaded");
+        p.uploaded(Path::new("/d/a"), "i-1/a");
+        assert!(
+            p.summary().starts_with("1 uploaded; last i-1/a 0s ago"),
+            "{}",
+            p.summary()
+        );
+        p.failed(Path::new("/d/b"), "S3 denied the write".into());
+        assert!(
+            p.summary()
+                .ends_with("; 1 failed (newest: /d/b: S3 denied the write)"),
+            "{}",
+            p.summary()
+        );
+        p.uploaded(Path::new("/d/b"), "i-1/b");
+        assert!(!p.summary().contains("failed"), "{}", p.summary());
     }
 }

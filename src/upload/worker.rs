@@ -133,6 +133,7 @@ impl Worker {
     fn conclude(&self, path: PathBuf, outcome: Outcome, cx: &Context) {
         let Outcome::Retry { permanent } = outcome else {
             self.backoff.forget(&path);
+            self.progress.settled(&path);
             return;
         };
         let delay = self.backoff.next_delay(&path, permanent);
@@ -224,6 +225,7 @@ impl Worker {
             }
             e @ OpenError::Permission(_) => {
                 tracing::error!(path = %path.display(), error = %e, "cannot read the file; retried later (or at SIGHUP)");
+                self.progress.failed(path, e.to_string());
                 Err(Outcome::Retry { permanent: true })
             }
             e @ OpenError::Io(_) => {
@@ -252,7 +254,7 @@ impl Worker {
                  servers do not all echo checksums; AWS S3 does)"
             );
         }
-        self.progress.record(item.key);
+        self.progress.uploaded(item.path, item.key);
     }
 
     fn changed(&self, item: &Item<'_>) -> Outcome {
@@ -272,6 +274,7 @@ impl Worker {
                     path = %item.path.display(), key = item.key, bucket = self.sender.bucket(),
                     %error, "upload refused; the file is kept and retried later (or at SIGHUP)"
                 );
+                self.progress.failed(item.path, error.to_string());
                 let record = FileRecord::new(
                     item.file.identity,
                     FileState::Failed {

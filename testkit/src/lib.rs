@@ -46,6 +46,18 @@ pub async fn setup(bucket: &str, extra: &str) -> (FakeCloud, World, Site) {
     (fc, world, site)
 }
 
+/// `NAME=value` lines describing a provisioned local AWS, for scripts (sourced by
+/// scripts/boot-test.sh): ENDPOINT, BUCKET, ROLE_ARN, REGION, INSTANCE_ID, PREFIX.
+pub fn world_env(fc: &FakeCloud, bucket: &str) -> String {
+    format!(
+        "ENDPOINT={}\nBUCKET={bucket}\nROLE_ARN={}\nREGION={REGION}\nINSTANCE_ID={INSTANCE_ID}\n\
+         PREFIX={}\n",
+        fc.endpoint,
+        role_arn(UPLOAD_ROLE),
+        object_key("")
+    )
+}
+
 /// The `fakecloud` binary: `$FAKECLOUD_BIN`, else `fakecloud` on PATH.
 pub fn fakecloud_bin() -> PathBuf {
     std::env::var_os("FAKECLOUD_BIN")

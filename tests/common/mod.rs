@@ -14,6 +14,11 @@ pub const BUCKET: &str = "drop-bucket";
 /// How long a dropped file may take to arrive in S3 before a test gives up.
 pub const ARRIVAL: Duration = Duration::from_secs(30);
 
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// The s3drop binary Cargo built for these tests.
 pub fn s3drop() -> &'static Path {
     Path::new(S3DROP)
@@ -45,4 +50,43 @@ pub async fn drop_file(world: &World, site: &Site, relative: &str, body: &[u8]) 
         .await
         .unwrap();
     assert_eq!(stored, body, "{relative}");
+}
+
+/// A config file in `dir` for a watch_dir and a state_dir there (the state_dir is not
+/// created), with `extra` keys; for tests that need no AWS.
+pub fn offline_config(dir: &Path, extra: &str) -> std::path::PathBuf {
+    let (watch, state) = (dir.join("watch"), dir.join("state"));
+    std::fs::create_dir_all(&watch).unwrap();
+    let config = dir.join("s3drop.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "watch_dir = {watch:?}\nstate_dir = {state:?}\nbucket = \"b-b-b\"\n\
+             role_arn = \"arn:aws:iam::123456789012:role/r\"\n{extra}"
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// Packages the binary this test run built (target/debug) into `out` as a .deb, as
+/// scripts/build-deb.sh would without rebuilding (a release build would double CI time).
+pub fn debug_deb(out: &Path) -> std::path::PathBuf {
+    let built = std::process::Command::new(env!("CARGO"))
+        .args(["deb", "-p", "s3drop", "--no-build", "--profile", "dev"])
+        .args(["--no-strip", "-o"])
+        .arg(out)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "cargo deb: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .expect("a .deb")
 }
