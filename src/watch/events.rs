@@ -33,7 +33,9 @@ pub enum Change {
     Closed(PathBuf),
     /// Renamed or moved into the tree (file or directory): complete as it stands.
     Arrived(PathBuf),
-    /// Created or written to: someone is writing it; wait for the close.
+    /// A new name appeared: created (someone is about to write it), or a hard link.
+    Created(PathBuf),
+    /// Written to: someone is writing it; wait for the close.
     Writing(PathBuf),
     /// Removed or moved away.
     Gone(PathBuf),
@@ -55,7 +57,8 @@ pub fn changes_of(event: Event) -> Vec<Change> {
     let change = match event.kind {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => Change::Closed(path),
         EventKind::Create(CreateKind::Folder) => Change::DirCreated(path),
-        EventKind::Create(_) | EventKind::Modify(ModifyKind::Data(_)) => Change::Writing(path),
+        EventKind::Create(_) => Change::Created(path),
+        EventKind::Modify(ModifyKind::Data(_)) => Change::Writing(path),
         // notify also sends `Both` for a rename inside the tree; its `To` half is enough.
         EventKind::Modify(ModifyKind::Name(RenameMode::To)) => Change::Arrived(path),
         EventKind::Modify(ModifyKind::Name(RenameMode::From)) | EventKind::Remove(_) => {
@@ -68,7 +71,7 @@ pub fn changes_of(event: Event) -> Vec<Change> {
 
 /// The running inotify watch. Dropping it stops the watch.
 pub struct DirWatcher {
-    _watcher: RecommendedWatcher,
+    watcher: RecommendedWatcher,
     pub changes: mpsc::Receiver<Change>,
     pub lost: Arc<Notify>,
 }
@@ -104,10 +107,27 @@ impl DirWatcher {
             .watch(root, RecursiveMode::Recursive)
             .map_err(|e| watch_error(root, e))?;
         Ok(DirWatcher {
-            _watcher: watcher,
+            watcher,
             changes,
             lost,
         })
+    }
+
+    /// Makes sure `dir` (a directory that just appeared) and everything below it is
+    /// watched before it is scanned. notify adds the watch for a new directory itself, but
+    /// only after it has handed over the batch of events that announced it, so a scan
+    /// started on that event could run before the watch exists and miss what is written
+    /// in between. Watching an already watched path is harmless (inotify returns the same
+    /// watch).
+    pub fn watch_new_dir(&mut self, dir: &Path) -> Result<(), WatchError> {
+        let watcher = &mut self.watcher;
+        let mut watch = || watcher.watch(dir, RecursiveMode::Recursive);
+        // A round trip to notify's thread: short, but not for a runtime worker to sit in.
+        let watched = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(watch),
+            _ => watch(),
+        };
+        watched.map_err(|e| watch_error(dir, e))
     }
 }
 

@@ -10,6 +10,7 @@
 
 mod events;
 mod scan;
+mod writers;
 
 use std::collections::HashSet;
 use std::future::poll_fn;
@@ -30,6 +31,7 @@ use crate::supervise::Fatal;
 use events::Change;
 pub use events::{DirWatcher, WatchError};
 use scan::Found;
+use writers::Writers;
 
 /// Settings for [`Intake`].
 pub struct IntakeConfig {
@@ -51,7 +53,9 @@ pub struct Intake {
     queue: Arc<Queue>,
     ledger: Arc<Ledger>,
     /// Files with a create/write event and no close yet.
-    writing: HashSet<PathBuf>,
+    writing: Writers,
+    /// When the last periodic rescan ran.
+    last_periodic: tokio::time::Instant,
     /// Scanned files waiting to settle.
     deferred: DelayQueue<PathBuf>,
     deferred_set: HashSet<PathBuf>,
@@ -61,6 +65,14 @@ pub struct Intake {
     watcher: Option<DirWatcher>,
     /// (dev, inode) of `root` when it was last watched.
     root_identity: Option<(u64, u64)>,
+}
+
+/// How long ago the file was last modified (zero if in the future or unknown).
+fn age_of(meta: &std::fs::Metadata) -> Duration {
+    meta.modified()
+        .ok()
+        .and_then(|m| SystemTime::now().duration_since(m).ok())
+        .unwrap_or(Duration::ZERO)
 }
 
 fn dir_identity(path: &Path) -> Option<(u64, u64)> {
@@ -90,12 +102,14 @@ impl Intake {
         queue: Arc<Queue>,
         ledger: Arc<Ledger>,
     ) -> Self {
+        let settle = config.settle;
         Intake {
             root_identity: dir_identity(&config.root),
             config,
             queue,
             ledger,
-            writing: HashSet::new(),
+            writing: Writers::new(settle),
+            last_periodic: tokio::time::Instant::now(),
             deferred: DelayQueue::new(),
             deferred_set: HashSet::new(),
             reported: HashSet::new(),
@@ -130,7 +144,8 @@ impl Intake {
                     self.deferred_set.remove(&path);
                     self.consider_settling(path).await;
                 }
-                _ = rescan.tick() => self.full_scan("periodic safety rescan").await,
+                path = poll_fn(|cx| self.writing.poll_unwritten(cx)) => self.consider_unwritten(path).await,
+                _ = rescan.tick() => self.periodic_rescan().await,
                 _ = rescan_now.notified() => self.full_scan("SIGHUP").await,
                 _ = root_check.tick() => self.check_root().await,
             }
@@ -166,25 +181,82 @@ impl Intake {
     async fn on_change(&mut self, change: Change) {
         match change {
             Change::Closed(path) | Change::Arrived(path) => {
-                self.writing.remove(&path);
+                self.writing.finished(&path);
                 self.consider_complete(path).await;
             }
-            Change::Writing(path) => {
-                self.writing.insert(path);
-            }
+            Change::Created(path) => self.writing.created(path),
+            Change::Writing(path) => self.writing.written(path),
             Change::Gone(path) => {
-                self.writing.remove(&path);
+                self.writing.finished(&path);
                 if path == self.config.root {
                     self.check_root().await;
                 }
             }
-            Change::DirCreated(path) => self.scan(path, "new directory").await,
+            Change::DirCreated(path) => {
+                self.watch_new_dir(&path);
+                self.scan(path, "new directory").await
+            }
             Change::Rescan(reason) => {
+                // Changes still queued are older than the loss: take them first, or one
+                // of them could mark a file "being written" again after the clear below.
+                self.drain_queued().await;
                 // Lost events may include the close of a file marked as being written:
                 // trust the scan's settle check instead, or such a file would wait forever.
                 self.writing.clear();
                 self.full_scan(reason).await;
             }
+        }
+    }
+
+    /// Acts on every change already queued (a rescan follows, so queued rescans are
+    /// dropped).
+    async fn drain_queued(&mut self) {
+        while let Some(change) = self
+            .watcher
+            .as_mut()
+            .and_then(|w| w.changes.try_recv().ok())
+        {
+            if !matches!(change, Change::Rescan(_)) {
+                Box::pin(self.on_change(change)).await;
+            }
+        }
+    }
+
+    /// A file created (or linked) `settle` ago and never written since: no close will come
+    /// for it. Taken once unmodified for `settle`.
+    async fn consider_unwritten(&mut self, path: PathBuf) {
+        let Ok(meta) = tokio::fs::symlink_metadata(&path).await else {
+            return;
+        };
+        let age = age_of(&meta);
+        if age < self.config.settle {
+            self.writing.recheck(path, self.config.settle - age);
+            return;
+        }
+        tracing::info!(
+            path = %path.display(),
+            "no write since it appeared (a hard link or a linked temporary file): complete as it stands"
+        );
+        self.consider_complete(path).await;
+    }
+
+    /// The safety rescan. Files still waiting for a close that were already idle at the
+    /// previous periodic rescan have lost it: they are taken (once settled) like any other.
+    async fn periodic_rescan(&mut self) {
+        for path in self.writing.idle_since(self.last_periodic) {
+            tracing::info!(path = %path.display(), "no close seen for a file idle since the last periodic rescan; taking it once settled");
+        }
+        self.last_periodic = tokio::time::Instant::now();
+        self.full_scan("periodic safety rescan").await;
+    }
+
+    /// Watch first, then scan: whatever lands in a new directory after the scan has read
+    /// it has an event.
+    fn watch_new_dir(&mut self, dir: &Path) {
+        if let Some(watcher) = self.watcher.as_mut()
+            && let Err(e) = watcher.watch_new_dir(dir)
+        {
+            tracing::warn!(error = %e, dir = %dir.display(), "cannot watch a new directory; the periodic rescan covers it");
         }
     }
 
@@ -220,6 +292,7 @@ impl Intake {
         };
         let file_type = meta.file_type();
         if file_type.is_dir() {
+            self.watch_new_dir(&path);
             Box::pin(self.walk(path, "directory moved in", true)).await;
         } else if file_type.is_file() {
             self.queue.push(path);
@@ -257,12 +330,7 @@ impl Intake {
         if self.writing.contains(&found.path) || self.already_recorded(&found) {
             return false; // a close event will queue it, or there is nothing to do
         }
-        let age = found
-            .meta
-            .as_ref()
-            .and_then(|m| m.modified().ok())
-            .and_then(|m| SystemTime::now().duration_since(m).ok())
-            .unwrap_or(Duration::ZERO);
+        let age = found.meta.as_ref().map_or(Duration::ZERO, age_of);
         if age >= self.config.settle {
             self.queue.push(found.path);
             return true;

@@ -1,0 +1,132 @@
+//! Every way a file can appear, made by the programs and calls producers really use: hard
+//! links, `linkat()` of an `O_TMPFILE`, and brand-new directory trees filled at once. None
+//! may wait for the safety rescan (5 minutes by default; every test here ends well before).
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::Duration;
+
+use s3drop_testkit::{object_key as key, setup};
+
+mod common;
+use common::*;
+
+fn c_path(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+/// Writes `body` into an unnamed `O_TMPFILE` in `dir`, then gives it the name `dest` with
+/// `linkat()`, as careful programs publish a finished file; closes it afterwards.
+fn publish_tmpfile(dir: &Path, dest: &Path, body: &[u8]) {
+    // SAFETY: valid NUL-terminated paths; the descriptor is closed below.
+    unsafe {
+        let fd = libc::open(
+            c_path(dir).as_ptr(),
+            libc::O_TMPFILE | libc::O_WRONLY,
+            0o644,
+        );
+        assert!(fd >= 0, "O_TMPFILE: {}", std::io::Error::last_os_error());
+        assert_eq!(
+            libc::write(fd, body.as_ptr().cast(), body.len()),
+            body.len() as isize
+        );
+        let proc = c_path(Path::new(&format!("/proc/self/fd/{fd}")));
+        let rc = libc::linkat(
+            libc::AT_FDCWD,
+            proc.as_ptr(),
+            libc::AT_FDCWD,
+            c_path(dest).as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        );
+        assert_eq!(rc, 0, "linkat: {}", std::io::Error::last_os_error());
+        libc::close(fd);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hard_links_and_linked_temporary_files_arrive_without_a_close() {
+    let (fc, world, site) = setup(BUCKET, "").await;
+    let mut daemon = start_ready(&site, &fc);
+    // Written on the same filesystem, outside the drop directory, then linked in: the
+    // kernel reports only the new name, never a close.
+    let outside = site.dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let linked = content(1, 12_345);
+    std::fs::write(outside.join("x"), &linked).unwrap();
+    std::fs::hard_link(outside.join("x"), site.watch.join("hard-linked.bin")).unwrap();
+    let published = content(2, 54_321);
+    publish_tmpfile(&site.watch, &site.watch.join("tmpfile.bin"), &published);
+
+    for (name, body) in [("hard-linked.bin", &linked), ("tmpfile.bin", &published)] {
+        let stored = world.wait_for_object(&key(name), ARRIVAL).await.unwrap();
+        assert_eq!(&stored, body, "{name}");
+    }
+    let taken = daemon.events(
+        "no write since it appeared (a hard link or a linked temporary file): complete as it stands",
+    );
+    assert_eq!(taken.len(), 2, "{}", daemon.log());
+    assert!(daemon.stop().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thousands_of_new_directories_filled_at_once_lose_nothing() {
+    let (fc, world, site) = setup(BUCKET, "").await;
+    let mut daemon = start_ready(&site, &fc);
+    // Four producers, each making directories (with a nested one) and filling them at
+    // once, as `cp -a` or `tar -x` of a tree does.
+    const PER_PRODUCER: usize = 250;
+    let writers: Vec<_> = (0..4)
+        .map(|p| {
+            let watch = site.watch.clone();
+            std::thread::spawn(move || {
+                let mut names = Vec::new();
+                for d in 0..PER_PRODUCER {
+                    let dir = watch.join(format!("p{p}/d{d}"));
+                    std::fs::create_dir_all(dir.join("nested")).unwrap();
+                    for (i, rel) in ["a.txt", "b.txt", "nested/c.txt"].iter().enumerate() {
+                        let name = format!("p{p}/d{d}/{rel}");
+                        std::fs::write(dir.join(rel), name.as_bytes()).unwrap();
+                        names.push(name);
+                        if i == 0 {
+                            std::thread::yield_now();
+                        }
+                    }
+                }
+                names
+            })
+        })
+        .collect();
+    let names: Vec<String> = writers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    let expected = names.len();
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let mut stored = 0;
+    while std::time::Instant::now() < deadline {
+        stored = world.keys().await.unwrap().len();
+        if stored == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let keys = world.keys().await.unwrap();
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|n| !keys.contains(&key(n)))
+        .take(10)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{stored} of {expected} stored; missing e.g. {missing:?}"
+    );
+    assert!(
+        daemon
+            .events("scan done")
+            .iter()
+            .all(|e| e["reason"] != "periodic safety rescan"),
+        "nothing waited for the safety rescan"
+    );
+    assert!(daemon.stop().unwrap().success());
+}
