@@ -1,11 +1,17 @@
 //! From a file's path relative to `watch_dir` to its S3 object key.
 //!
-//! The rule, applied to each path component and joined with `/` after the prefix:
-//! - valid UTF-8 without control characters is kept as it is (spaces, unicode, `%`, …);
-//! - each byte that is not valid UTF-8, and each ASCII control character (U+0000–U+001F,
-//!   U+007F, e.g. a newline), becomes `%XX` (upper-case hex);
-//! - a literal `%` that is followed by two hex digits becomes `%25`, so every `%XX` in a key
-//!   is an escape and the mapping can be reversed: two different paths never share a key.
+//! The key is the relative path, `/`-separated, after the prefix, for every name that is
+//! valid UTF-8 without control characters, `%` included (as aws-cli and rclone store it: a
+//! file `report%20final.txt` is the key `report%20final.txt`). Only rare names are
+//! encoded, per path component, in the manner of rclone's encoder:
+//! - an ASCII control character (U+0000–U+001F, U+007F) becomes its Unicode "control
+//!   picture" (U+2400–U+241F, U+2421): a newline is `␊`;
+//! - a byte that is not valid UTF-8 becomes `‛` (U+201B) and two upper-case hex digits:
+//!   0xFF is `‛FF`;
+//! - a literal `‛` or control picture in a name is quoted with a `‛` before it.
+//!
+//! Every `‛` in a key thus starts a quote, and the mapping can be reversed: two different
+//! paths never share a key.
 
 use std::fmt::Write;
 use std::os::unix::ffi::OsStrExt;
@@ -13,6 +19,9 @@ use std::path::{Component, Path};
 
 /// S3's limit on the UTF-8 length of a key.
 pub const MAX_KEY_BYTES: usize = 1024;
+
+/// Starts every quoted sequence.
+const QUOTE: char = '\u{201B}';
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KeyError {
@@ -48,40 +57,50 @@ pub fn object_key(prefix: &str, relative: &Path) -> Result<String, KeyError> {
     Ok(key)
 }
 
-fn push_escaped(key: &mut String, byte: u8) {
-    let _ = write!(key, "%{byte:02X}");
-}
-
 fn push_component(key: &mut String, mut bytes: &[u8]) {
     while !bytes.is_empty() {
-        let (valid, rest) = match std::str::from_utf8(bytes) {
-            Ok(s) => (s, &[][..]),
+        match std::str::from_utf8(bytes) {
+            Ok(valid) => {
+                push_valid(key, valid);
+                return;
+            }
             Err(e) => {
                 let (good, bad) = bytes.split_at(e.valid_up_to());
-                let valid = std::str::from_utf8(good).expect("checked by valid_up_to");
+                push_valid(
+                    key,
+                    std::str::from_utf8(good).expect("checked by valid_up_to"),
+                );
                 let bad_len = e.error_len().unwrap_or(bad.len());
-                push_valid(key, valid);
                 for &b in &bad[..bad_len] {
-                    push_escaped(key, b);
+                    let _ = write!(key, "{QUOTE}{b:02X}");
                 }
                 bytes = &bad[bad_len..];
-                continue;
             }
-        };
-        push_valid(key, valid);
-        bytes = rest;
+        }
     }
 }
 
+/// The control picture of an ASCII control character.
+fn control_picture(c: char) -> char {
+    match c {
+        '\u{7f}' => '\u{2421}',
+        c => char::from_u32(0x2400 + c as u32).expect("U+2400..U+241F are characters"),
+    }
+}
+
+/// Characters that stand for something else in a key, so a literal one is quoted.
+fn is_special(c: char) -> bool {
+    c == QUOTE || ('\u{2400}'..='\u{241F}').contains(&c) || c == '\u{2421}'
+}
+
 fn push_valid(key: &mut String, s: &str) {
-    let chars: Vec<char> = s.chars().collect();
-    for (i, &c) in chars.iter().enumerate() {
-        let escape_percent = c == '%'
-            && chars.get(i + 1).is_some_and(char::is_ascii_hexdigit)
-            && chars.get(i + 2).is_some_and(char::is_ascii_hexdigit);
-        if c.is_ascii_control() || escape_percent {
-            push_escaped(key, c as u8);
+    for c in s.chars() {
+        if c.is_ascii_control() {
+            key.push(control_picture(c));
         } else {
+            if is_special(c) {
+                key.push(QUOTE);
+            }
             key.push(c);
         }
     }
@@ -97,29 +116,41 @@ mod tests {
     }
 
     #[test]
-    fn ordinary_names_are_kept_as_they_are() {
+    fn ordinary_names_are_kept_as_they_are_percent_included() {
         assert_eq!(
             object_key("i-1/", Path::new("a/b c/ü 日本.txt")).unwrap(),
             "i-1/a/b c/ü 日本.txt"
         );
         assert_eq!(k(b"100%.txt"), "p/100%.txt");
-        assert_eq!(k(b"50%off"), "p/50%off");
+        assert_eq!(k(b"report%20final.txt"), "p/report%20final.txt");
+        assert_eq!(k(b"a%0Ab"), "p/a%0Ab");
     }
 
     #[test]
-    fn control_characters_and_invalid_utf8_are_escaped() {
-        assert_eq!(k(b"line\nbreak"), "p/line%0Abreak");
-        assert_eq!(k(b"tab\there"), "p/tab%09here");
-        assert_eq!(k(b"bad\xff\xfename"), "p/bad%FF%FEname");
-        assert_eq!(k(b"trunc\xe6\x97"), "p/trunc%E6%97");
-        assert_eq!(k(b"mix\xff\xc3\xbc"), "p/mix%FFü");
+    fn control_characters_and_invalid_utf8_are_encoded() {
+        assert_eq!(k(b"line\nbreak"), "p/line\u{240A}break");
+        assert_eq!(k(b"tab\there\x7f"), "p/tab\u{2409}here\u{2421}");
+        assert_eq!(k(b"bad\xff\xfename"), "p/bad\u{201B}FF\u{201B}FEname");
+        assert_eq!(k(b"trunc\xe6\x97"), "p/trunc\u{201B}E6\u{201B}97");
+        assert_eq!(k(b"mix\xff\xc3\xbc"), "p/mix\u{201B}FFü");
     }
 
     #[test]
-    fn a_literal_escape_lookalike_cannot_collide_with_an_escape() {
-        assert_eq!(k(b"a%0Ab"), "p/a%250Ab");
-        assert_ne!(k(b"a%0Ab"), k(b"a\nb"));
-        assert_ne!(k(b"%FF"), k(b"\xff"));
+    fn literal_lookalikes_are_quoted_so_no_two_names_share_a_key() {
+        assert_eq!(k("a\u{240A}b".as_bytes()), "p/a\u{201B}\u{240A}b");
+        assert_eq!(k("‛FF".as_bytes()), "p/\u{201B}\u{201B}FF");
+        let names: [&[u8]; 8] = [
+            b"a\nb",
+            "a\u{240A}b".as_bytes(),
+            "a\u{201B}\u{240A}b".as_bytes(),
+            b"\xff",
+            "‛FF".as_bytes(),
+            "‛‛FF".as_bytes(),
+            b"a%0Ab",
+            b"a%250Ab",
+        ];
+        let keys: std::collections::HashSet<String> = names.iter().map(|n| k(n)).collect();
+        assert_eq!(keys.len(), names.len(), "{keys:?}");
     }
 
     #[test]

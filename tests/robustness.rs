@@ -36,12 +36,14 @@ async fn odd_names_links_fifos_and_unreadable_files_cost_no_other_file() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, body).unwrap();
     };
-    // Names: spaces, unicode, a newline, invalid UTF-8, and a literal escape lookalike.
+    // Names: spaces, unicode, a newline, invalid UTF-8, a URL-encoded name (as wget saves
+    // them), and a literal lookalike of an encoding.
     write(b"with space.txt", b"space");
     write("ünïcødé 日本.txt".as_bytes(), b"unicode");
     write(b"new\nline.txt", b"newline");
     write(b"bad\xffutf8.bin", b"invalid utf-8");
-    write(b"literal%0A.txt", b"literal percent");
+    write(b"report%20final.txt", b"literal percent");
+    write("literal\u{240A}.txt".as_bytes(), b"literal control picture");
     // A deep path that still fits in a key, and one that does not.
     let deep: String = (0..40).map(|i| format!("d{i:02}/")).collect();
     write(format!("{deep}deep.txt").as_bytes(), b"deep");
@@ -73,9 +75,10 @@ async fn odd_names_links_fifos_and_unreadable_files_cost_no_other_file() {
     let expect = [
         ("with space.txt", &b"space"[..]),
         ("ünïcødé 日本.txt", b"unicode"),
-        ("new%0Aline.txt", b"newline"),
-        ("bad%FFutf8.bin", b"invalid utf-8"),
-        ("literal%250A.txt", b"literal percent"),
+        ("new\u{240A}line.txt", b"newline"),
+        ("bad\u{201B}FFutf8.bin", b"invalid utf-8"),
+        ("report%20final.txt", b"literal percent"),
+        ("literal\u{201B}\u{240A}.txt", b"literal control picture"),
     ];
     for (k, body) in expect {
         assert_eq!(
