@@ -18,6 +18,7 @@ pub mod file;
 pub mod keys;
 pub mod ledger;
 pub mod logging;
+pub mod message;
 pub mod queue;
 pub mod s3;
 pub mod supervise;

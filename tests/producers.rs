@@ -128,5 +128,18 @@ async fn thousands_of_new_directories_filled_at_once_lose_nothing() {
             .all(|e| e["reason"] != "periodic safety rescan"),
         "nothing waited for the safety rescan"
     );
+    // 2,000 new directories: not an INFO line each, but a summary at most every 10 s.
+    assert!(
+        daemon
+            .events("scan done")
+            .iter()
+            .all(|e| e["reason"] != "new directory"),
+        "per-directory scans are not logged at INFO"
+    );
     assert!(daemon.stop().unwrap().success());
+    let summaries = daemon.events("scanned new directories");
+    assert!(
+        !summaries.is_empty() && summaries.len() < 10,
+        "{summaries:?}"
+    );
 }

@@ -8,7 +8,6 @@ use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::{self, ProvideCredentials, SharedCredentialsProvider};
-use aws_smithy_types::error::display::DisplayErrorContext;
 
 use super::AuthError;
 
@@ -73,7 +72,7 @@ impl SessionCredentials {
                 Ok(credentials)
             }
             Err(e) => {
-                let message = DisplayErrorContext(&e).to_string();
+                let message = crate::message::cause(&e);
                 if let Some(c) = cached.as_ref()
                     && c.credentials.expiry().is_none_or(|exp| exp > now)
                 {

@@ -6,7 +6,6 @@ use std::time::Duration;
 use aws_config::environment::region::EnvironmentVariableRegionProvider;
 use aws_config::imds;
 use aws_config::meta::region::ProvideRegion;
-use aws_smithy_types::error::display::DisplayErrorContext;
 
 use super::AuthError;
 
@@ -49,7 +48,7 @@ pub async fn instance_id(imds: &imds::Client) -> Result<String, AuthError> {
         .map(|id| id.as_ref().to_string())
         .map_err(|e| AuthError::Imds {
             what: "instance-id",
-            message: DisplayErrorContext(&e).to_string(),
+            message: crate::message::cause(&e),
         })
 }
 
@@ -68,7 +67,7 @@ pub async fn region(
         .get("/latest/meta-data/placement/region")
         .await
         .map_err(|e| AuthError::Region {
-            message: DisplayErrorContext(&e).to_string(),
+            message: crate::message::cause(&e),
         })?;
     Ok((region.as_ref().to_string(), RegionSource::Imds))
 }

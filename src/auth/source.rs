@@ -5,7 +5,6 @@
 use aws_config::imds;
 use aws_config::imds::credentials::ImdsCredentialsProvider;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
-use aws_smithy_types::error::display::DisplayErrorContext;
 
 use super::AuthError;
 
@@ -32,7 +31,7 @@ impl CredentialSource {
                     .provide_credentials()
                     .await
                     .map_err(|e| AuthError::BaseCredentials {
-                        message: DisplayErrorContext(&e).to_string(),
+                        message: crate::message::cause(&e),
                     })?;
                 Ok(SharedCredentialsProvider::new(provider))
             }

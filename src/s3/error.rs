@@ -5,7 +5,6 @@
 use std::io;
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
-use aws_smithy_types::error::display::DisplayErrorContext;
 
 /// What an S3 error answer means for s3drop, decided from its code and HTTP status alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,12 +133,12 @@ impl S3Error {
         let SdkError::ServiceError(service) = &err else {
             return S3Error::Transport {
                 op,
-                message: DisplayErrorContext(&err).to_string(),
+                message: crate::message::cause(&err),
             };
         };
         let status = service.raw().status().as_u16();
         let code = service.err().code().unwrap_or("").to_string();
-        let message = service.err().message().unwrap_or("").to_string();
+        let message = crate::message::tidy(service.err().message().unwrap_or(""));
         S3Error::Service {
             op,
             class: classify(status, &code),

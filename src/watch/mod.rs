@@ -44,6 +44,13 @@ pub struct IntakeConfig {
     pub skip_recorded: bool,
 }
 
+const NEW_DIRECTORY: &str = "new directory";
+const MOVED_IN: &str = "directory moved in";
+
+/// New directories are scanned one by one (a copied tree makes thousands); they are
+/// logged as one summary at most this often.
+const NEW_DIR_SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
+
 /// How often the existence of `watch_dir` itself is checked.
 const ROOT_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -56,6 +63,8 @@ pub struct Intake {
     writing: Writers,
     /// When the last periodic rescan ran.
     last_periodic: tokio::time::Instant,
+    /// Scans of new directories since the last summary: directories, files, queued.
+    new_dirs: (usize, usize, usize),
     /// Scanned files waiting to settle.
     deferred: DelayQueue<PathBuf>,
     deferred_set: HashSet<PathBuf>,
@@ -110,6 +119,7 @@ impl Intake {
             ledger,
             writing: Writers::new(settle),
             last_periodic: tokio::time::Instant::now(),
+            new_dirs: (0, 0, 0),
             deferred: DelayQueue::new(),
             deferred_set: HashSet::new(),
             reported: HashSet::new(),
@@ -132,9 +142,13 @@ impl Intake {
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         rescan.reset(); // the first tick would fire at once; the backlog scan just ran
         let mut root_check = tokio::time::interval(ROOT_CHECK_INTERVAL);
+        let mut summary = tokio::time::interval(NEW_DIR_SUMMARY_INTERVAL);
         loop {
             tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
+                _ = cancel.cancelled() => {
+                    self.summarize_new_dirs();
+                    return Ok(());
+                }
                 change = next_change(&mut self.watcher) => match change {
                     Some(change) => self.on_change(change).await,
                     None => self.watcher = None,
@@ -148,6 +162,7 @@ impl Intake {
                 _ = rescan.tick() => self.periodic_rescan().await,
                 _ = rescan_now.notified() => self.full_scan("SIGHUP").await,
                 _ = root_check.tick() => self.check_root().await,
+                _ = summary.tick() => self.summarize_new_dirs(),
             }
         }
     }
@@ -194,7 +209,7 @@ impl Intake {
             }
             Change::DirCreated(path) => {
                 self.watch_new_dir(&path);
-                self.scan(path, "new directory").await
+                self.scan(path, NEW_DIRECTORY).await
             }
             Change::Rescan(reason) => {
                 // Changes still queued are older than the loss: take them first, or one
@@ -293,7 +308,7 @@ impl Intake {
         let file_type = meta.file_type();
         if file_type.is_dir() {
             self.watch_new_dir(&path);
-            Box::pin(self.walk(path, "directory moved in", true)).await;
+            Box::pin(self.walk(path, MOVED_IN, true)).await;
         } else if file_type.is_file() {
             self.queue.push(path);
         } else {
@@ -400,13 +415,22 @@ impl Intake {
             }
             Err(e) => tracing::error!(error = %e, "scan task failed"),
         }
-        tracing::info!(
-            reason,
-            files,
-            queued,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "scan done"
-        );
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        if matches!(reason, NEW_DIRECTORY | MOVED_IN) {
+            tracing::debug!(reason, files, queued, elapsed_ms, "scan done");
+            self.new_dirs.0 += 1;
+            self.new_dirs.1 += files;
+            self.new_dirs.2 += queued;
+        } else {
+            tracing::info!(reason, files, queued, elapsed_ms, "scan done");
+        }
+    }
+
+    fn summarize_new_dirs(&mut self) {
+        let (directories, files, queued) = std::mem::take(&mut self.new_dirs);
+        if directories > 0 {
+            tracing::info!(directories, files, queued, "scanned new directories");
+        }
     }
 }
 
