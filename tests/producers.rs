@@ -143,3 +143,69 @@ async fn thousands_of_new_directories_filled_at_once_lose_nothing() {
         "{summaries:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_backups_over_an_existing_file_upload_the_database_and_never_its_journal() {
+    let (fc, world, site) = setup(BUCKET, "").await;
+    let mut daemon = start_ready(&site, &fc);
+    let source = site.dir.path().join("source.db");
+    let sqlite = |db: &Path, sql: &str| {
+        let out = std::process::Command::new("sqlite3")
+            .arg(db)
+            .arg(sql)
+            .output()
+            .expect("sqlite3 (Debian package sqlite3; scripts/install-deps.sh installs it)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sqlite(
+        &source,
+        "create table t(x); insert into t values (randomblob(5000000));",
+    );
+    let backup = site.watch.join("backup.db");
+    // The first backup creates the file; the ones over it write and delete a journal.
+    for round in 0..3 {
+        sqlite(&source, &format!("insert into t values ({round});"));
+        sqlite(&source, &format!(".backup '{}'", backup.display()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // A database written in place whose journal persists (journal_mode=persist keeps the
+    // file after each commit, zeroed): the journal must never be uploaded either.
+    let in_place = site.watch.join("in-place.db");
+    sqlite(
+        &in_place,
+        "pragma journal_mode=persist; create table t(x); insert into t values (1);",
+    );
+    assert!(site.watch.join("in-place.db-journal").exists());
+    world
+        .wait_for_object(&key("in-place.db"), ARRIVAL)
+        .await
+        .unwrap();
+    let want = std::fs::read(&backup).unwrap();
+    let deadline = std::time::Instant::now() + ARRIVAL;
+    while world
+        .get_object(&key("backup.db"))
+        .await
+        .unwrap()
+        .as_deref()
+        != Some(&want[..])
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the last backup did not arrive"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Settled: a journal, had it been taken, would be stored by now.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let keys = world.keys().await.unwrap();
+    assert_eq!(
+        keys,
+        vec![key("backup.db"), key("in-place.db")],
+        "no journal stored"
+    );
+    assert!(daemon.stop().unwrap().success());
+}

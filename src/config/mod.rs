@@ -110,10 +110,29 @@ fn default_session_duration() -> u64 {
 fn default_after_upload() -> AfterUploadKind {
     AfterUploadKind::Keep
 }
+/// Names that are never finished files: hidden and temporary files (`.*` also covers
+/// rsync's `.name.XXXXXX`, editors' `.name.swp` and lock files), partial downloads
+/// (`*.part`: Firefox and many download tools; `*.crdownload`: Chrome; `*.download`:
+/// Safari), editor backups and autosaves (`*~`, Emacs' `#name#`, and `4913`, the file vim
+/// creates to test a directory), and SQLite's companions (`-journal`, `-wal`, `-shm`),
+/// which exist only while a database is being written.
+pub const DEFAULT_EXCLUDE: [&str; 12] = [
+    ".*",
+    "*.tmp",
+    "*.part",
+    "*.swp",
+    "*~",
+    "*.crdownload",
+    "*.download",
+    "#*#",
+    "4913",
+    "*-journal",
+    "*-wal",
+    "*-shm",
+];
+
 pub fn default_exclude() -> Vec<String> {
-    [".*", "*.tmp", "*.part", "*.swp", "*~"]
-        .map(String::from)
-        .to_vec()
+    DEFAULT_EXCLUDE.map(String::from).to_vec()
 }
 /// Defaults that other code (the benchmark, which gives peers s3drop's settings) reads.
 pub mod defaults {
@@ -631,6 +650,12 @@ mod tests {
             "x.part",
             ".x.swp",
             "notes~",
+            "backup.db-journal",
+            "app.db-wal",
+            "app.db-shm",
+            "big.iso.crdownload",
+            "#notes.txt#",
+            "sub/4913",
         ] {
             assert!(c.exclude.is_excluded(Path::new(excluded)), "{excluded}");
         }

@@ -67,10 +67,13 @@ pub const KEYS: &[KeyDoc] = &[
     },
     KeyDoc {
         name: "exclude",
-        default: "`[\".*\", \"*.tmp\", \"*.part\", \"*.swp\", \"*~\"]`",
+        default: "`[\".*\", \"*.tmp\", \"*.part\", \"*.swp\", \"*~\", \"*.crdownload\", \
+                  \"*.download\", \"#*#\", \"4913\", \"*-journal\", \"*-wal\", \"*-shm\"]`",
         meaning: "globs; a pattern without `/` matches any path component (so `.*` also skips \
-                  dot-directories), one with `/` the whole relative path. Setting it replaces \
-                  the defaults",
+                  dot-directories), one with `/` the whole relative path. The defaults are \
+                  names that are never finished files: hidden and temporary files, partial \
+                  downloads, editor backups, SQLite's journal files (see \"What gets \
+                  uploaded\"). Setting it replaces the defaults",
     },
     KeyDoc {
         name: "concurrency",
@@ -206,6 +209,13 @@ mod tests {
             });
             assert!(mentioned, "examples/s3drop.toml lacks `{}`", key.name);
         }
+    }
+
+    #[test]
+    fn the_documented_excludes_are_the_defaults() {
+        let doc = KEYS.iter().find(|k| k.name == "exclude").unwrap().default;
+        let listed = format!("`{:?}`", super::super::DEFAULT_EXCLUDE);
+        assert_eq!(doc.replace(' ', ""), listed.replace(' ', ""));
     }
 
     #[test]
