@@ -132,6 +132,7 @@ fn start(
             root: config.watch_dir.clone(),
             exclude: config.exclude.clone(),
             settle: config.settle,
+            quiet_period: config.quiet_period,
             rescan_interval: config.rescan_interval,
             skip_recorded: config.after_upload == AfterUpload::Keep,
         },

@@ -112,6 +112,11 @@ impl OpenedFile {
         Ok(buf)
     }
 
+    /// Reads at `offset` from the very inode that was opened.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.file.read_at(buf, offset)
+    }
+
     /// Has the file changed (on its descriptor, or the path now names another file) since
     /// it was opened?
     pub fn changed_since_open(&self, path: &Path) -> io::Result<bool> {

@@ -209,3 +209,96 @@ async fn sqlite_backups_over_an_existing_file_upload_the_database_and_never_its_
     );
     assert!(daemon.stop().unwrap().success());
 }
+
+/// Runs a producer program, failing the test with its output if it fails.
+fn run(program: &str, args: &[&str], cwd: &Path) {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e} (scripts/install-deps.sh installs it)"));
+    assert!(
+        out.status.success(),
+        "{program}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rsync_inplace_and_tar_touch_files_after_closing_them_and_each_is_sent_once() {
+    let (fc, world, site) = setup(BUCKET, "").await;
+    let mut daemon = start_ready(&site, &fc);
+    // Files with an old mtime, which rsync -t and tar set again right after each close.
+    let src = site.dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let mut names = Vec::new();
+    for i in 0..16u32 {
+        let name = format!("f{i}.bin");
+        std::fs::write(src.join(&name), content(i, 200_000)).unwrap();
+        names.push(name);
+    }
+    run("sh", &["-c", "touch -d '2020-01-01 00:00' *.bin"], &src);
+    let watch = site.watch.to_str().unwrap();
+    run(
+        "rsync",
+        &["-rt", "--inplace", "./", &format!("{watch}/rsync/")],
+        &src,
+    );
+    run("tar", &["-cf", "../files.tar", "."], &src);
+    std::fs::create_dir(site.watch.join("tar")).unwrap();
+    run(
+        "tar",
+        &["-xf", "../../files.tar", "-C", "."],
+        &site.watch.join("tar"),
+    );
+    for dir in ["rsync", "tar"] {
+        for name in &names {
+            let want = std::fs::read(src.join(name)).unwrap();
+            let got = world
+                .wait_for_object(&key(&format!("{dir}/{name}")), ARRIVAL)
+                .await
+                .unwrap();
+            assert_eq!(got, want, "{dir}/{name}");
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let puts = fc.object_puts(BUCKET);
+    let twice: Vec<_> = puts.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(twice.is_empty(), "sent more than once: {twice:?}");
+    assert_eq!(puts.len(), 2 * names.len(), "{puts:?}");
+    assert!(daemon.stop().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_touch_after_the_upload_sends_nothing_but_new_bytes_of_the_same_size_are_sent() {
+    let (fc, world, site) = setup(BUCKET, "").await;
+    let mut daemon = start_ready(&site, &fc);
+    drop_file(&world, &site, "report.csv", &content(7, 4096)).await;
+    let path = site.watch.join("report.csv");
+    let puts = || {
+        fc.object_puts(BUCKET)
+            .get(&key("report.csv"))
+            .copied()
+            .unwrap_or(0)
+    };
+    assert_eq!(puts(), 1);
+    // Only the mtime changes; the rescan SIGHUP asks for finds a new identity.
+    run(
+        "touch",
+        &["-d", "2021-06-01 12:00", path.to_str().unwrap()],
+        &site.watch,
+    );
+    daemon.signal("-HUP").unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(puts(), 1, "a touch alone is not a new version");
+    // New bytes, same size: sent again.
+    std::fs::write(&path, content(8, 4096)).unwrap();
+    let stored = world.wait_for_object(&key("report.csv"), ARRIVAL).await;
+    let deadline = std::time::Instant::now() + ARRIVAL;
+    while world.get_object(&key("report.csv")).await.unwrap() != Some(content(8, 4096)) {
+        assert!(std::time::Instant::now() < deadline, "{stored:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(puts(), 2);
+    assert!(daemon.stop().unwrap().success());
+}

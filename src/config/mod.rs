@@ -83,6 +83,8 @@ struct RawConfig {
     concurrency: usize,
     #[serde(default = "default_settle_seconds")]
     settle_seconds: u64,
+    #[serde(default = "default_quiet_period_ms")]
+    quiet_period_ms: u64,
     #[serde(default = "default_shutdown_timeout")]
     shutdown_timeout_seconds: u64,
     #[serde(default = "default_rescan_interval")]
@@ -145,6 +147,12 @@ pub mod defaults {
 fn default_concurrency() -> usize {
     defaults::CONCURRENCY
 }
+/// Long enough for what producers do right after a close (rsync and tar set the mtime,
+/// SQLite deletes its journal: microseconds to a few milliseconds, more on a loaded
+/// machine), short against the seconds operators expect an upload to take.
+fn default_quiet_period_ms() -> u64 {
+    200
+}
 fn default_settle_seconds() -> u64 {
     2
 }
@@ -188,6 +196,9 @@ pub struct Config {
     /// How long a file found by a scan (not by an event) must stay unmodified before it
     /// counts as complete.
     pub settle: Duration,
+    /// How long a closed or renamed-in file must stay untouched before it is taken: a
+    /// delete, rename or write meanwhile cancels it, a touch restarts the wait.
+    pub quiet_period: Duration,
     pub shutdown_timeout: Duration,
     /// A full scan at this interval catches anything the events missed.
     pub rescan_interval: Duration,
@@ -249,6 +260,7 @@ impl RawConfig {
             exclude,
             concurrency: self.concurrency,
             settle: Duration::from_secs(self.settle_seconds),
+            quiet_period: Duration::from_millis(self.quiet_period_ms),
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_seconds),
             rescan_interval: Duration::from_secs(self.rescan_interval_seconds),
             multipart_threshold: transfer.multipart_threshold,
@@ -278,6 +290,12 @@ impl RawConfig {
             return Err(invalid(
                 "rescan_interval_seconds",
                 "must be between 10 and 86400",
+            ));
+        }
+        if self.quiet_period_ms > 60_000 {
+            return Err(invalid(
+                "quiet_period_ms",
+                "must be at most 60000 (a minute)",
             ));
         }
         if self.settle_seconds > 3600 {

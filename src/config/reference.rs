@@ -86,6 +86,14 @@ pub const KEYS: &[KeyDoc] = &[
         meaning: "how long a file found by a scan must be unmodified",
     },
     KeyDoc {
+        name: "quiet_period_ms",
+        default: "`200`",
+        meaning: "how long a file closed (or renamed in) must stay untouched before it is \
+                  taken: deleted, renamed or written meanwhile, it was not finished (SQLite's \
+                  journal); touched (rsync, tar and curl -R set the mtime after the close), \
+                  the wait restarts, so the file is sent once. 0 to 60000",
+    },
+    KeyDoc {
         name: "shutdown_timeout_seconds",
         default: "`30`",
         meaning: "grace for uploads in flight at stop",

@@ -88,6 +88,22 @@ pub fn confirm(
     }
 }
 
+/// CRC32C of the whole file as opened, base64 as S3 spells it (read in chunks).
+pub fn crc32c_of_file(file: &OpenedFile) -> std::io::Result<String> {
+    let mut hasher = aws_smithy_checksums::ChecksumAlgorithm::Crc32c.into_impl();
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut offset = 0;
+    while offset < file.identity.size {
+        let n = file.read_at(&mut buf, offset)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        offset += n as u64;
+    }
+    Ok(aws_smithy_types::base64::encode(hasher.finalize()))
+}
+
 /// CRC32C of `bytes`, base64 as S3 spells it.
 pub fn crc32c_of(bytes: &[u8]) -> String {
     let mut hasher = aws_smithy_checksums::ChecksumAlgorithm::Crc32c.into_impl();

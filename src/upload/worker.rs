@@ -164,6 +164,14 @@ impl Worker {
                     .await;
                 return Outcome::Done;
             }
+            Ok(Some(record)) if only_touched(&record, &file) => {
+                if self.same_content(path, relative, &file, &record).await {
+                    self.after_upload
+                        .run(path, relative, &file, &self.ledger)
+                        .await;
+                    return Outcome::Done;
+                }
+            }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "ledger lookup failed; uploading anyway"),
         }
@@ -195,6 +203,34 @@ impl Worker {
             relative: relative.to_owned(),
             key,
         }))
+    }
+
+    /// A file whose mtime alone changed since its upload (a touch): if its bytes still
+    /// have the CRC32C S3 confirmed, the record is brought up to date and nothing is sent.
+    async fn same_content(
+        &self,
+        path: &Path,
+        relative: &Path,
+        file: &OpenedFile,
+        record: &FileRecord,
+    ) -> bool {
+        let FileState::Uploaded {
+            key,
+            crc32c: Some(stored),
+        } = &record.state
+        else {
+            return false;
+        };
+        let computed = tokio::task::block_in_place(|| crate::s3::crc32c_of_file(file));
+        if computed.as_deref().ok() != Some(stored.as_str()) || !file.unchanged(path) {
+            return false;
+        }
+        tracing::debug!(path = %path.display(), key, "touched since its upload, same content; not sent again");
+        let updated = FileRecord::new(file.identity, record.state.clone());
+        if let Err(e) = self.ledger.put_later(relative, &updated).await {
+            tracing::warn!(error = %e, "could not update a touched file's record");
+        }
+        true
     }
 
     /// The path relative to `watch_dir` and its object key; `None` (logged) if it has none.
@@ -316,4 +352,20 @@ impl Worker {
             .await;
         Outcome::Done
     }
+}
+
+/// Same file, same size, another mtime: possibly only touched. A multipart upload's
+/// checksum is one of its parts' checksums, which a whole-file CRC32C cannot be compared
+/// with, so those are sent again.
+fn only_touched(record: &FileRecord, file: &OpenedFile) -> bool {
+    let (was, now) = (record.identity, file.identity);
+    let single_put_checksum = matches!(
+        &record.state,
+        FileState::Uploaded { crc32c: Some(c), .. } if !c.contains('-')
+    );
+    single_put_checksum
+        && was.dev == now.dev
+        && was.inode == now.inode
+        && was.size == now.size
+        && was.mtime_ns != now.mtime_ns
 }

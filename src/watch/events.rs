@@ -37,6 +37,8 @@ pub enum Change {
     Created(PathBuf),
     /// Written to: someone is writing it; wait for the close.
     Writing(PathBuf),
+    /// Its metadata changed (a touch, chmod): no new data.
+    Touched(PathBuf),
     /// Removed or moved away.
     Gone(PathBuf),
     /// A directory was created: it may hold files from before its watch was added.
@@ -59,6 +61,7 @@ pub fn changes_of(event: Event) -> Vec<Change> {
         EventKind::Create(CreateKind::Folder) => Change::DirCreated(path),
         EventKind::Create(_) => Change::Created(path),
         EventKind::Modify(ModifyKind::Data(_)) => Change::Writing(path),
+        EventKind::Modify(ModifyKind::Metadata(_)) => Change::Touched(path),
         // notify also sends `Both` for a rename inside the tree; its `To` half is enough.
         EventKind::Modify(ModifyKind::Name(RenameMode::To)) => Change::Arrived(path),
         EventKind::Modify(ModifyKind::Name(RenameMode::From)) | EventKind::Remove(_) => {

@@ -12,7 +12,7 @@ mod events;
 mod scan;
 mod writers;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::poll_fn;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,6 +38,8 @@ pub struct IntakeConfig {
     pub root: PathBuf,
     pub exclude: Exclude,
     pub settle: Duration,
+    /// A closed or renamed-in file must stay untouched this long before it is taken.
+    pub quiet_period: Duration,
     pub rescan_interval: Duration,
     /// Keep mode: a scanned file the ledger already has as uploaded (same identity) needs no
     /// work at all. In delete/move mode it still needs its after-upload action.
@@ -65,6 +67,9 @@ pub struct Intake {
     last_periodic: tokio::time::Instant,
     /// Scans of new directories since the last summary: directories, files, queued.
     new_dirs: (usize, usize, usize),
+    /// Closed or renamed-in files in their quiet period.
+    quiet: DelayQueue<PathBuf>,
+    quiet_keys: HashMap<PathBuf, tokio_util::time::delay_queue::Key>,
     /// Scanned files waiting to settle.
     deferred: DelayQueue<PathBuf>,
     deferred_set: HashSet<PathBuf>,
@@ -120,6 +125,8 @@ impl Intake {
             writing: Writers::new(settle),
             last_periodic: tokio::time::Instant::now(),
             new_dirs: (0, 0, 0),
+            quiet: DelayQueue::new(),
+            quiet_keys: HashMap::new(),
             deferred: DelayQueue::new(),
             deferred_set: HashSet::new(),
             reported: HashSet::new(),
@@ -159,6 +166,11 @@ impl Intake {
                     self.consider_settling(path).await;
                 }
                 path = poll_fn(|cx| self.writing.poll_unwritten(cx)) => self.consider_unwritten(path).await,
+                Some(quiet) = poll_fn(|cx| self.quiet.poll_expired(cx)), if !self.quiet.is_empty() => {
+                    let path = quiet.into_inner();
+                    self.quiet_keys.remove(&path);
+                    self.consider_complete(path).await;
+                }
                 _ = rescan.tick() => self.periodic_rescan().await,
                 _ = rescan_now.notified() => self.full_scan("SIGHUP").await,
                 _ = root_check.tick() => self.check_root().await,
@@ -197,11 +209,23 @@ impl Intake {
         match change {
             Change::Closed(path) | Change::Arrived(path) => {
                 self.writing.finished(&path);
-                self.consider_complete(path).await;
+                self.hold(path).await;
             }
-            Change::Created(path) => self.writing.created(path),
-            Change::Writing(path) => self.writing.written(path),
+            Change::Created(path) => {
+                self.release(&path);
+                self.writing.created(path);
+            }
+            Change::Writing(path) => {
+                self.release(&path);
+                self.writing.written(path);
+            }
+            Change::Touched(path) => {
+                if let Some(key) = self.quiet_keys.get(&path) {
+                    self.quiet.reset(key, self.config.quiet_period);
+                }
+            }
             Change::Gone(path) => {
+                self.release(&path);
                 self.writing.finished(&path);
                 if path == self.config.root {
                     self.check_root().await;
@@ -220,6 +244,30 @@ impl Intake {
                 self.writing.clear();
                 self.full_scan(reason).await;
             }
+        }
+    }
+
+    /// A file was closed or renamed in: it is complete once it stays untouched for the
+    /// quiet period (a close again or a touch restarts it).
+    async fn hold(&mut self, path: PathBuf) {
+        if self.config.quiet_period.is_zero() {
+            return self.consider_complete(path).await;
+        }
+        match self.quiet_keys.get(&path) {
+            Some(key) => self.quiet.reset(key, self.config.quiet_period),
+            None => {
+                let key = self.quiet.insert(path.clone(), self.config.quiet_period);
+                self.quiet_keys.insert(path, key);
+            }
+        }
+    }
+
+    /// Deleted, renamed away or written again within its quiet period: it was not a
+    /// finished file (or a later close will say when it is).
+    fn release(&mut self, path: &Path) {
+        if let Some(key) = self.quiet_keys.remove(path) {
+            self.quiet.remove(&key);
+            tracing::debug!(path = %path.display(), "changed within its quiet period; not taken");
         }
     }
 
@@ -452,6 +500,7 @@ mod tests {
             root: root.to_owned(),
             exclude: Exclude::new(&crate::config::default_exclude()).unwrap(),
             settle,
+            quiet_period: Duration::ZERO,
             rescan_interval: Duration::from_secs(300),
             skip_recorded: true,
         };
@@ -513,6 +562,42 @@ mod tests {
         assert!(!f.intake.deferred_set.contains(&root.join("busy")));
         f.intake.on_change(Change::Closed(root.join("busy"))).await;
         assert_eq!(drain(&f.queue), vec![root.join("busy")]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_file_waits_its_quiet_period_and_a_delete_or_write_cancels_it() {
+        let dir = tree(&["kept", "journal", "rewritten", "touched"]);
+        let root = dir.path();
+        let mut f = intake(root, Duration::ZERO);
+        f.intake.config.quiet_period = Duration::from_millis(200);
+        let start = tokio::time::Instant::now();
+        for name in ["kept", "journal", "rewritten", "touched"] {
+            f.intake.on_change(Change::Closed(root.join(name))).await;
+        }
+        assert_eq!(f.queue.depth(), 0, "nothing before the quiet period ends");
+        f.intake.on_change(Change::Gone(root.join("journal"))).await;
+        f.intake
+            .on_change(Change::Writing(root.join("rewritten")))
+            .await;
+        tokio::time::advance(Duration::from_millis(150)).await;
+        f.intake
+            .on_change(Change::Touched(root.join("touched")))
+            .await;
+        let mut taken = Vec::new();
+        while let Ok(Some(expired)) = tokio::time::timeout(
+            Duration::from_millis(250),
+            poll_fn(|cx| f.intake.quiet.poll_expired(cx)),
+        )
+        .await
+        {
+            taken.push((expired.into_inner(), start.elapsed().as_millis()));
+        }
+        // The touch at 150 ms restarted its wait; the deleted and the rewritten ones are not
+        // taken at all.
+        assert_eq!(
+            taken,
+            vec![(root.join("kept"), 200), (root.join("touched"), 350)]
+        );
     }
 
     #[tokio::test]
