@@ -81,17 +81,29 @@ async fn thousands_of_new_directories_filled_at_once_lose_nothing() {
             let watch = site.watch.clone();
             std::thread::spawn(move || {
                 let mut names = Vec::new();
-                for d in 0..PER_PRODUCER {
-                    let dir = watch.join(format!("p{p}/d{d}"));
-                    std::fs::create_dir_all(dir.join("nested")).unwrap();
-                    for (i, rel) in ["a.txt", "b.txt", "nested/c.txt"].iter().enumerate() {
+                // Half the directories are filled the moment they exist (cp -a); the other
+                // half are all made first and filled right after (tar, mkdir -p then
+                // copy), which is when their watches are still being added.
+                let dirs: Vec<_> = (0..PER_PRODUCER)
+                    .map(|d| (d, watch.join(format!("p{p}/d{d}"))))
+                    .collect();
+                let fill = |d: usize, dir: &Path, names: &mut Vec<String>| {
+                    for rel in ["a.txt", "b.txt", "nested/c.txt"] {
                         let name = format!("p{p}/d{d}/{rel}");
                         std::fs::write(dir.join(rel), name.as_bytes()).unwrap();
                         names.push(name);
-                        if i == 0 {
-                            std::thread::yield_now();
-                        }
                     }
+                };
+                let (at_once, later) = dirs.split_at(PER_PRODUCER / 2);
+                for (d, dir) in at_once {
+                    std::fs::create_dir_all(dir.join("nested")).unwrap();
+                    fill(*d, dir, &mut names);
+                }
+                for (_, dir) in later {
+                    std::fs::create_dir_all(dir.join("nested")).unwrap();
+                }
+                for (d, dir) in later {
+                    fill(*d, dir, &mut names);
                 }
                 names
             })
