@@ -314,3 +314,84 @@ async fn a_touch_after_the_upload_sends_nothing_but_new_bytes_of_the_same_size_a
     assert_eq!(puts(), 2);
     assert!(daemon.stop().unwrap().success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_programs_operators_fill_drop_directories_with_each_file_arrives_once_and_whole() {
+    let (fc, world, site) = setup(BUCKET, "").await;
+    let mut daemon = start_ready(&site, &fc);
+    let src = site.dir.path().join("src");
+    std::fs::create_dir_all(src.join("tree/sub")).unwrap();
+    std::fs::create_dir_all(src.join("linked")).unwrap();
+    let file = |rel: &str, seed: u32, len: usize| {
+        let body = content(seed, len);
+        std::fs::write(src.join(rel), &body).unwrap();
+        body
+    };
+    let mut expected: Vec<(String, Vec<u8>)> = Vec::new();
+    let tree_a = file("tree/a.bin", 1, 30_000);
+    let tree_b = file("tree/sub/b.bin", 2, 70_000);
+    let single = file("single.bin", 3, 50_000);
+    let big = file("big.bin", 4, 250_000);
+    let linked = file("linked/one.bin", 5, 20_000);
+    std::fs::hard_link(src.join("linked/one.bin"), src.join("linked/two.bin")).unwrap();
+    let w = site.watch.to_str().unwrap().to_string();
+
+    run("cp", &["-a", "tree", &format!("{w}/cp-a")], &src);
+    expected.push(("cp-a/a.bin".into(), tree_a));
+    expected.push(("cp-a/sub/b.bin".into(), tree_b));
+    run("cp", &["-l", "single.bin", &format!("{w}/cp-l.bin")], &src);
+    expected.push(("cp-l.bin".into(), single.clone()));
+    run("rsync", &["-aH", "linked/", &format!("{w}/rsync-H/")], &src);
+    expected.push(("rsync-H/one.bin".into(), linked.clone()));
+    expected.push(("rsync-H/two.bin".into(), linked));
+    run(
+        "install",
+        &["-m", "0644", "single.bin", &format!("{w}/installed.bin")],
+        &src,
+    );
+    expected.push(("installed.bin".into(), single.clone()));
+    run(
+        "dd",
+        &[
+            "if=big.bin",
+            &format!("of={w}/dd.bin"),
+            "bs=64k",
+            "status=none",
+        ],
+        &src,
+    );
+    expected.push(("dd.bin".into(), big.clone()));
+    run(
+        "split",
+        &["-b", "100000", "big.bin", &format!("{w}/split-")],
+        &src,
+    );
+    for (suffix, range) in [
+        ("aa", 0..100_000),
+        ("ab", 100_000..200_000),
+        ("ac", 200_000..250_000),
+    ] {
+        expected.push((format!("split-{suffix}"), big[range].to_vec()));
+    }
+    // Across filesystems mv copies (then sets the times and unlinks the source).
+    let shm = Path::new("/dev/shm").join(format!("s3drop-test-{}", std::process::id()));
+    std::fs::write(&shm, &single).unwrap();
+    run(
+        "mv",
+        &[shm.to_str().unwrap(), &format!("{w}/mv-xdev.bin")],
+        &src,
+    );
+    expected.push(("mv-xdev.bin".into(), single));
+
+    for (rel, body) in &expected {
+        let got = world.wait_for_object(&key(rel), ARRIVAL).await.unwrap();
+        assert_eq!(&got, body, "{rel}");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let puts = fc.object_puts(BUCKET);
+    for (rel, _) in &expected {
+        assert_eq!(puts.get(&key(rel)), Some(&1), "{rel} PUTs: {puts:?}");
+    }
+    assert_eq!(puts.len(), expected.len(), "{puts:?}");
+    assert!(daemon.stop().unwrap().success());
+}
