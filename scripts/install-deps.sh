@@ -4,7 +4,7 @@
 #   2 cores, ~450 MB; never committed);
 # - cargo-deb, to build the .deb;
 # - from Debian: faketime (moves the emulator's clock in the token-expiry test), acl
-#   (setfacl: the package's postinst sets a default ACL on the spool), sqlite3 and rsync
+#   (setfacl: the package's postinst sets a default ACL on the spool), sqlite3, rsync and logrotate
 #   (real producer programs in tests/producers.rs),
 #   systemd (systemd-analyze), cloud-init (schema check);
 # - from PyPI: cfn-lint (CloudFormation template lint).
@@ -28,6 +28,7 @@ apt_missing=()
 command -v setfacl >/dev/null 2>&1 || apt_missing+=(acl)
 command -v sqlite3 >/dev/null 2>&1 || apt_missing+=(sqlite3)
 command -v rsync >/dev/null 2>&1 || apt_missing+=(rsync)
+[ -x /usr/sbin/logrotate ] || apt_missing+=(logrotate)
 command -v systemd-analyze >/dev/null 2>&1 || apt_missing+=(systemd)
 command -v cloud-init >/dev/null 2>&1 || apt_missing+=(cloud-init)
 if [ "${#apt_missing[@]}" -gt 0 ]; then

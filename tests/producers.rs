@@ -395,3 +395,112 @@ async fn the_programs_operators_fill_drop_directories_with_each_file_arrives_onc
     assert_eq!(puts.len(), expected.len(), "{puts:?}");
     assert!(daemon.stop().unwrap().success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn curl_and_the_documented_logrotate_setup_deliver_whole_files_once() {
+    let (fc, world, site) = setup(BUCKET, "").await;
+    let mut daemon = start_ready(&site, &fc);
+    let dir = site.dir.path();
+    let w = site.watch.to_str().unwrap().to_string();
+
+    // curl writes in place and, with -R, sets the mtime after closing.
+    let served = dir.join("www");
+    std::fs::create_dir(&served).unwrap();
+    let download = content(9, 300_000);
+    std::fs::write(served.join("download.bin"), &download).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut http = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
+        .current_dir(&served)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/download.bin");
+    let fetched = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        std::process::Command::new("curl")
+            .args(["-sfR", "-o", &format!("{w}/curl.bin"), &url])
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    let _ = http.kill();
+    let _ = http.wait();
+    assert!(fetched, "curl could not fetch from the local server");
+
+    // README's logrotate setup: rotate outside the drop directory, move only the
+    // compressed logs in (unique names through dateext).
+    let (logs, rotated) = (dir.join("logs"), dir.join("rotated"));
+    std::fs::create_dir(&logs).unwrap();
+    std::fs::create_dir(&rotated).unwrap();
+    let conf = dir.join("logrotate.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "{logs}/app.log {{\n  rotate 5\n  compress\n  dateext\n  dateformat -%Y%m%d-%s\n  \
+             olddir {rotated}\n  lastaction\n    mv {rotated}/*.gz {w}/ 2>/dev/null || true\n  \
+             endscript\n}}\n",
+            logs = logs.display(),
+            rotated = rotated.display()
+        ),
+    )
+    .unwrap();
+    let state = dir.join("logrotate.state");
+    let mut rotations = Vec::new();
+    for round in 0..2u32 {
+        let log = content(20 + round, 40_000);
+        std::fs::write(logs.join("app.log"), &log).unwrap();
+        let (conf, state) = (conf.to_str().unwrap(), state.to_str().unwrap());
+        run("/usr/sbin/logrotate", &["-f", "-s", state, conf], dir);
+        rotations.push(log);
+        tokio::time::sleep(Duration::from_millis(1100)).await; // a new dateext name
+    }
+
+    let stored = world
+        .wait_for_object(&key("curl.bin"), ARRIVAL)
+        .await
+        .unwrap();
+    assert_eq!(stored, download);
+    let deadline = std::time::Instant::now() + ARRIVAL;
+    let gz = loop {
+        let keys = world.keys().await.unwrap();
+        let gz: Vec<String> = keys.into_iter().filter(|k| k.ends_with(".gz")).collect();
+        if gz.len() == 2 || std::time::Instant::now() > deadline {
+            break gz;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(gz.len(), 2, "{gz:?}");
+    for (key, log) in gz.iter().zip(&rotations) {
+        let object = world.get_object(key).await.unwrap().unwrap();
+        let mut gunzip = std::process::Command::new("gzip")
+            .args(["-dc"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        gunzip.stdin.take().unwrap().write_all(&object).unwrap();
+        let out = gunzip.wait_with_output().unwrap();
+        assert_eq!(&out.stdout, log, "{key}");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let puts = fc.object_puts(BUCKET);
+    assert!(puts.values().all(|n| *n == 1), "{puts:?}");
+    assert_eq!(
+        puts.len(),
+        3,
+        "curl.bin and two compressed logs only: {puts:?}"
+    );
+    assert!(daemon.stop().unwrap().success());
+}
