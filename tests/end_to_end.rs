@@ -5,7 +5,7 @@ use std::io::Write;
 
 use std::time::Duration;
 
-use s3drop_testkit::{Daemon, FakeCloud, object_key as key, policies, setup};
+use s3drop_testkit::{Daemon, FakeCloud, Site, object_key as key, policies, setup};
 
 mod common;
 use common::*;
@@ -386,11 +386,7 @@ fn bad_config_exits_non_zero_naming_the_key() {
 async fn systemd_hears_ready_after_the_backlog_then_watchdog_and_status() {
     let (fc, world, site) = setup(BUCKET, "").await;
     std::fs::write(site.watch.join("backlog.txt"), b"queued before READY").unwrap();
-    let socket_path = site.dir.path().join("notify.sock");
-    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
+    let (socket_path, socket) = notify_socket(&site);
     let mut cmd = site.command(s3drop(), &fc, &["run", "--log-format", "json"]);
     cmd.env("NOTIFY_SOCKET", &socket_path)
         .env("WATCHDOG_USEC", "1000000");
@@ -433,6 +429,16 @@ async fn systemd_hears_ready_after_the_backlog_then_watchdog_and_status() {
     }
 }
 
+/// A socket standing in for systemd's notification socket (`NOTIFY_SOCKET`).
+fn notify_socket(site: &Site) -> (std::path::PathBuf, std::os::unix::net::UnixDatagram) {
+    let path = site.dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    (path, socket)
+}
+
 /// Reads service-manager notifications until one contains `needle`; returns it.
 fn notification_with(
     socket: &std::os::unix::net::UnixDatagram,
@@ -461,11 +467,7 @@ async fn ready_does_not_wait_for_credentials_and_status_says_why_then_follows_up
         .await
         .unwrap();
     imds.set_down(true);
-    let socket_path = site.dir.path().join("notify.sock");
-    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
+    let (socket_path, socket) = notify_socket(&site);
     let mut cmd = site.command(s3drop(), &fc, &["run", "--log-format", "json"]);
     // A long watchdog period: STATUS must follow changes on its own, not ride the pings.
     cmd.env("NOTIFY_SOCKET", &socket_path)

@@ -13,6 +13,17 @@ use s3drop_testkit::{Daemon, FakeCloud, REGION, Site, World, object_key as key, 
 mod common;
 use common::*;
 
+/// Starts the daemon as root without the capabilities that bypass file permissions.
+fn start_without_dac_override(site: &Site, fc: &FakeCloud) -> Daemon {
+    let cmd = site.command_with(
+        &without_dac_override(),
+        s3drop(),
+        &fc.sdk_env(),
+        &["run", "--log-format", "json"],
+    );
+    Daemon::spawn(site, cmd).unwrap()
+}
+
 /// Root reads any file whatever its mode; to make "no read permission" real, the daemon
 /// runs as root without the capabilities that bypass file permissions.
 fn without_dac_override() -> Vec<&'static str> {
@@ -61,13 +72,7 @@ async fn odd_names_links_fifos_and_unreadable_files_cost_no_other_file() {
     std::fs::write(&locked, b"locked until chmod").unwrap();
     std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
 
-    let cmd = site.command_with(
-        &without_dac_override(),
-        s3drop(),
-        &fc.sdk_env(),
-        &["run", "--log-format", "json"],
-    );
-    let mut daemon = Daemon::spawn(&site, cmd).unwrap();
+    let mut daemon = start_without_dac_override(&site, &fc);
     daemon
         .wait_for_log("ready: backlog queued", ARRIVAL)
         .unwrap();
@@ -604,13 +609,7 @@ async fn a_directory_s3drop_may_not_write_keeps_the_file_and_the_log_names_it_an
     std::fs::write(sub.join("report.csv"), b"kept").unwrap();
     std::os::unix::fs::chown(&sub, Some(65534), Some(65534)).unwrap();
     std::fs::set_permissions(&sub, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let cmd = site.command_with(
-        &without_dac_override(),
-        s3drop(),
-        &fc.sdk_env(),
-        &["run", "--log-format", "json"],
-    );
-    let mut daemon = Daemon::spawn(&site, cmd).unwrap();
+    let mut daemon = start_without_dac_override(&site, &fc);
     world
         .wait_for_object(&key("made-by-producer/report.csv"), ARRIVAL)
         .await
