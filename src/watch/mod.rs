@@ -248,9 +248,14 @@ impl Intake {
     }
 
     /// A file was closed or renamed in: it is complete once it stays untouched for the
-    /// quiet period (a close again or a touch restarts it).
+    /// quiet period (a close again or a touch restarts it). A directory moved in is not
+    /// held.
     async fn hold(&mut self, path: PathBuf) {
-        if self.config.quiet_period.is_zero() {
+        // A directory moved in brings finished files: walked at once, not held.
+        let is_dir = tokio::fs::symlink_metadata(&path)
+            .await
+            .is_ok_and(|m| m.is_dir());
+        if self.config.quiet_period.is_zero() || is_dir {
             return self.consider_complete(path).await;
         }
         match self.quiet_keys.get(&path) {
