@@ -469,7 +469,9 @@ impl Intake {
             Err(e) => tracing::error!(error = %e, "scan task failed"),
         }
         let elapsed_ms = started.elapsed().as_millis() as u64;
-        if matches!(reason, NEW_DIRECTORY | MOVED_IN) {
+        // Directories created one by one (a copied tree makes thousands) are summarized;
+        // a directory moved in is one operator-visible event.
+        if reason == NEW_DIRECTORY {
             tracing::debug!(reason, files, queued, elapsed_ms, "scan done");
             self.new_dirs.0 += 1;
             self.new_dirs.1 += files;
