@@ -87,7 +87,7 @@ pub const KEYS: &[KeyDoc] = &[
     },
     KeyDoc {
         name: "quiet_period_ms",
-        default: "`200`",
+        default: "`100`",
         meaning: "how long a file closed (or renamed in) must stay untouched before it is \
                   taken: deleted, renamed or written meanwhile, it was not finished (SQLite's \
                   journal); touched (rsync, tar and curl -R set the mtime after the close), \
