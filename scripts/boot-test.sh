@@ -221,17 +221,22 @@ SH
   root="/proc/$sd_pid/root"
 }
 
-# Until the container's systemd has booted: "running", or "degraded" when a unit failed.
-wait_booted() {
-  local state=""
-  for _ in $(seq "$1"); do
-    state="$(in_box systemctl is-system-running 2>/dev/null || true)"
-    case "$state" in running|degraded) echo "$state"; return 0 ;; esac
+# poll_state TRIES "STATE|STATE" CMD...: runs CMD every 0.2 s until it prints one of the
+# states; prints the last output; fails after TRIES tries.
+poll_state() {
+  local tries=$1 states=$2 state=""
+  shift 2
+  for _ in $(seq "$tries"); do
+    state="$("$@" 2>/dev/null || true)"
+    case "|$states|" in *"|$state|"*) echo "$state"; return 0 ;; esac
     sleep 0.2
   done
   echo "$state"
   return 1
 }
+
+# Until the container's systemd has booted: "running", or "degraded" when a unit failed.
+wait_booted() { poll_state "$1" "running|degraded" in_box systemctl is-system-running; }
 
 main_pid() { in_box systemctl show -p MainPID --value s3drop.service; }
 status_text() { in_box systemctl show -p StatusText --value s3drop.service; }
@@ -430,14 +435,7 @@ SH
 
 # Until cloud-final has run (its exit status), the whole boot bounded.
 wait_cloud_final() {
-  local result=""
-  for _ in $(seq 900); do
-    result="$(in_box systemctl show -p ActiveState --value cloud-final.service 2>/dev/null || true)"
-    case "$result" in active|failed) echo "$result"; return 0 ;; esac
-    sleep 0.2
-  done
-  echo "$result"
-  return 1
+  poll_state 900 "active|failed" in_box systemctl show -p ActiveState --value cloud-final.service
 }
 
 cloud_prepare "$ROLE_ARN" "$work/prepare-cloud.sh"
