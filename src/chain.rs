@@ -7,7 +7,7 @@ use std::fmt::Display;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use crate::config::{AfterUpload, Config};
+use crate::config::{AfterUpload, Config, SessionType};
 
 /// One link of the chain, in the order they are walked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,7 +20,10 @@ pub enum Link {
     Region,
     SessionPolicy,
     InstanceRole,
+    EnvironmentKeys,
+    SourceProfile,
     UploadRole,
+    FederationToken,
     WriteUnderPrefix,
     ScopeHolds,
 }
@@ -37,7 +40,10 @@ impl Link {
             Link::Region => "region",
             Link::SessionPolicy => "session policy",
             Link::InstanceRole => "instance role",
+            Link::EnvironmentKeys => "environment credentials",
+            Link::SourceProfile => "source profile",
             Link::UploadRole => "assume upload role",
+            Link::FederationToken => "federation token",
             Link::WriteUnderPrefix => "write under prefix",
             Link::ScopeHolds => "scope holds",
         }
@@ -45,7 +51,9 @@ impl Link {
 
     /// What an operator does when this link is broken.
     pub fn fix(self, config: Option<&Config>) -> String {
-        let role = config.map_or("the upload role".to_string(), |c| c.role_arn.to_string());
+        let role = config
+            .and_then(|c| c.session.role_arn())
+            .map_or("the upload role".to_string(), ToString::to_string);
         match self {
             Link::Config => "correct the config file (see `s3drop run --help`)".into(),
             Link::WatchDir => "create the directory and make it readable by the s3drop user".into(),
@@ -63,14 +71,33 @@ impl Link {
             Link::InstanceRole => "attach an instance profile whose role may call \
                                    sts:AssumeRole on the upload role"
                 .into(),
+            Link::EnvironmentKeys => "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in \
+                                      s3drop's environment (systemd: EnvironmentFile=)"
+                .into(),
+            Link::SourceProfile => "create the profile (`aws configure --profile NAME`) for \
+                                    the user s3drop runs as, or point AWS_CONFIG_FILE / \
+                                    AWS_SHARED_CREDENTIALS_FILE at its files"
+                .into(),
             Link::UploadRole => format!(
-                "let the instance role assume {role}: its trust policy must name the instance \
-                 role and the instance role's policy must allow sts:AssumeRole on it"
+                "let the base credentials' principal (the instance role by default) assume \
+                 {role}: its trust policy must name that principal and the principal's policy \
+                 must allow sts:AssumeRole on it"
             ),
-            Link::WriteUnderPrefix => format!(
-                "the upload role {role} must allow the session policy's actions (see \
-                 `session policy`) on the prefix, and no bucket policy may deny them"
-            ),
+            Link::FederationToken => "use an IAM user's long-term access keys as the source, \
+                                      and allow that user sts:GetFederationToken (see \
+                                      docs/IAM.md)"
+                .into(),
+            Link::WriteUnderPrefix => match config.map(|c| &c.session) {
+                Some(SessionType::FederationToken) => "the IAM user must itself be allowed the \
+                    session policy's actions (see `session policy`) on the prefix: a \
+                    federation token never has more than its user, and no bucket policy may \
+                    deny them"
+                    .into(),
+                _ => format!(
+                    "the upload role {role} must allow the session policy's actions (see \
+                     `session policy`) on the prefix, and no bucket policy may deny them"
+                ),
+            },
             Link::ScopeHolds => "delete that probe object and report this: the upload session \
                                  must not write outside its prefix"
                 .into(),
@@ -82,6 +109,10 @@ impl Link {
 pub trait Observer {
     fn passed(&mut self, link: Link, detail: &dyn Display);
     fn failed(&mut self, link: Link, error: &dyn Display);
+    /// The link is not needed with this config (IMDS off EC2).
+    fn skipped(&mut self, link: Link, why: &dyn Display) {
+        let _ = (link, why);
+    }
 }
 
 /// For `run`: the result is all it needs.

@@ -29,6 +29,9 @@ pub enum Format {
 struct Entry {
     check: &'static str,
     ok: bool,
+    /// Not needed with this config (and so not walked): not a failure, not a pass.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    skipped: bool,
     detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     fix: Option<String>,
@@ -51,7 +54,21 @@ impl<W: Write> Observer for Report<W> {
         self.entries.push(Entry {
             check: link.name(),
             ok: true,
+            skipped: false,
             detail: detail.to_string(),
+            fix: None,
+        });
+    }
+
+    fn skipped(&mut self, link: Link, why: &dyn Display) {
+        if self.format == Format::Text {
+            let _ = writeln!(self.out, "- {}: skipped, {why}", link.name());
+        }
+        self.entries.push(Entry {
+            check: link.name(),
+            ok: true,
+            skipped: true,
+            detail: why.to_string(),
             fix: None,
         });
     }
@@ -66,6 +83,7 @@ impl<W: Write> Observer for Report<W> {
         self.entries.push(Entry {
             check: link.name(),
             ok: false,
+            skipped: false,
             detail: error.to_string(),
             fix: Some(fix),
         });

@@ -172,10 +172,12 @@ fn start_workers(r: &mut Running, session: Session) {
     let config = &r.config;
     tracing::info!(
         instance_id = session.facts.instance_id,
+        host = session.facts.hostname,
         region = session.facts.region,
         bucket = config.bucket,
         prefix = session.scope.prefix,
-        role_arn = %config.role_arn,
+        role_arn = config.session.role_arn().map(|arn| arn.as_str()),
+        source = %config.source.describe(),
         watch_dir = %config.watch_dir.display(),
         "s3drop started"
     );

@@ -177,7 +177,13 @@ async fn the_session_policy_denies_writes_outside_the_prefix_that_the_role_allow
         .expect("the upload role alone may write anywhere in the bucket");
 
     // And with exactly the policy s3drop sends, the same write is denied.
-    let policy = s3drop::auth::policy::session_policy("aws", BUCKET, &key(""), false).unwrap();
+    let policy = s3drop::auth::policy::session_policy(
+        "aws",
+        BUCKET,
+        s3drop::auth::policy::Writable::Under(&key("")),
+        false,
+    )
+    .unwrap();
     let scoped = world
         .s3_as(world.assume_upload_role(Some(&policy)).await.unwrap())
         .await;

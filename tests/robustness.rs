@@ -311,9 +311,9 @@ async fn sessions_that_expire_mid_stream_are_renewed_and_no_file_fails() {
         fc.shift_clock(1_000 * (round + 1)).unwrap();
     }
     let renewals = daemon
-        .events("assumed upload role with session policy")
+        .events("upload session minted with the session policy")
         .len();
-    let refused = daemon.events("S3 refused the session token; assuming the upload role again");
+    let refused = daemon.events("S3 refused the session token; minting a new session");
     println!(
         "expiry test: 15 files over 3 clock jumps of 1000 s; sessions assumed {renewals}, \
          expired-token refreshes {}",

@@ -26,7 +26,9 @@ pub struct SessionCredentials {
 #[derive(Debug)]
 struct Inner {
     source: SharedCredentialsProvider,
-    target: String,
+    /// The STS call that mints a session, and what to fix when it is refused.
+    call: String,
+    hint: &'static str,
     cached: tokio::sync::Mutex<Option<Cached>>,
 }
 
@@ -36,11 +38,12 @@ struct Cached {
 }
 
 impl SessionCredentials {
-    pub fn new(source: impl ProvideCredentials + 'static, target: &str) -> Self {
+    pub fn new(source: SharedCredentialsProvider, call: String, hint: &'static str) -> Self {
         SessionCredentials {
             inner: Arc::new(Inner {
-                source: SharedCredentialsProvider::new(source),
-                target: target.to_string(),
+                source,
+                call,
+                hint,
                 cached: tokio::sync::Mutex::new(None),
             }),
         }
@@ -59,12 +62,12 @@ impl SessionCredentials {
         match self.inner.source.provide_credentials().await {
             Ok(credentials) => {
                 tracing::info!(
-                    target = %self.inner.target,
+                    call = %self.inner.call,
                     expires_in_s = credentials
                         .expiry()
                         .and_then(|e| e.duration_since(now).ok())
                         .map(|d| d.as_secs()),
-                    "assumed upload role with session policy"
+                    "upload session minted with the session policy"
                 );
                 *cached = Some(Cached {
                     credentials: credentials.clone(),
@@ -91,8 +94,9 @@ impl SessionCredentials {
                 .iter()
                 .any(|needle| message.contains(needle));
                 Err(AuthError::Mint {
-                    target: self.inner.target.clone(),
+                    call: self.inner.call.clone(),
                     message,
+                    hint: self.inner.hint,
                     refused,
                 })
             }
@@ -108,7 +112,7 @@ impl SessionCredentials {
             .as_ref()
             .is_some_and(|c| c.credentials.access_key_id() == used)
         {
-            tracing::info!("S3 refused the session token; assuming the upload role again");
+            tracing::info!("S3 refused the session token; minting a new session");
             *cached = None;
         }
     }
@@ -162,7 +166,10 @@ mod tests {
             lifetime,
             fail: false,
         };
-        (SessionCredentials::new(source, "arn:test"), calls)
+        (
+            SessionCredentials::new(SharedCredentialsProvider::new(source), "test".into(), ""),
+            calls,
+        )
     }
 
     #[tokio::test]
@@ -206,7 +213,11 @@ mod tests {
             lifetime: Duration::ZERO,
             fail: true,
         };
-        let creds = SessionCredentials::new(source, "arn:aws:iam::1:role/x");
+        let creds = SessionCredentials::new(
+            SharedCredentialsProvider::new(source),
+            "sts:AssumeRole into arn:aws:iam::1:role/x".into(),
+            "",
+        );
         let err = creds.get().await.unwrap_err().to_string();
         assert!(err.contains("arn:aws:iam::1:role/x"), "{err}");
     }

@@ -9,11 +9,29 @@ use aws_config::meta::region::ProvideRegion;
 
 use super::AuthError;
 
-/// What the instance tells s3drop about itself.
+/// What s3drop knows about where it runs: from IMDS on EC2, the host name anywhere.
 #[derive(Debug, Clone)]
-pub struct InstanceFacts {
-    pub instance_id: String,
+pub struct Facts {
+    /// None when IMDS was not needed (no instance source, no `{instance_id}`).
+    pub instance_id: Option<String>,
     pub region: String,
+    pub hostname: String,
+}
+
+impl Facts {
+    /// Who this is in a session's name (CloudTrail): the instance, else the host.
+    pub fn who(&self) -> &str {
+        self.instance_id.as_deref().unwrap_or(&self.hostname)
+    }
+}
+
+/// The kernel's host name (`uname -n`).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
 }
 
 /// Where the region came from, for `check`'s report.
@@ -52,16 +70,23 @@ pub async fn instance_id(imds: &imds::Client) -> Result<String, AuthError> {
         })
 }
 
-/// The region: the config's, else `AWS_REGION` (or `AWS_DEFAULT_REGION`), else IMDS's.
+/// The region without asking IMDS: the config's, else `AWS_REGION` (or
+/// `AWS_DEFAULT_REGION`).
+pub async fn local_region(configured: Option<&str>) -> Option<(String, RegionSource)> {
+    if let Some(region) = configured {
+        return Some((region.to_string(), RegionSource::Config));
+    }
+    let region = EnvironmentVariableRegionProvider::new().region().await?;
+    Some((region.to_string(), RegionSource::Environment))
+}
+
+/// The region: [`local_region`], else IMDS's.
 pub async fn region(
     imds: &imds::Client,
     configured: Option<&str>,
 ) -> Result<(String, RegionSource), AuthError> {
-    if let Some(region) = configured {
-        return Ok((region.to_string(), RegionSource::Config));
-    }
-    if let Some(region) = EnvironmentVariableRegionProvider::new().region().await {
-        return Ok((region.to_string(), RegionSource::Environment));
+    if let Some(local) = local_region(configured).await {
+        return Ok(local);
     }
     let region = imds
         .get("/latest/meta-data/placement/region")

@@ -1,8 +1,8 @@
-//! From nothing to a prefix-scoped upload session, as one chain that `run`, `check` (and
-//! later commands that hand the session to other programs) all walk: instance facts from
-//! IMDS → the key prefix and its session policy ([`scope`]) → the base credentials
-//! ([`source`]) → the upload session minted with the policy ([`mint`]) → a cache that
-//! refreshes it ([`cache`]). Each link reports to a [`chain::Observer`].
+//! From nothing to a prefix-scoped upload session, as one chain that `run`, `check`,
+//! `credentials` and `exec` all walk: facts about the host (from IMDS when needed) → the key
+//! prefix and its session policy ([`scope`]) → the base credentials ([`source`]) → the
+//! upload session minted with the policy ([`mint`]) → a cache that refreshes it
+//! ([`cache`]). Each link reports to a [`chain::Observer`].
 
 mod cache;
 pub mod imds;
@@ -11,16 +11,18 @@ pub mod policy;
 pub mod scope;
 pub mod source;
 
+use std::time::Duration;
+
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_types::region::Region;
 
 pub use cache::SessionCredentials;
-pub use imds::InstanceFacts;
-pub use scope::Scope;
+pub use imds::Facts;
+pub use scope::{Reach, Scope};
 pub use source::CredentialSource;
 
 use crate::chain::{Link, Observer};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, SessionType};
 use mint::Minter;
 use policy::PolicyTooLong;
 
@@ -37,23 +39,27 @@ pub enum AuthError {
          placement/region ({message})"
     )]
     Region { message: String },
+    #[error(
+        "key_prefix uses {{instance_id}}, but the instance metadata service did not answer \
+         ({message}): off EC2, use {{hostname}} in key_prefix instead"
+    )]
+    NoInstanceId { message: String },
     #[error(transparent)]
     Prefix(#[from] ConfigError),
     #[error(transparent)]
     Policy(#[from] PolicyTooLong),
-    #[error(
-        "the instance role's credentials are not available from IMDS: {message} (does the \
-         instance have an instance profile with a role?)"
-    )]
-    BaseCredentials { message: String },
-    #[error(
-        "sts:AssumeRole into {target} with the session policy was refused: {message} (the \
-         upload role's trust policy must trust the instance role, and the instance role's \
-         policy must allow sts:AssumeRole on it)"
-    )]
-    Mint {
-        target: String,
+    #[error("no base credentials from {origin}: {message} ({hint})")]
+    BaseCredentials {
+        /// The config line that chose the source.
+        origin: String,
         message: String,
+        hint: &'static str,
+    },
+    #[error("{call} with the session policy failed: {message} ({hint})")]
+    Mint {
+        call: String,
+        message: String,
+        hint: &'static str,
         /// Refused (denied, malformed policy) rather than unreachable.
         refused: bool,
     },
@@ -67,73 +73,141 @@ impl AuthError {
             AuthError::Prefix(_) | AuthError::Policy(_) => true,
             AuthError::Mint { refused, .. } => *refused,
             AuthError::Imds { .. }
+            | AuthError::NoInstanceId { .. }
             | AuthError::Region { .. }
             | AuthError::BaseCredentials { .. } => false,
         }
     }
 }
 
-/// A minted upload session: who the instance is, what the session may write, and the
-/// cache that keeps its credentials fresh.
+/// A minted upload session: where it runs, what it may write, and the cache that keeps
+/// its credentials fresh.
 pub struct Session {
-    pub facts: InstanceFacts,
+    pub facts: Facts,
     pub scope: Scope,
     pub credentials: SessionCredentials,
     /// Region and endpoints for S3 clients (credentials are handed to each request).
     pub sdk: SdkConfig,
 }
 
-/// Walks the credential chain and mints the session once, so a broken chain fails here
-/// with its cause rather than at the first file.
+/// What to mint: the daemon's session, or one for another program (narrower, or of
+/// another length).
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub reach: Reach,
+    pub duration: Duration,
+}
+
+impl Request {
+    /// The daemon's own session: the whole prefix, for `session_duration_seconds`.
+    pub fn daemon(config: &Config) -> Request {
+        Request {
+            reach: Reach::Prefix,
+            duration: config.session_duration,
+        }
+    }
+}
+
+/// Walks the credential chain and mints the daemon's session once, so a broken chain
+/// fails here with its cause rather than at the first file.
 pub async fn establish(
     config: &Config,
     observer: &mut impl Observer,
 ) -> Result<Session, AuthError> {
+    establish_for(config, &Request::daemon(config), observer).await
+}
+
+/// Walks the credential chain and mints the session `request` asks for.
+pub async fn establish_for(
+    config: &Config,
+    request: &Request,
+    observer: &mut impl Observer,
+) -> Result<Session, AuthError> {
     let imds = imds::client();
-    let instance_id = step(
-        observer,
-        Link::InstanceMetadata,
-        imds::instance_id(&imds).await,
-        |id| format!("answered; instance {id}"),
-    )?;
-    let region = imds::region(&imds, config.region.as_deref()).await;
-    let (region, _) = step(observer, Link::Region, region, |(region, from)| {
-        format!("{region} ({})", from.describe())
-    })?;
-    let facts = InstanceFacts {
-        instance_id,
-        region,
-    };
+    let facts = facts(config, &imds, observer).await?;
     let scope = step(
         observer,
         Link::SessionPolicy,
-        Scope::new(config, &facts),
+        Scope::new(config, &facts, &request.reach),
         Scope::describe,
     )?;
-    let source = CredentialSource::Ec2InstanceMetadata;
-    let base = step(
-        observer,
-        Link::InstanceRole,
-        source.provider(&imds).await,
-        |_| source.describe().to_string(),
-    )?;
+    let source = &config.source;
+    let base = step(observer, source.link(), source.base(&imds).await, |base| {
+        source.answered(base)
+    })?;
+    let minter = Minter {
+        session: config.session.clone(),
+        duration: request.duration,
+    };
+    let name = mint::session_name(facts.who());
+    if minter.session == SessionType::FederationToken && base.is_session {
+        // STS would refuse; say why before asking.
+        let refused = AuthError::Mint {
+            call: minter.call(&name),
+            message: format!(
+                "the base credentials from {} are temporary (they carry a session token)",
+                source.describe()
+            ),
+            hint: mint::FEDERATION_FROM_SESSION,
+            refused: true,
+        };
+        observer.failed(minter.link(), &refused);
+        return Err(refused);
+    }
     let sdk = aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(facts.region.clone()))
-        .credentials_provider(base)
+        .credentials_provider(base.provider)
         .load()
         .await;
-    let minter = Minter::from_config(config);
-    let name = mint::session_name(&facts.instance_id);
     let provider = minter.provider(&sdk, &name, scope.policy.clone()).await;
-    let credentials = SessionCredentials::new(provider, &minter.target());
-    step(observer, Link::UploadRole, credentials.get().await, |_| {
-        format!("{} with the session policy", minter.target())
+    let credentials = SessionCredentials::new(provider, minter.call(&name), minter.hint());
+    step(observer, minter.link(), credentials.get().await, |_| {
+        format!("{} with the session policy", minter.call(&name))
     })?;
     Ok(Session {
         facts,
         scope,
         credentials,
         sdk,
+    })
+}
+
+/// The instance id (only when the source or the prefix needs it: off EC2 IMDS is not
+/// asked), the region and the host name.
+async fn facts(
+    config: &Config,
+    imds: &aws_config::imds::Client,
+    observer: &mut impl Observer,
+) -> Result<Facts, AuthError> {
+    let from_instance = config.source == CredentialSource::Ec2InstanceMetadata;
+    let instance_id = if from_instance || config.key_prefix.uses("instance_id") {
+        let id = imds::instance_id(imds).await.map_err(|e| match e {
+            AuthError::Imds { message, .. } if !from_instance => {
+                AuthError::NoInstanceId { message }
+            }
+            other => other,
+        });
+        Some(step(observer, Link::InstanceMetadata, id, |id| {
+            format!("answered; instance {id}")
+        })?)
+    } else {
+        observer.skipped(
+            Link::InstanceMetadata,
+            &format!(
+                "not needed ({} and key_prefix has no {{instance_id}})",
+                config.source.describe()
+            ),
+        );
+        None
+    };
+    let region = imds::region(imds, config.region.as_deref()).await;
+    let (region, _) = step(observer, Link::Region, region, |(region, from)| {
+        format!("{region} ({})", from.describe())
+    })?;
+    Ok(Facts {
+        instance_id,
+        region,
+        hostname: imds::hostname(),
     })
 }
 

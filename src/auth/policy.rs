@@ -15,9 +15,35 @@ pub struct PolicyTooLong {
     pub len: usize,
 }
 
-/// The one resource the session may write: `arn:<partition>:s3:::<bucket>/<prefix>*`.
-pub fn object_arn_pattern(partition: &str, bucket: &str, prefix: &str) -> String {
-    format!("arn:{partition}:s3:::{bucket}/{prefix}*")
+/// What a session may write: every key under a prefix, or exactly one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writable<'a> {
+    Under(&'a str),
+    Key(&'a str),
+}
+
+/// The one resource the session may write: `arn:<partition>:s3:::<bucket>/<prefix>*` or
+/// `…/<key>`. Characters IAM reads as wildcards or variables in a resource (`*`, `?`, `$`)
+/// are escaped (`${*}`, `${?}`, `${$}`), so a key named `a*` grants that key only.
+pub fn object_arn(partition: &str, bucket: &str, writable: Writable<'_>) -> String {
+    match writable {
+        Writable::Under(prefix) => format!("arn:{partition}:s3:::{bucket}/{}*", escape(prefix)),
+        Writable::Key(key) => format!("arn:{partition}:s3:::{bucket}/{}", escape(key)),
+    }
+}
+
+/// IAM's escapes for the characters that are special in a resource.
+fn escape(literal: &str) -> String {
+    let mut out = String::with_capacity(literal.len());
+    for c in literal.chars() {
+        match c {
+            '*' => out.push_str("${*}"),
+            '?' => out.push_str("${?}"),
+            '$' => out.push_str("${$}"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The actions the session needs. Multipart uploads are authorized as `s3:PutObject` by
@@ -35,13 +61,12 @@ pub const EMULATOR_MULTIPART_ACTIONS: [&str; 3] = [
 ];
 pub const EMULATOR_MULTIPART_ACTIONS_VAR: &str = "S3DROP_TEST_EMULATOR_MULTIPART_ACTIONS";
 
-/// Builds the session policy: the [`ACTIONS`] under the prefix and nothing else (no List,
-/// no Get/Head, no other bucket). Prefix characters that IAM would treat as wildcards or
-/// variables are refused earlier, by the config validation.
+/// Builds the session policy: the [`ACTIONS`] on what is [`Writable`] and nothing else (no
+/// List, no Get/Head, no other bucket).
 pub fn session_policy(
     partition: &str,
     bucket: &str,
-    prefix: &str,
+    writable: Writable<'_>,
     emulator_actions: bool,
 ) -> Result<String, PolicyTooLong> {
     let mut actions: Vec<&str> = ACTIONS.to_vec();
@@ -54,7 +79,7 @@ pub fn session_policy(
             "Sid": "S3dropPutUnderPrefix",
             "Effect": "Allow",
             "Action": actions,
-            "Resource": object_arn_pattern(partition, bucket, prefix),
+            "Resource": object_arn(partition, bucket, writable),
         }]
     });
     let packed = document.to_string();
@@ -71,7 +96,7 @@ mod tests {
 
     #[test]
     fn policy_allows_only_writing_under_the_prefix() {
-        let text = session_policy("aws", "drop-bucket", "i-0abc/", false).unwrap();
+        let text = session_policy("aws", "drop-bucket", Writable::Under("i-0abc/"), false).unwrap();
         let doc: Value = serde_json::from_str(&text).unwrap();
         let statements = doc["Statement"].as_array().unwrap();
         assert_eq!(statements.len(), 1);
@@ -87,16 +112,16 @@ mod tests {
 
     #[test]
     fn partition_follows_the_role() {
-        let text = session_policy("aws-cn", "b", "p/", false).unwrap();
+        let text = session_policy("aws-cn", "b", Writable::Under("p/"), false).unwrap();
         assert!(text.contains("arn:aws-cn:s3:::b/p/*"));
     }
 
     #[test]
     fn emulator_names_are_added_only_when_asked() {
-        let text = session_policy("aws", "b", "p/", true).unwrap();
+        let text = session_policy("aws", "b", Writable::Under("p/"), true).unwrap();
         assert!(text.contains("s3:UploadPart"));
         assert!(
-            !session_policy("aws", "b", "p/", false)
+            !session_policy("aws", "b", Writable::Under("p/"), false)
                 .unwrap()
                 .contains("UploadPart")
         );
@@ -105,7 +130,23 @@ mod tests {
     #[test]
     fn overlong_policy_is_refused() {
         let prefix = "p".repeat(2100);
-        let err = session_policy("aws", "b", &prefix, false).unwrap_err();
+        let err = session_policy("aws", "b", Writable::Under(&prefix), false).unwrap_err();
         assert!(err.len > MAX_SESSION_POLICY_CHARS);
+    }
+
+    #[test]
+    fn one_key_is_granted_exactly_with_wildcards_escaped() {
+        let text = session_policy("aws", "b", Writable::Key("p/a/b.txt"), false).unwrap();
+        let doc: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(doc["Statement"][0]["Resource"], "arn:aws:s3:::b/p/a/b.txt");
+        assert_eq!(
+            object_arn("aws", "b", Writable::Key("p/a*?$x")),
+            "arn:aws:s3:::b/p/a${*}${?}${$}x"
+        );
+        assert_eq!(
+            object_arn("aws", "b", Writable::Under("p/we*rd/")),
+            "arn:aws:s3:::b/p/we${*}rd/*",
+            "only the trailing wildcard is one"
+        );
     }
 }

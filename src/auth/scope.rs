@@ -1,8 +1,64 @@
-//! What the upload session may write: the expanded key prefix and the session policy that
-//! confines writes to it.
+//! What the upload session may write: the expanded key prefix, narrowed for a session
+//! handed to another program ([`Reach`]), and the session policy that confines writes to it.
 
-use super::{AuthError, InstanceFacts, policy};
+use super::{AuthError, Facts, policy};
 use crate::config::{Config, PrefixFacts};
+use policy::Writable;
+
+/// How much under the configured prefix a session may write. Both narrowings are relative
+/// to the prefix, so nothing can reach outside it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Reach {
+    /// Every key under the prefix (the daemon's own session).
+    #[default]
+    Prefix,
+    /// Every key under PREFIX + this sub-prefix (which ends in `/`).
+    Under(String),
+    /// Exactly the key PREFIX + this.
+    Key(String),
+}
+
+impl Reach {
+    /// `--prefix SUB`: a relative path of non-empty segments; a missing trailing `/` is
+    /// added, so `logs` does not also grant `logs-private/`.
+    pub fn under(sub: &str) -> Result<Reach, String> {
+        let sub = sub.strip_suffix('/').unwrap_or(sub);
+        check_relative(sub, "--prefix")?;
+        Ok(Reach::Under(format!("{sub}/")))
+    }
+
+    /// `--key KEY`: a relative path of non-empty segments.
+    pub fn key(key: &str) -> Result<Reach, String> {
+        check_relative(key, "--key")?;
+        Ok(Reach::Key(key.to_string()))
+    }
+}
+
+/// Refuses what could step outside the prefix or name nothing: an empty value, a leading
+/// `/`, empty, `.` or `..` segments, control characters.
+fn check_relative(path: &str, flag: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Err(format!("{flag} must not be empty"));
+    }
+    if path.starts_with('/') {
+        return Err(format!(
+            "{flag} {path:?} must be relative to the configured key_prefix (no leading `/`)"
+        ));
+    }
+    if let Some(bad) = path
+        .split('/')
+        .find(|segment| segment.is_empty() || *segment == "." || *segment == "..")
+    {
+        return Err(format!(
+            "{flag} {path:?} has an empty, `.` or `..` segment ({bad:?}): it must name a path \
+             under the configured key_prefix"
+        ));
+    }
+    if path.chars().any(char::is_control) {
+        return Err(format!("{flag} {path:?} contains a control character"));
+    }
+    Ok(())
+}
 
 #[derive(Debug, Clone)]
 pub struct Scope {
@@ -15,12 +71,13 @@ pub struct Scope {
 }
 
 impl Scope {
-    pub fn new(config: &Config, facts: &InstanceFacts) -> Result<Scope, AuthError> {
+    pub fn new(config: &Config, facts: &Facts, reach: &Reach) -> Result<Scope, AuthError> {
         let prefix = config.key_prefix.expand(&PrefixFacts {
-            instance_id: &facts.instance_id,
+            instance_id: facts.instance_id.as_deref(),
             region: &facts.region,
+            hostname: &facts.hostname,
         })?;
-        let partition = config.role_arn.partition();
+        let partition = config.partition(&facts.region);
         let emulator = std::env::var_os(policy::EMULATOR_MULTIPART_ACTIONS_VAR).is_some();
         if emulator {
             tracing::warn!(
@@ -29,9 +86,18 @@ impl Scope {
                 policy::EMULATOR_MULTIPART_ACTIONS_VAR
             );
         }
-        let policy = policy::session_policy(partition, &config.bucket, &prefix, emulator)?;
+        let (prefix, key) = match reach {
+            Reach::Prefix => (prefix, None),
+            Reach::Under(sub) => (format!("{prefix}{sub}"), None),
+            Reach::Key(key) => (prefix.clone(), Some(format!("{prefix}{key}"))),
+        };
+        let writable = match &key {
+            Some(key) => Writable::Key(key),
+            None => Writable::Under(&prefix),
+        };
+        let policy = policy::session_policy(partition, &config.bucket, writable, emulator)?;
         Ok(Scope {
-            resource: policy::object_arn_pattern(partition, &config.bucket, &prefix),
+            resource: policy::object_arn(partition, &config.bucket, writable),
             prefix,
             policy,
         })
@@ -45,5 +111,23 @@ impl Scope {
             self.resource,
             self.policy.len()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn narrowings_stay_under_the_prefix() {
+        assert_eq!(Reach::under("logs").unwrap(), Reach::Under("logs/".into()));
+        assert_eq!(Reach::under("a/b/").unwrap(), Reach::Under("a/b/".into()));
+        assert_eq!(Reach::key("a/b.txt").unwrap(), Reach::Key("a/b.txt".into()));
+        for bad in ["", "/a", "a//b", "../x", "a/../../x", "./a", "a/.", "a\nb"] {
+            assert!(Reach::key(bad).is_err(), "{bad:?} accepted as --key");
+        }
+        for bad in ["", "/", "/a", "..", "a//"] {
+            assert!(Reach::under(bad).is_err(), "{bad:?} accepted as --prefix");
+        }
     }
 }

@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod credentials;
 mod exclude;
 mod prefix;
 pub mod reference;
@@ -12,14 +13,11 @@ pub mod reference;
 use bytesize::ByteSize;
 use serde::Deserialize;
 
+pub use credentials::{CredentialSource, MAX_FEDERATION_SECONDS, SessionType, partition_of_region};
 pub use exclude::Exclude;
 pub use prefix::{KeyPrefixTemplate, PrefixFacts};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/s3drop/s3drop.toml";
-
-/// STS caps a session obtained by role chaining (instance profile → AssumeRole) at one hour.
-const MAX_CHAINED_SESSION_SECONDS: u64 = 3600;
-const MIN_SESSION_SECONDS: u64 = 900;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -67,13 +65,16 @@ struct RawConfig {
     #[serde(default = "default_state_dir")]
     state_dir: PathBuf,
     bucket: String,
-    role_arn: String,
+    role_arn: Option<String>,
+    credential_source: Option<credentials::SourceKind>,
+    source_profile: Option<String>,
+    #[serde(default)]
+    session_type: credentials::SessionKind,
     #[serde(default = "default_key_prefix")]
     key_prefix: String,
     region: Option<String>,
     external_id: Option<String>,
-    #[serde(default = "default_session_duration")]
-    session_duration_seconds: u64,
+    session_duration_seconds: Option<u64>,
     #[serde(default = "default_after_upload")]
     after_upload: AfterUploadKind,
     move_to: Option<PathBuf>,
@@ -105,9 +106,6 @@ fn default_state_dir() -> PathBuf {
 }
 fn default_key_prefix() -> String {
     "{instance_id}/".to_string()
-}
-fn default_session_duration() -> u64 {
-    MAX_CHAINED_SESSION_SECONDS
 }
 fn default_after_upload() -> AfterUploadKind {
     AfterUploadKind::Keep
@@ -185,10 +183,12 @@ pub struct Config {
     pub watch_dir: PathBuf,
     pub state_dir: PathBuf,
     pub bucket: String,
-    pub role_arn: RoleArn,
+    /// Where the base credentials come from.
+    pub source: CredentialSource,
+    /// How the scoped session is minted from them (and into which role).
+    pub session: SessionType,
     pub key_prefix: KeyPrefixTemplate,
     pub region: Option<String>,
-    pub external_id: Option<String>,
     pub session_duration: Duration,
     pub after_upload: AfterUpload,
     pub exclude: Exclude,
@@ -214,6 +214,14 @@ pub struct Config {
 }
 
 impl Config {
+    /// The partition ARNs are written in: the upload role's, else the region's.
+    pub fn partition<'a>(&'a self, region: &str) -> &'a str {
+        match self.session.role_arn() {
+            Some(role) => role.partition(),
+            None => partition_of_region(region),
+        }
+    }
+
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
@@ -241,9 +249,17 @@ impl RawConfig {
     fn validate(self) -> Result<Config, ConfigError> {
         self.check_dirs()?;
         validate_bucket(&self.bucket)?;
-        let role_arn = RoleArn::parse(&self.role_arn)?;
+        self.check_region()?;
+        let (source, session, session_duration) = credentials::RawCredentials {
+            credential_source: self.credential_source,
+            source_profile: self.source_profile.as_deref(),
+            session_type: self.session_type,
+            role_arn: self.role_arn.as_deref(),
+            external_id: self.external_id.as_deref(),
+            session_duration_seconds: self.session_duration_seconds,
+        }
+        .validate()?;
         let key_prefix = KeyPrefixTemplate::parse(&self.key_prefix)?;
-        self.check_session()?;
         let exclude = Exclude::new(&self.exclude)?;
         let after_upload = self.after_upload()?;
         let transfer = self.transfer()?;
@@ -251,11 +267,11 @@ impl RawConfig {
             watch_dir: self.watch_dir,
             state_dir: self.state_dir,
             bucket: self.bucket,
-            role_arn,
+            source,
+            session,
             key_prefix,
             region: self.region,
-            external_id: self.external_id,
-            session_duration: Duration::from_secs(self.session_duration_seconds),
+            session_duration,
             after_upload,
             exclude,
             concurrency: self.concurrency,
@@ -304,7 +320,7 @@ impl RawConfig {
         Ok(())
     }
 
-    fn check_session(&self) -> Result<(), ConfigError> {
+    fn check_region(&self) -> Result<(), ConfigError> {
         if let Some(region) = &self.region
             && (region.is_empty()
                 || !region
@@ -314,31 +330,6 @@ impl RawConfig {
             return Err(invalid(
                 "region",
                 format!("{region:?} is not a region name like \"us-east-1\""),
-            ));
-        }
-        if let Some(id) = &self.external_id
-            && !(2..=1224).contains(&id.len())
-        {
-            return Err(invalid(
-                "external_id",
-                "must be 2 to 1224 characters long (STS limit)",
-            ));
-        }
-        let seconds = self.session_duration_seconds;
-        if seconds < MIN_SESSION_SECONDS {
-            return Err(invalid(
-                "session_duration_seconds",
-                format!("{seconds} is below STS's minimum of 900 seconds"),
-            ));
-        }
-        if seconds > MAX_CHAINED_SESSION_SECONDS {
-            return Err(invalid(
-                "session_duration_seconds",
-                format!(
-                    "{seconds} is above 3600: s3drop assumes the upload role with the instance \
-                     role's temporary credentials (role chaining), and STS limits a chained \
-                     session to one hour whatever the role's MaxSessionDuration says"
-                ),
             ));
         }
         Ok(())
@@ -550,8 +541,63 @@ mod tests {
         assert_eq!(c.session_duration, Duration::from_secs(3600));
         assert_eq!(c.after_upload, AfterUpload::Keep);
         assert!(c.region.is_none());
-        assert!(c.external_id.is_none());
-        assert_eq!(c.role_arn.partition(), "aws");
+        assert_eq!(c.source, CredentialSource::Ec2InstanceMetadata);
+        let SessionType::AssumeRole {
+            role_arn,
+            external_id,
+        } = &c.session
+        else {
+            panic!("assume_role is the default: {:?}", c.session)
+        };
+        assert!(external_id.is_none());
+        assert_eq!(role_arn.partition(), "aws");
+    }
+
+    /// A config without role_arn, with `extra`.
+    fn without_role(extra: &str) -> Result<Config, ConfigError> {
+        Config::parse(&format!(
+            "watch_dir = \"/srv/drop\"\nbucket = \"my-bucket\"\n{extra}"
+        ))
+    }
+
+    #[test]
+    fn credential_sources_use_aws_vocabulary_and_exclude_each_other() {
+        let c = with("credential_source = \"Environment\"").unwrap();
+        assert_eq!(c.source, CredentialSource::Environment);
+        let c = with("source_profile = \"sts-user\"").unwrap();
+        assert_eq!(c.source, CredentialSource::Profile("sts-user".into()));
+        let e = err_of("credential_source = \"Environment\"\nsource_profile = \"x\"");
+        assert!(
+            e.contains("source_profile") && e.contains("credential_source"),
+            "names both: {e}"
+        );
+        assert!(err_of("credential_source = \"EcsContainer\"").contains("credential_source"));
+    }
+
+    #[test]
+    fn federation_token_needs_long_term_keys_and_no_role() {
+        let c = without_role("session_type = \"federation_token\"\nsource_profile = \"u\"\nsession_duration_seconds = 129600").unwrap();
+        assert_eq!(c.session, SessionType::FederationToken);
+        assert_eq!(c.session_duration, Duration::from_secs(129_600));
+        assert_eq!(c.partition("cn-north-1"), "aws-cn");
+        let e = without_role("session_type = \"federation_token\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("session_type") && e.contains("session credentials"),
+            "the instance role cannot call GetFederationToken: {e}"
+        );
+        let e = err_of("session_type = \"federation_token\"\ncredential_source = \"Environment\"");
+        assert!(e.contains("`role_arn`"), "role_arn is refused: {e}");
+        let e = without_role(
+            "session_type = \"federation_token\"\ncredential_source = \"Environment\"\n\
+             session_duration_seconds = 129601",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("129600"), "{e}");
+        let e = without_role("").unwrap_err().to_string();
+        assert!(e.contains("`role_arn`") && e.contains("assume_role"), "{e}");
     }
 
     #[test]
@@ -628,14 +674,23 @@ mod tests {
     fn key_prefix_placeholders_expand_and_unknown_ones_fail() {
         let c = with("key_prefix = \"fleet/{region}/{instance_id}/\"").unwrap();
         let facts = PrefixFacts {
-            instance_id: "i-0abc",
+            instance_id: Some("i-0abc"),
             region: "eu-west-1",
+            hostname: "web-1",
         };
         assert_eq!(
             c.key_prefix.expand(&facts).unwrap(),
             "fleet/eu-west-1/i-0abc/"
         );
-        assert!(err_of("key_prefix = \"{hostname}/\"").contains("unknown placeholder"));
+        let off_ec2 = PrefixFacts {
+            instance_id: None,
+            ..facts
+        };
+        let e = c.key_prefix.expand(&off_ec2).unwrap_err().to_string();
+        assert!(e.contains("{hostname}"), "says what to use off EC2: {e}");
+        let c = with("key_prefix = \"{hostname}/\"").unwrap();
+        assert_eq!(c.key_prefix.expand(&off_ec2).unwrap(), "web-1/");
+        assert!(err_of("key_prefix = \"{host}/\"").contains("unknown placeholder"));
         assert!(err_of("key_prefix = \"{instance_id/\"").contains("closing"));
     }
 

@@ -9,11 +9,13 @@ pub struct KeyPrefixTemplate(String);
 
 /// Values for the placeholders of [`KeyPrefixTemplate`].
 pub struct PrefixFacts<'a> {
-    pub instance_id: &'a str,
+    /// None off EC2 (no instance metadata asked or answering).
+    pub instance_id: Option<&'a str>,
     pub region: &'a str,
+    pub hostname: &'a str,
 }
 
-const PLACEHOLDERS: [&str; 2] = ["instance_id", "region"];
+const PLACEHOLDERS: [&str; 3] = ["instance_id", "region", "hostname"];
 
 impl KeyPrefixTemplate {
     pub fn parse(template: &str) -> Result<KeyPrefixTemplate, ConfigError> {
@@ -42,11 +44,26 @@ impl KeyPrefixTemplate {
         Ok(KeyPrefixTemplate(template.to_string()))
     }
 
+    /// Does the template use `{name}`?
+    pub fn uses(&self, name: &str) -> bool {
+        self.0.contains(&format!("{{{name}}}"))
+    }
+
     pub fn expand(&self, facts: &PrefixFacts<'_>) -> Result<String, ConfigError> {
-        let expanded = self
-            .0
-            .replace("{instance_id}", facts.instance_id)
-            .replace("{region}", facts.region);
+        let mut expanded = self.0.clone();
+        if self.uses("instance_id") {
+            let Some(id) = facts.instance_id else {
+                return Err(invalid(
+                    "key_prefix",
+                    "uses {instance_id}, but there is no instance id here (the instance \
+                     metadata service did not answer): off EC2, use {hostname} instead",
+                ));
+            };
+            expanded = expanded.replace("{instance_id}", id);
+        }
+        let expanded = expanded
+            .replace("{region}", facts.region)
+            .replace("{hostname}", facts.hostname);
         check_expanded_prefix(&expanded)?;
         Ok(expanded)
     }

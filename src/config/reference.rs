@@ -24,8 +24,34 @@ pub const KEYS: &[KeyDoc] = &[
     },
     KeyDoc {
         name: "role_arn",
-        default: "required",
-        meaning: "upload role to assume",
+        default: "required with `assume_role`",
+        meaning: "upload role to assume; not used with `session_type = \"federation_token\"`",
+    },
+    KeyDoc {
+        name: "credential_source",
+        default: "`\"Ec2InstanceMetadata\"`",
+        meaning: "where the base credentials come from (AWS's shared-config values): \
+                  `\"Ec2InstanceMetadata\"`, the instance role from IMDSv2, access keys in \
+                  the environment ignored; or `\"Environment\"`, `AWS_ACCESS_KEY_ID`, \
+                  `AWS_SECRET_ACCESS_KEY` and optional `AWS_SESSION_TOKEN` of s3drop's own \
+                  environment. Not together with `source_profile`",
+    },
+    KeyDoc {
+        name: "source_profile",
+        default: "none",
+        meaning: "base credentials from this profile of the shared config files (as `aws \
+                  configure --profile NAME` writes them; `AWS_CONFIG_FILE` and \
+                  `AWS_SHARED_CREDENTIALS_FILE` honoured). Not together with \
+                  `credential_source`",
+    },
+    KeyDoc {
+        name: "session_type",
+        default: "`\"assume_role\"`",
+        meaning: "how the scoped session is minted: `\"assume_role\"` (`sts:AssumeRole` into \
+                  `role_arn`) or `\"federation_token\"` (`sts:GetFederationToken` for an IAM \
+                  user's long-term keys from `credential_source = \"Environment\"` or \
+                  `source_profile`; the instance role cannot call it). Both send the session \
+                  policy",
     },
     KeyDoc {
         name: "state_dir",
@@ -35,9 +61,9 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc {
         name: "key_prefix",
         default: "`\"{instance_id}/\"`",
-        meaning: "key prefix; `{instance_id}` and `{region}` are filled in from IMDS. Must not \
-                  be empty or contain `*`, `?`, `$` (IAM would read them as wildcards or \
-                  variables)",
+        meaning: "key prefix; `{instance_id}` (from IMDS), `{region}` and `{hostname}` are \
+                  filled in (off EC2 use `{hostname}`). Must not be empty or contain `*`, `?`, \
+                  `$` (IAM would read them as wildcards or variables)",
     },
     KeyDoc {
         name: "region",
@@ -47,12 +73,14 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc {
         name: "external_id",
         default: "none",
-        meaning: "passed to AssumeRole when the upload role's trust policy requires one",
+        meaning: "passed to AssumeRole when the upload role's trust policy requires one \
+                  (`assume_role` only)",
     },
     KeyDoc {
         name: "session_duration_seconds",
         default: "`3600`",
-        meaning: "900–3600: STS caps role-chained sessions at one hour",
+        meaning: "900–3600 with `assume_role` (STS caps role-chained sessions at one hour); \
+                  900–129600 (36 h) with `federation_token`",
     },
     KeyDoc {
         name: "after_upload",

@@ -83,7 +83,7 @@ fn session_policy() -> Result<String> {
     Ok(s3drop::auth::policy::session_policy(
         "aws",
         BUCKET,
-        &format!("{INSTANCE_ID}/"),
+        s3drop::auth::policy::Writable::Under(&format!("{INSTANCE_ID}/")),
         true,
     )?)
 }
@@ -496,6 +496,13 @@ struct Options {
     /// Also write the results (markdown) to this file.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// The s3drop binary to measure (default: the one beside this program), e.g. an older
+    /// build for an A/B comparison.
+    #[arg(long, value_name = "PATH")]
+    s3drop: Option<PathBuf>,
+    /// Measure s3drop alone in P1 and P2 (A/B runs of two builds; no peer figures).
+    #[arg(long)]
+    s3drop_only: bool,
     #[command(subcommand)]
     client: Option<RawClient>,
 }
@@ -539,6 +546,7 @@ struct Bench {
     sizes: Sizes,
     runs: usize,
     s3drop: PathBuf,
+    s3drop_only: bool,
     peers: Peers,
     table: String,
     notes: Vec<String>,
@@ -688,6 +696,9 @@ impl Bench {
         let mut runs: Vec<Vec<Usage>> = vec![Vec::new(); P1Client::ALL.len()];
         for run in 0..self.runs {
             for (client, usages) in P1Client::ALL.into_iter().zip(runs.iter_mut()) {
+                if self.s3drop_only && client != P1Client::S3drop {
+                    continue;
+                }
                 let dir = self.work().join(format!("p1-{}-{run}", client as usize));
                 make_files(&dir, files, 4096)?;
                 if let Some(u) = self.p1_run(client, &dir).await? {
@@ -805,6 +816,9 @@ impl Bench {
         let mut runs: Vec<Vec<Usage>> = vec![Vec::new(); P2Client::ALL.len()];
         for _ in 0..self.runs {
             for (client, usages) in P2Client::ALL.into_iter().zip(runs.iter_mut()) {
+                if self.s3drop_only && client != P2Client::S3drop {
+                    continue;
+                }
                 if let Some(u) = self.p2_run(client, &big).await? {
                     usages.push(u);
                 }
@@ -1002,7 +1016,10 @@ async fn main() -> Result<()> {
             p4_seconds: 60,
         }
     };
-    let s3drop = std::env::current_exe()?.with_file_name("s3drop");
+    let s3drop = match &options.s3drop {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("s3drop"),
+    };
     anyhow::ensure!(
         s3drop.exists(),
         "{} missing: scripts/bench.sh builds it",
@@ -1014,6 +1031,7 @@ async fn main() -> Result<()> {
         sizes,
         runs: options.runs.into(),
         s3drop: s3drop.clone(),
+        s3drop_only: options.s3drop_only,
         peers: Peers {
             work: work.path().to_owned(),
             aws: which("aws"),
