@@ -1,5 +1,6 @@
 //! The command line: raw flags here, everything else validated by [`Config`].
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -21,9 +22,16 @@ after writing, or renamed into place) to s3://BUCKET/PREFIX/<path relative to wa
 S3 verifies each upload against a CRC32C checksum; uploads are recorded in state_dir so a
 restart does not send them again.
 
+Off EC2, or with an IAM user's keys, the config chooses another source of base credentials
+(credential_source = \"Environment\", source_profile = \"NAME\") and, for an IAM user,
+session_type = \"federation_token\" (sts:GetFederationToken with the same policy).
+`s3drop credentials` and `s3drop exec` hand the scoped session (or one narrowed to a
+sub-prefix or a single key) to other programs: aws-cli, boto3, rclone, any SDK.
+
 The SDK's own variables apply: AWS_REGION, AWS_ENDPOINT_URL,
-AWS_EC2_METADATA_SERVICE_ENDPOINT. Access keys in the environment are ignored: credentials
-come only from IMDS. RUST_LOG sets the log filter (default: s3drop=info,warn).";
+AWS_EC2_METADATA_SERVICE_ENDPOINT, AWS_CONFIG_FILE, AWS_SHARED_CREDENTIALS_FILE. With the
+default source, access keys in the environment are ignored: credentials come only from
+IMDS. RUST_LOG sets the log filter (default: s3drop=info,warn).";
 
 const AFTER_HELP: &str = "\
 Minimal config (/etc/s3drop/s3drop.toml):
@@ -32,7 +40,15 @@ Minimal config (/etc/s3drop/s3drop.toml):
     role_arn  = \"arn:aws:iam::123456789012:role/s3drop-upload\"
 
 Then:  s3drop check    # prove the chain, first broken link named
-       s3drop run      # the daemon (systemd runs this)";
+       s3drop run      # the daemon (systemd runs this)
+
+Hand the session to other programs:
+    # ~/.aws/config: aws-cli and the SDKs refresh it themselves
+    [profile drop]
+    credential_process = s3drop credentials --config /etc/s3drop/s3drop.toml
+    eval \"$(s3drop credentials --format env)\"           # seed 003's export lines
+    s3drop credentials --key reports/today.csv          # one object only (seed 001)
+    s3drop exec --prefix batch/ -- aws s3 cp out.tar s3://my-drop-bucket/i-0abc/batch/";
 
 #[derive(Debug, Parser)]
 #[command(name = "s3drop", version, about = ABOUT, long_about = LONG_ABOUT, after_help = AFTER_HELP)]
@@ -60,6 +76,80 @@ must be denied: proof that the session policy confines the session.")]
     Check(CheckArgs),
     /// Validate the config file only (no network); for systemd's ExecStartPre=.
     Validate(ConfigArg),
+    /// Mint a scoped session and print it on stdout for another program.
+    #[command(long_about = CREDENTIALS_ABOUT)]
+    Credentials(CredentialsArgs),
+    /// Run a command with a scoped session in its environment.
+    #[command(long_about = EXEC_ABOUT)]
+    Exec(ExecArgs),
+}
+
+const CREDENTIALS_ABOUT: &str = "\
+Mint a fresh scoped session and print it on stdout (and nowhere else), for another program.
+
+It walks the same chain as `run` (base credentials, then AssumeRole or GetFederationToken
+with the session policy): the session may write under the configured prefix only, or under
+a narrower one (--prefix), or exactly one key (--key). Formats:
+  json  the AWS SDKs' credential_process output; in ~/.aws/config:
+            [profile drop]
+            credential_process = s3drop credentials --config /etc/s3drop/s3drop.toml
+        aws-cli, boto3, rclone and every SDK then use, and refresh, the scoped session.
+  env   export lines: eval \"$(s3drop credentials --format env)\"
+  ini   a shared-credentials-file section ([NAME], aws_session_token, ...); with --output
+        FILE it is written atomically, mode 0600.
+On success nothing is logged; on failure one line names the broken link, as `check` does,
+and the exit status is non-zero.";
+
+const EXEC_ABOUT: &str = "\
+Run COMMAND with a freshly minted scoped session in its environment (AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_CREDENTIAL_EXPIRATION, AWS_REGION; the
+caller's AWS_PROFILE and own keys removed). s3drop replaces itself with COMMAND, so stdin,
+stdout, stderr, signals and the exit status are COMMAND's own. The session lasts --duration
+(default session_duration_seconds) and is not refreshed: for longer jobs give the program a
+credential_process profile instead (see `s3drop credentials --help`).
+
+Example: s3drop exec --key nightly/db.dump -- aws s3 cp db.dump s3://BUCKET/PREFIX/nightly/db.dump";
+
+/// Which part of the configured prefix a handed-out session may write.
+#[derive(Debug, clap::Args)]
+struct ReachArgs {
+    /// Only this one object: the configured prefix + KEY (relative; no `..`, no leading `/`).
+    #[arg(long, value_name = "KEY", conflicts_with = "prefix")]
+    key: Option<String>,
+    /// Only under the configured prefix + SUB/ (relative; a trailing `/` is added).
+    #[arg(long, value_name = "SUB")]
+    prefix: Option<String>,
+    /// Session length in seconds: 900-3600 with assume_role, 900-129600 with
+    /// federation_token [default: session_duration_seconds].
+    #[arg(long, value_name = "SECONDS")]
+    duration: Option<u64>,
+}
+
+#[derive(Debug, clap::Args)]
+struct CredentialsArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    #[arg(long, value_enum, default_value_t = crate::handoff::Format::Json)]
+    format: crate::handoff::Format,
+    #[command(flatten)]
+    reach: ReachArgs,
+    /// The section name with --format ini.
+    #[arg(long, value_name = "NAME", default_value = "s3drop")]
+    profile_name: String,
+    /// Write to FILE (atomically, mode 0600) instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct ExecArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    #[command(flatten)]
+    reach: ReachArgs,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<OsString>,
 }
 
 const RUN_ABOUT: &str = "\
@@ -101,7 +191,9 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = match cli.command {
         Command::Run(_) => logging::DAEMON_FILTER,
-        Command::Check(_) | Command::Validate(_) => logging::QUIET_FILTER,
+        Command::Check(_) | Command::Validate(_) | Command::Credentials(_) | Command::Exec(_) => {
+            logging::QUIET_FILTER
+        }
     };
     logging::init(cli.log_format, filter);
     match cli.command {
@@ -120,6 +212,11 @@ pub fn main() -> ExitCode {
                 Err(e) => fail(&e),
             }
         }
+        Command::Credentials(args) => match credentials(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
+        Command::Exec(args) => exec(args),
         Command::Check(args) => {
             let format = if args.json {
                 crate::check::Format::Json
@@ -134,6 +231,50 @@ pub fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `credentials`: the session on stdout (or in a file) and nothing else.
+fn credentials(args: CredentialsArgs) -> anyhow::Result<()> {
+    use crate::handoff;
+    handoff::check_profile_name(&args.profile_name)?;
+    let handed = handoff_session(&args.config.config, &args.reach)?;
+    let text = handoff::render(&handed, args.format, &args.profile_name);
+    match &args.output {
+        Some(path) => handoff::write_private(path, &text)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display())),
+        None => {
+            let mut out = std::io::stdout().lock();
+            std::io::Write::write_all(&mut out, text.as_bytes())?;
+            Ok(std::io::Write::flush(&mut out)?)
+        }
+    }
+}
+
+/// `exec`: returns only if the command could not be started.
+fn exec(args: ExecArgs) -> ExitCode {
+    let handed = match handoff_session(&args.config.config, &args.reach) {
+        Ok(handed) => handed,
+        Err(e) => return fail(&e),
+    };
+    let error = crate::handoff::exec(&handed, &args.command);
+    eprintln!(
+        "s3drop: error: cannot run {}: {error}",
+        args.command[0].to_string_lossy()
+    );
+    // As shells do: 127 for a command not found, 126 for one that cannot be run.
+    ExitCode::from(if error.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    })
+}
+
+/// Loads the config and mints the session `args` ask for.
+fn handoff_session(config: &Path, args: &ReachArgs) -> anyhow::Result<crate::handoff::Handed> {
+    let config = load(config)?;
+    let reach = crate::handoff::reach(args.key.as_deref(), args.prefix.as_deref())?;
+    let minting = crate::handoff::mint(&config, reach, args.duration);
+    Ok(runtime()?.block_on(minting)?)
 }
 
 fn load(path: &Path) -> anyhow::Result<Config> {

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod file;
+pub mod handoff;
 pub mod keys;
 pub mod ledger;
 pub mod logging;

@@ -1,0 +1,300 @@
+//! Handing the scoped session to other programs (seeds 001–004): `s3drop credentials`
+//! prints a freshly minted session, narrowed to a sub-prefix or one key if asked, in the
+//! forms AWS tools read (`credential_process` JSON, `export` lines, a credentials-file
+//! section); `s3drop exec` runs a command with it in its environment. Both walk the same
+//! chain as `run` and `check` ([`crate::auth::establish_for`]). Secrets go to stdout, a
+//! file (0600) or the child's environment only: never to a log line or an error.
+
+use aws_credential_types::Credentials;
+use aws_smithy_types::DateTime;
+use aws_smithy_types::date_time::Format as DateFormat;
+use std::ffi::OsString;
+use std::fmt::Display;
+use std::io::Write;
+use std::path::Path;
+
+use crate::auth::{self, Reach, Request};
+use crate::chain::{Link, Observer};
+use crate::config::Config;
+
+/// How `credentials` prints the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// The AWS SDKs' `credential_process` output (Version 1).
+    Json,
+    /// `export NAME='value'` lines for `eval`.
+    Env,
+    /// A section of the shared credentials file.
+    Ini,
+}
+
+/// The variables a child gets, and those of the caller it must not see: its own keys or
+/// a profile would otherwise compete with the scoped session.
+const REMOVED_FOR_CHILD: [&str; 8] = [
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_CREDENTIAL_EXPIRATION",
+    "AWS_CREDENTIAL_PROCESS",
+];
+
+/// A minted session and where it may be used.
+pub struct Handed {
+    pub credentials: Credentials,
+    pub region: String,
+}
+
+/// Why a hand-off failed: one line, naming the broken link as `check` does. Never holds a
+/// secret: errors come from the chain before any credential is printed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct HandoffError(String);
+
+/// Records the first broken link, worded as `check` words it.
+struct FirstFailure {
+    config: Config,
+    failure: Option<String>,
+}
+
+impl Observer for FirstFailure {
+    fn passed(&mut self, _: Link, _: &dyn Display) {}
+    fn failed(&mut self, link: Link, error: &dyn Display) {
+        self.failure.get_or_insert_with(|| {
+            format!(
+                "✗ {}: {error} (fix: {})",
+                link.name(),
+                link.fix(Some(&self.config))
+            )
+        });
+    }
+}
+
+/// The narrowing asked for on the command line.
+pub fn reach(key: Option<&str>, prefix: Option<&str>) -> Result<Reach, HandoffError> {
+    match (key, prefix) {
+        (Some(key), _) => Reach::key(key).map_err(HandoffError),
+        (None, Some(sub)) => Reach::under(sub).map_err(HandoffError),
+        (None, None) => Ok(Reach::Prefix),
+    }
+}
+
+/// Mints the session: `reach` under the configured prefix, for `duration` seconds (the
+/// config's by default, within the limits of its session type).
+pub async fn mint(
+    config: &Config,
+    reach: Reach,
+    duration: Option<u64>,
+) -> Result<Handed, HandoffError> {
+    let duration = match duration {
+        Some(seconds) => config
+            .session
+            .check_duration(seconds)
+            .map_err(|e| HandoffError(format!("--duration {e}")))?,
+        None => config.session_duration,
+    };
+    let mut observer = FirstFailure {
+        config: config.clone(),
+        failure: None,
+    };
+    let request = Request { reach, duration };
+    match auth::establish_for(config, &request, &mut observer).await {
+        Ok(session) => {
+            let credentials = session
+                .credentials
+                .get()
+                .await
+                .map_err(|e| HandoffError(e.to_string()))?;
+            Ok(Handed {
+                credentials,
+                region: session.facts.region,
+            })
+        }
+        Err(e) => Err(HandoffError(
+            observer.failure.unwrap_or_else(|| e.to_string()),
+        )),
+    }
+}
+
+/// The session in `format`.
+pub fn render(handed: &Handed, format: Format, profile_name: &str) -> String {
+    let c = &handed.credentials;
+    let token = c.session_token().unwrap_or_default();
+    let expiration = c.expiry().map(rfc3339);
+    match format {
+        Format::Json => {
+            let mut doc = serde_json::json!({
+                "Version": 1,
+                "AccessKeyId": c.access_key_id(),
+                "SecretAccessKey": c.secret_access_key(),
+                "SessionToken": token,
+            });
+            if let Some(expiration) = expiration {
+                doc["Expiration"] = expiration.into();
+            }
+            format!("{doc:#}\n")
+        }
+        Format::Env => environment(handed)
+            .into_iter()
+            .map(|(name, value)| format!("export {name}={}\n", shell_quote(&value)))
+            .collect(),
+        Format::Ini => format!(
+            "[{profile_name}]\naws_access_key_id = {}\naws_secret_access_key = {}\n\
+             aws_session_token = {token}\n",
+            c.access_key_id(),
+            c.secret_access_key()
+        ),
+    }
+}
+
+/// The variables that carry the session, as the SDKs and aws-cli read them.
+fn environment(handed: &Handed) -> Vec<(&'static str, String)> {
+    let c = &handed.credentials;
+    let mut vars = vec![
+        ("AWS_ACCESS_KEY_ID", c.access_key_id().to_string()),
+        ("AWS_SECRET_ACCESS_KEY", c.secret_access_key().to_string()),
+        (
+            "AWS_SESSION_TOKEN",
+            c.session_token().unwrap_or_default().to_string(),
+        ),
+    ];
+    if let Some(expiry) = c.expiry() {
+        vars.push(("AWS_CREDENTIAL_EXPIRATION", rfc3339(expiry)));
+    }
+    // AWS_DEFAULT_REGION too: aws-cli v1 reads only that one.
+    vars.push(("AWS_REGION", handed.region.clone()));
+    vars.push(("AWS_DEFAULT_REGION", handed.region.clone()));
+    vars
+}
+
+fn rfc3339(time: std::time::SystemTime) -> String {
+    DateTime::from(time)
+        .fmt(DateFormat::DateTime)
+        .unwrap_or_default()
+}
+
+/// Single quotes, with `'` written as `'\''`: nothing inside is expanded by a shell.
+fn shell_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+/// A profile name fit for a `[section]` header.
+pub fn check_profile_name(name: &str) -> Result<(), HandoffError> {
+    if name.is_empty() || name.chars().any(|c| c == '[' || c == ']' || c.is_control()) {
+        return Err(HandoffError(format!(
+            "--profile-name {name:?} cannot be a credentials-file section name"
+        )));
+    }
+    Ok(())
+}
+
+/// Writes `text` to `path` atomically (a temporary file in the same directory, renamed
+/// over it) with mode 0600, so no reader ever sees half a file or a readable secret.
+pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let mut file = tempfile::Builder::new()
+        .prefix(".s3drop-credentials")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .tempfile_in(dir)?;
+    file.write_all(text.as_bytes())?;
+    file.as_file().sync_all()?;
+    file.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Replaces this process with `command`, the session in its environment. Returns only if
+/// the command could not be started.
+pub fn exec(handed: &Handed, command: &[OsString]) -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    let mut child = std::process::Command::new(&command[0]);
+    child.args(&command[1..]);
+    for name in REMOVED_FOR_CHILD {
+        child.env_remove(name);
+    }
+    child.envs(environment(handed));
+    // exec(2): stdin, stdout, stderr, signals and the exit status are the command's own.
+    child.exec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn handed() -> Handed {
+        Handed {
+            credentials: Credentials::new(
+                "ASIAEXAMPLE",
+                "se'cret",
+                Some("to$ken`x`".into()),
+                Some(std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000)),
+                "test",
+            ),
+            region: "eu-west-1".into(),
+        }
+    }
+
+    #[test]
+    fn json_is_the_credential_process_format() {
+        let doc: serde_json::Value =
+            serde_json::from_str(&render(&handed(), Format::Json, "x")).unwrap();
+        assert_eq!(doc["Version"], 1);
+        assert_eq!(doc["AccessKeyId"], "ASIAEXAMPLE");
+        assert_eq!(doc["SecretAccessKey"], "se'cret");
+        assert_eq!(doc["SessionToken"], "to$ken`x`");
+        assert_eq!(doc["Expiration"], "2027-01-15T08:00:00Z");
+    }
+
+    #[test]
+    fn env_lines_survive_a_shell_unexpanded() {
+        let text = render(&handed(), Format::Env, "x");
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "{text}\nprintf '%s|%s|%s' \"$AWS_SECRET_ACCESS_KEY\" \"$AWS_SESSION_TOKEN\" \
+                 \"$AWS_CREDENTIAL_EXPIRATION\""
+            ))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            "se'cret|to$ken`x`|2027-01-15T08:00:00Z"
+        );
+        assert!(text.contains("export AWS_REGION='eu-west-1'"), "{text}");
+    }
+
+    #[test]
+    fn ini_is_a_named_section() {
+        let text = render(&handed(), Format::Ini, "upload");
+        assert!(
+            text.starts_with("[upload]\naws_access_key_id = ASIAEXAMPLE\n"),
+            "{text}"
+        );
+        assert!(text.contains("aws_session_token = to$ken`x`\n"), "{text}");
+        assert!(check_profile_name("a]b").is_err());
+        assert!(check_profile_name("").is_err());
+        check_profile_name("s3drop").unwrap();
+    }
+
+    #[test]
+    fn output_file_is_private_and_replaced_whole() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("credentials");
+        std::fs::write(&path, "old").unwrap();
+        write_private(&path, "new\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new\n");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no leftovers"
+        );
+    }
+}
