@@ -7,7 +7,8 @@
 #   (setfacl: the package's postinst sets a default ACL on the spool), sqlite3, rsync and logrotate
 #   (real producer programs in tests/producers.rs),
 #   systemd (systemd-analyze), cloud-init (schema check);
-# - from PyPI: cfn-lint (CloudFormation template lint).
+# - from PyPI: cfn-lint (CloudFormation template lint) and aws-cli (the real consumer of
+#   `s3drop credentials` and `s3drop exec` in tests/handoff.rs).
 set -euo pipefail
 export PATH="$HOME/.cargo/bin:$HOME/.local/bin:$PATH"
 
@@ -46,4 +47,11 @@ if ! command -v cfn-lint >/dev/null 2>&1; then
   echo "installing cfn-lint 1.51.0 from PyPI ..." >&2
   python3 -m pip install --quiet --user cfn-lint==1.51.0 2>/dev/null \
     || python3 -m pip install --quiet cfn-lint==1.51.0
+fi
+
+# aws-cli v1 from PyPI (v2 is not on PyPI); any 1.x with AWS_ENDPOINT_URL support will do.
+if ! command -v aws >/dev/null 2>&1; then
+  echo "installing aws-cli 1.45.11 from PyPI ..." >&2
+  python3 -m pip install --quiet --user awscli==1.45.11 2>/dev/null \
+    || python3 -m pip install --quiet awscli==1.45.11
 fi

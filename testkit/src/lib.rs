@@ -79,11 +79,26 @@ pub struct FakeCloud {
     _dir: tempfile::TempDir,
 }
 
+/// How fakecloud is started besides the default (strict IAM, real clock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Iam {
+    StrictShiftableClock,
+    Soft,
+}
+
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 
 impl FakeCloud {
     pub fn start() -> Result<FakeCloud> {
         FakeCloud::start_with(None, "debug")
+    }
+
+    /// IAM in `soft` mode: denials are logged, not enforced. Only for what strict mode
+    /// cannot decide: fakecloud 0.51 gives a federated user no identity policies, so under
+    /// strict IAM every request a GetFederationToken session signs is denied, where AWS
+    /// would evaluate the IAM user's policies and the session policy (LOCAL-AWS.md, 6).
+    pub fn start_soft_iam() -> Result<FakeCloud> {
+        FakeCloud::start_with(Some(Iam::Soft), "debug")
     }
 
     /// For the benchmark: the server logs warnings only, so logging every request does not
@@ -100,7 +115,7 @@ impl FakeCloud {
             Path::new(LIBFAKETIME).exists(),
             "{LIBFAKETIME} is missing: install Debian's `faketime` package"
         );
-        FakeCloud::start_with(Some(()), "debug")
+        FakeCloud::start_with(Some(Iam::StrictShiftableClock), "debug")
     }
 
     /// Moves fakecloud's clock to `seconds` ahead of real time.
@@ -113,9 +128,15 @@ impl FakeCloud {
         Ok(())
     }
 
-    fn start_with(shiftable_clock: Option<()>, log_level: &str) -> Result<FakeCloud> {
+    fn start_with(variant: Option<Iam>, log_level: &str) -> Result<FakeCloud> {
         let dir = tempfile::tempdir()?;
-        let clock_file = shiftable_clock.map(|()| dir.path().join("faketime"));
+        let clock_file =
+            (variant == Some(Iam::StrictShiftableClock)).then(|| dir.path().join("faketime"));
+        let iam = if variant == Some(Iam::Soft) {
+            "soft"
+        } else {
+            "strict"
+        };
         if let Some(file) = &clock_file {
             std::fs::write(file, "+0\n")?;
         }
@@ -127,7 +148,7 @@ impl FakeCloud {
             let log = std::fs::File::create(&log_path)?;
             let child = Command::new(fakecloud_bin())
                 .args(["--addr", &format!("127.0.0.1:{port}")])
-                .args(["--iam", "strict", "--verify-sigv4"])
+                .args(["--iam", iam, "--verify-sigv4"])
                 .args(["--credentials-role-arn", &role_arn(INSTANCE_ROLE)])
                 .args(["--imds-instance-id", INSTANCE_ID])
                 .args(["--region", REGION, "--log-level", log_level])
@@ -259,13 +280,24 @@ impl Drop for FakeCloud {
     }
 }
 
+/// The fields of an `application/x-www-form-urlencoded` body (STS's requests).
+pub fn form_fields(body: &str) -> BTreeMap<String, String> {
+    body.split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| {
+            let decode = |s: &str| percent_decode(&s.replace('+', " "));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
 fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%'
-            && i + 2 < bytes.len()
+            && i + 3 <= bytes.len()
             && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
         {
             out.push(v);
@@ -340,6 +372,19 @@ pub mod policies {
         .to_string()
     }
 
+    /// Seed 000's IAM user ("Publisher"): may call GetFederationToken and write to the
+    /// bucket, which a federation token can then only narrow. The emulator's multipart names
+    /// are added as for the upload role.
+    pub fn federation_user_policy(bucket: &str) -> String {
+        json!({"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": "sts:GetFederationToken", "Resource": "*"},
+            {"Effect": "Allow",
+             "Action": ["s3:PutObject", "s3:AbortMultipartUpload", "s3:CreateMultipartUpload",
+                        "s3:UploadPart", "s3:CompleteMultipartUpload"],
+             "Resource": format!("arn:aws:s3:::{bucket}/*")}]})
+        .to_string()
+    }
+
     /// An upload role policy that forgot PutObject.
     pub fn upload_role_policy_without_put(bucket: &str) -> String {
         json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
@@ -410,6 +455,28 @@ impl World {
             .set_upload_role_policy(&policies::upload_role_policy(bucket))
             .await?;
         Ok(world)
+    }
+
+    /// An IAM user with the inline policy `document` and a long-term access key (as seed
+    /// 000's template makes one): the base credentials of the non-instance sources.
+    pub async fn create_user(&self, name: &str, document: &str) -> Result<Credentials> {
+        self.iam.create_user().user_name(name).send().await?;
+        self.iam
+            .put_user_policy()
+            .user_name(name)
+            .policy_name("s3drop-base")
+            .policy_document(document)
+            .send()
+            .await?;
+        let key = self.iam.create_access_key().user_name(name).send().await?;
+        let key = key.access_key().context("no access key")?;
+        Ok(Credentials::new(
+            key.access_key_id(),
+            key.secret_access_key(),
+            None,
+            None,
+            "iam-user",
+        ))
     }
 
     pub async fn set_upload_role_policy(&self, document: &str) -> Result<()> {
@@ -559,14 +626,18 @@ impl Site {
     }
 
     pub fn write_config(&self, bucket: &str, extra: &str) -> Result<()> {
+        let role = format!("role_arn = {:?}\n", role_arn(UPLOAD_ROLE));
+        self.write_config_without_role(bucket, &format!("{role}{extra}"))
+    }
+
+    /// The config without `role_arn` (e.g. for `session_type = "federation_token"`).
+    pub fn write_config_without_role(&self, bucket: &str, extra: &str) -> Result<()> {
         std::fs::write(
             &self.config,
             format!(
-                "watch_dir = {:?}\nstate_dir = {:?}\nbucket = {bucket:?}\nrole_arn = {:?}\n\
+                "watch_dir = {:?}\nstate_dir = {:?}\nbucket = {bucket:?}\n\
                  settle_seconds = 1\n{extra}\n",
-                self.watch,
-                self.state,
-                role_arn(UPLOAD_ROLE)
+                self.watch, self.state,
             ),
         )?;
         Ok(())

@@ -3,12 +3,13 @@
 //! chosen share of them with 500 InternalError, 503 SlowDown, or a dropped connection. The
 //! share is exact, not left to chance: of every 20 requests, `percent / 5` fail, spread
 //! out by a fixed permutation. It can also be "down" (every connection dropped), e.g. to
-//! play an unreachable IMDS.
+//! play an unreachable IMDS. It can record the bodies of POST requests (STS's form-encoded
+//! calls), so a test can read what a client really asked for.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
 use bytes::Bytes;
@@ -52,6 +53,8 @@ struct State {
     internal_error: AtomicU64,
     slow_down: AtomicU64,
     dropped: AtomicU64,
+    record_posts: AtomicBool,
+    posts: Mutex<Vec<String>>,
 }
 
 pub struct FaultProxy {
@@ -95,7 +98,7 @@ impl FaultProxy {
             failure_percent: AtomicU32::new(failure_percent),
             ..State::default()
         });
-        let client: Client<HttpConnector, Incoming> =
+        let client: Client<HttpConnector, Body> =
             Client::builder(TokioExecutor::new()).build_http();
         let accept_state = state.clone();
         let task = tokio::spawn(async move {
@@ -139,6 +142,16 @@ impl FaultProxy {
             .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
+    /// Keep the body of every POST from now on (see [`FaultProxy::posts`]).
+    pub fn record_posts(&self) {
+        self.state.record_posts.store(true, Ordering::SeqCst);
+    }
+
+    /// The POST bodies recorded, in order.
+    pub fn posts(&self) -> Vec<String> {
+        self.state.posts.lock().unwrap().clone()
+    }
+
     pub fn set_down(&self, down: bool) {
         self.state.down.store(down, Ordering::SeqCst);
     }
@@ -162,7 +175,7 @@ impl Drop for FaultProxy {
 
 async fn handle(
     state: Arc<State>,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, Body>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Dropped> {
     if state.down.load(Ordering::SeqCst) {
@@ -210,6 +223,18 @@ async fn handle(
     parts.uri = format!("{}{path}", state.upstream)
         .parse()
         .map_err(|_| Dropped)?;
+    let body: Body =
+        if state.record_posts.load(Ordering::SeqCst) && parts.method == hyper::Method::POST {
+            let bytes = body.collect().await.map_err(|_| Dropped)?.to_bytes();
+            state
+                .posts
+                .lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&bytes).into_owned());
+            Full::new(bytes).map_err(|never| match never {}).boxed()
+        } else {
+            body.boxed()
+        };
     match client.request(Request::from_parts(parts, body)).await {
         Ok(response) => {
             state.forwarded.fetch_add(1, Ordering::SeqCst);
