@@ -25,13 +25,24 @@ impl Facts {
     }
 }
 
-/// The kernel's host name (`uname -n`).
+/// The kernel's host name (`uname -n`), by system call: the unit's `ProcSubset=pid` hides
+/// /proc/sys.
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|name| name.trim().to_string())
-        .ok()
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "localhost".to_string())
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it
+    // when the name fits (the last byte stays 0 otherwise).
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len() - 1) };
+    let name = if rc == 0 {
+        let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..len]).into_owned()
+    } else {
+        String::new()
+    };
+    if name.is_empty() {
+        "localhost".to_string()
+    } else {
+        name
+    }
 }
 
 /// Where the region came from, for `check`'s report.
@@ -95,4 +106,13 @@ pub async fn region(
             message: crate::message::cause(&e),
         })?;
     Ok((region.as_ref().to_string(), RegionSource::Imds))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hostname_is_the_kernels() {
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        assert_eq!(super::hostname(), kernel.trim());
+    }
 }
