@@ -337,8 +337,33 @@ async fn the_programs_operators_fill_drop_directories_with_each_file_arrives_onc
     let w = site.watch.to_str().unwrap().to_string();
 
     run("cp", &["-a", "tree", &format!("{w}/cp-a")], &src);
-    expected.push(("cp-a/a.bin".into(), tree_a));
-    expected.push(("cp-a/sub/b.bin".into(), tree_b));
+    expected.push(("cp-a/a.bin".into(), tree_a.clone()));
+    expected.push(("cp-a/sub/b.bin".into(), tree_b.clone()));
+    // Snapshot backups: rsync --link-dest hard-links what did not change since the last
+    // snapshot (a link(2), no write, no close) and writes only what did.
+    run("rsync", &["-a", "tree/", &format!("{w}/snap-1/")], &src);
+    expected.push(("snap-1/a.bin".into(), tree_a.clone()));
+    expected.push(("snap-1/sub/b.bin".into(), tree_b));
+    let tree_b2 = content(12, 70_001);
+    std::fs::write(src.join("tree/sub/b.bin"), &tree_b2).unwrap();
+    run(
+        "rsync",
+        &[
+            "-a",
+            &format!("--link-dest={w}/snap-1"),
+            "tree/",
+            &format!("{w}/snap-2/"),
+        ],
+        &src,
+    );
+    let linked_back = std::fs::metadata(format!("{w}/snap-2/a.bin")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::nlink(&linked_back),
+        2,
+        "rsync linked the unchanged file"
+    );
+    expected.push(("snap-2/a.bin".into(), tree_a));
+    expected.push(("snap-2/sub/b.bin".into(), tree_b2));
     run("cp", &["-l", "single.bin", &format!("{w}/cp-l.bin")], &src);
     expected.push(("cp-l.bin".into(), single.clone()));
     run("rsync", &["-aH", "linked/", &format!("{w}/rsync-H/")], &src);
