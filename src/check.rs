@@ -48,44 +48,47 @@ struct Report<W: Write> {
 
 impl<W: Write> Observer for Report<W> {
     fn passed(&mut self, link: Link, detail: &dyn Display) {
-        if self.format == Format::Text {
-            let _ = writeln!(self.out, "✔ {}: {detail}", link.name());
-        }
-        self.entries.push(Entry {
-            check: link.name(),
-            ok: true,
-            skipped: false,
-            detail: detail.to_string(),
-            fix: None,
-        });
+        self.record(link, Outcome::Passed, detail, None);
     }
 
     fn skipped(&mut self, link: Link, why: &dyn Display) {
-        if self.format == Format::Text {
-            let _ = writeln!(self.out, "- {}: skipped, {why}", link.name());
-        }
-        self.entries.push(Entry {
-            check: link.name(),
-            ok: true,
-            skipped: true,
-            detail: why.to_string(),
-            fix: None,
-        });
+        self.record(link, Outcome::Skipped, why, None);
     }
 
     fn failed(&mut self, link: Link, error: &dyn Display) {
         self.failed = true;
         let fix = link.fix(self.config.as_ref());
+        self.record(link, Outcome::Failed, error, Some(fix));
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Passed,
+    Skipped,
+    Failed,
+}
+
+impl<W: Write> Report<W> {
+    /// One line for people (with the fix under a failure), one entry for `--json`.
+    fn record(&mut self, link: Link, outcome: Outcome, detail: &dyn Display, fix: Option<String>) {
         if self.format == Format::Text {
-            let _ = writeln!(self.out, "✗ {}: {error}", link.name());
-            let _ = writeln!(self.out, "  fix: {fix}");
+            let name = link.name();
+            let _ = match outcome {
+                Outcome::Passed => writeln!(self.out, "✔ {name}: {detail}"),
+                Outcome::Skipped => writeln!(self.out, "- {name}: skipped, {detail}"),
+                Outcome::Failed => writeln!(self.out, "✗ {name}: {detail}"),
+            };
+            if let Some(fix) = &fix {
+                let _ = writeln!(self.out, "  fix: {fix}");
+            }
         }
         self.entries.push(Entry {
             check: link.name(),
-            ok: false,
-            skipped: false,
-            detail: error.to_string(),
-            fix: Some(fix),
+            ok: outcome != Outcome::Failed,
+            skipped: outcome == Outcome::Skipped,
+            detail: detail.to_string(),
+            fix,
         });
     }
 }

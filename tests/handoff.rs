@@ -62,6 +62,16 @@ fn cp_to(fc: &FakeCloud, env: &[(&str, &str)], dir: &Path, key: &str) -> Output 
     )
 }
 
+/// Asserts the command's outcome and that its output says each of `needles`; returns it.
+fn report_holds(out: &Output, success: bool, needles: &[&str]) -> String {
+    let report = text(out);
+    assert_eq!(out.status.success(), success, "{report}");
+    for needle in needles {
+        assert!(report.contains(needle), "{needle:?} missing: {report}");
+    }
+    report
+}
+
 fn assert_written(out: &Output, key: &str) {
     assert!(
         out.status.success(),
@@ -80,93 +90,55 @@ fn assert_denied(out: &Output, key: &str) {
     assert!(err.contains("AccessDenied"), "{key}: {}", text(out));
 }
 
-/// An aws-cli config file with profile `drop` whose credential_process is `s3drop
+/// `aws --profile drop s3 cp` to `key`, the profile's credential_process being `s3drop
 /// credentials` with `args`.
-fn credential_process_config(site: &Site, args: &str) -> std::path::PathBuf {
-    let path = site.dir.path().join("aws-config");
+fn cp_via_credential_process(fc: &FakeCloud, site: &Site, args: &str, key: &str) -> Output {
+    let config = site.dir.path().join("aws-config");
     std::fs::write(
-        &path,
+        &config,
         format!(
             "[profile drop]\ncredential_process = {S3DROP} credentials --config {} {args}\n",
             site.config.display()
         ),
     )
     .unwrap();
-    path
+    let env = [
+        ("AWS_CONFIG_FILE", config.to_str().unwrap()),
+        ("AWS_PROFILE", "drop"),
+    ];
+    cp_to(fc, &env, site.dir.path(), key)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn aws_cli_writes_through_credential_process_only_where_the_session_may() {
     let (fc, world, site) = setup_world().await;
-    let dir = site.dir.path();
+    let cp = |args: &str, key: &str| cp_via_credential_process(&fc, &site, args, key);
 
     // The whole prefix.
-    let config = credential_process_config(&site, "");
-    let env = [
-        ("AWS_CONFIG_FILE", config.to_str().unwrap()),
-        ("AWS_PROFILE", "drop"),
-    ];
-    assert_written(
-        &cp_to(&fc, &env, dir, &object_key("cli/one.txt")),
-        "under the prefix",
-    );
+    let inside = object_key("cli/one.txt");
+    assert_written(&cp("", &inside), "under the prefix");
     assert_eq!(
-        world
-            .get_object(&object_key("cli/one.txt"))
-            .await
-            .unwrap()
-            .unwrap(),
-        format!("to {}\n", object_key("cli/one.txt")).into_bytes()
+        world.get_object(&inside).await.unwrap().unwrap(),
+        format!("to {inside}\n").into_bytes()
     );
-    assert_denied(
-        &cp_to(&fc, &env, dir, "elsewhere/one.txt"),
-        "outside the prefix",
-    );
+    assert_denied(&cp("", "elsewhere/one.txt"), "outside the prefix");
 
     // One key (seed 001): that key only, not a sibling, not the prefix root.
-    let config = credential_process_config(&site, "--key a/b.txt");
-    let env = [
-        ("AWS_CONFIG_FILE", config.to_str().unwrap()),
-        ("AWS_PROFILE", "drop"),
-    ];
-    assert_written(&cp_to(&fc, &env, dir, &object_key("a/b.txt")), "the key");
-    assert_denied(&cp_to(&fc, &env, dir, &object_key("a/c.txt")), "a sibling");
-    assert_denied(
-        &cp_to(&fc, &env, dir, &object_key("root.txt")),
-        "the prefix root",
-    );
-    assert_denied(
-        &cp_to(&fc, &env, dir, &object_key("a/b.txt2")),
-        "a longer key",
-    );
+    let one = "--key a/b.txt";
+    assert_written(&cp(one, &object_key("a/b.txt")), "the key");
+    assert_denied(&cp(one, &object_key("a/c.txt")), "a sibling");
+    assert_denied(&cp(one, &object_key("root.txt")), "the prefix root");
+    assert_denied(&cp(one, &object_key("a/b.txt2")), "a longer key");
 
     // A key with IAM's wildcard in it grants that very key, not what the wildcard matches.
-    let config = credential_process_config(&site, "--key 'we*rd'");
-    let env = [
-        ("AWS_CONFIG_FILE", config.to_str().unwrap()),
-        ("AWS_PROFILE", "drop"),
-    ];
-    assert_written(&cp_to(&fc, &env, dir, &object_key("we*rd")), "we*rd itself");
-    assert_denied(
-        &cp_to(&fc, &env, dir, &object_key("we-other-rd")),
-        "what * matches",
-    );
+    let wild = "--key 'we*rd'";
+    assert_written(&cp(wild, &object_key("we*rd")), "we*rd itself");
+    assert_denied(&cp(wild, &object_key("we-other-rd")), "what * matches");
 
     // A sub-prefix: under it, not beside it.
-    let config = credential_process_config(&site, "--prefix batch");
-    let env = [
-        ("AWS_CONFIG_FILE", config.to_str().unwrap()),
-        ("AWS_PROFILE", "drop"),
-    ];
-    assert_written(
-        &cp_to(&fc, &env, dir, &object_key("batch/x/1.txt")),
-        "under batch/",
-    );
-    assert_denied(
-        &cp_to(&fc, &env, dir, &object_key("batch-other/1.txt")),
-        "batch-other/",
-    );
-    drop(world);
+    let sub = "--prefix batch";
+    assert_written(&cp(sub, &object_key("batch/x/1.txt")), "under batch/");
+    assert_denied(&cp(sub, &object_key("batch-other/1.txt")), "batch-other/");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -375,35 +347,21 @@ async fn environment_and_profile_sources_work_off_ec2() {
         .env("AWS_SECRET_ACCESS_KEY", user.secret_access_key())
         .output()
         .unwrap();
-    let report = text(&out);
-    assert!(out.status.success(), "{report}");
-    assert!(
-        report.contains("- instance metadata (IMDSv2): skipped"),
-        "{report}"
+    let report = report_holds(
+        &out,
+        true,
+        &[
+            "- instance metadata (IMDSv2): skipped",
+            "✔ environment credentials: long-term access key",
+            &format!("✔ write under prefix: s3://{BUCKET}/{host}/"),
+            "✔ scope holds",
+        ],
     );
-    assert!(
-        report.contains("✔ environment credentials: long-term access key"),
-        "{report}"
-    );
-    assert!(
-        report.contains(&format!("✔ write under prefix: s3://{BUCKET}/{host}/")),
-        "{report}"
-    );
-    assert!(report.contains("✔ scope holds"), "{report}");
     assert!(!report.contains(user.secret_access_key()), "{report}");
 
     // The daemon uploads under {hostname}/ with those keys.
-    let mut run = off_ec2(&fc, &site, &["run", "--log-format", "json"]);
-    run.env("AWS_ACCESS_KEY_ID", user.access_key_id())
-        .env("AWS_SECRET_ACCESS_KEY", user.secret_access_key());
-    let mut daemon = Daemon::spawn(&site, run).unwrap();
-    std::fs::write(site.watch.join("off-ec2.txt"), b"from the environment").unwrap();
-    let stored = world
-        .wait_for_object(&format!("{host}/off-ec2.txt"), ARRIVAL)
-        .await
-        .unwrap();
-    assert_eq!(stored, b"from the environment");
-    assert!(daemon.stop().unwrap().success());
+    let run = off_ec2(&fc, &site, &["run", "--log-format", "json"]);
+    upload_one_with_keys(&site, &world, run, &user, &format!("{host}/off-ec2.txt")).await;
 
     // source_profile: the same keys in a credentials file as `aws configure` writes it.
     let credentials = site.dir.path().join("aws-credentials");
@@ -416,38 +374,27 @@ async fn environment_and_profile_sources_work_off_ec2() {
         ),
     )
     .unwrap();
-    site.write_config(
-        BUCKET,
-        "source_profile = \"sts-user\"\nkey_prefix = \"{hostname}/p/\"",
-    )
-    .unwrap();
-    let out = off_ec2(&fc, &site, &["check"])
-        .env("AWS_SHARED_CREDENTIALS_FILE", &credentials)
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .output()
-        .unwrap();
-    let report = text(&out);
-    assert!(out.status.success(), "{report}");
-    assert!(
-        report.contains("✔ source profile: long-term access key"),
-        "{report}"
+    let check_with_profile = |extra: &str| {
+        let config = format!("source_profile = \"sts-user\"\n{extra}");
+        site.write_config(BUCKET, &config).unwrap();
+        off_ec2(&fc, &site, &["check"])
+            .env("AWS_SHARED_CREDENTIALS_FILE", &credentials)
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .output()
+            .unwrap()
+    };
+    report_holds(
+        &check_with_profile("key_prefix = \"{hostname}/p/\""),
+        true,
+        &[
+            "✔ source profile: long-term access key",
+            &format!("s3://{BUCKET}/{host}/p/"),
+            "✔ scope holds",
+        ],
     );
-    assert!(
-        report.contains(&format!("s3://{BUCKET}/{host}/p/")),
-        "{report}"
-    );
-    assert!(report.contains("✔ scope holds"), "{report}");
 
     // Off EC2, {instance_id} cannot be filled: the error says to use {hostname}.
-    site.write_config(BUCKET, "source_profile = \"sts-user\"")
-        .unwrap();
-    let out = off_ec2(&fc, &site, &["check"])
-        .env("AWS_SHARED_CREDENTIALS_FILE", &credentials)
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(text(&out).contains("{hostname}"), "{}", text(&out));
+    report_holds(&check_with_profile(""), false, &["{hostname}"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -459,11 +406,10 @@ async fn with_the_default_source_environment_keys_are_still_ignored() {
         .env("AWS_SECRET_ACCESS_KEY", user.secret_access_key())
         .output()
         .unwrap();
-    let report = text(&out);
-    assert!(out.status.success(), "{report}");
-    assert!(
-        report.contains("✔ instance role: temporary credentials received from IMDS"),
-        "{report}"
+    report_holds(
+        &out,
+        true,
+        &["✔ instance role: temporary credentials received from IMDS"],
     );
 }
 
@@ -496,7 +442,7 @@ async fn federation_token_carries_the_policy_and_the_daemon_uploads_with_it() {
     .unwrap();
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     let host = host.trim().to_string();
-    let mut run = site.command_with(
+    let run = site.command_with(
         &[],
         s3drop(),
         &[
@@ -506,16 +452,7 @@ async fn federation_token_carries_the_policy_and_the_daemon_uploads_with_it() {
         ],
         &["run", "--log-format", "json"],
     );
-    run.env("AWS_ACCESS_KEY_ID", user.access_key_id())
-        .env("AWS_SECRET_ACCESS_KEY", user.secret_access_key());
-    let mut daemon = Daemon::spawn(&site, run).unwrap();
-    std::fs::write(site.watch.join("federated.txt"), b"seed 000").unwrap();
-    let stored = world
-        .wait_for_object(&format!("{host}/federated.txt"), ARRIVAL)
-        .await
-        .unwrap();
-    assert_eq!(stored, b"seed 000");
-    assert!(daemon.stop().unwrap().success());
+    upload_one_with_keys(&site, &world, run, &user, &format!("{host}/federated.txt")).await;
 
     let calls: Vec<_> = proxy
         .posts()
@@ -553,10 +490,11 @@ async fn federation_token_carries_the_policy_and_the_daemon_uploads_with_it() {
         .env("AWS_SESSION_TOKEN", role_session.session_token().unwrap())
         .output()
         .unwrap();
-    let report = text(&out);
-    assert!(!out.status.success(), "{report}");
-    assert!(report.contains("✗ federation token:"), "{report}");
-    assert!(report.contains("long-term access keys"), "{report}");
+    report_holds(
+        &out,
+        false,
+        &["✗ federation token:", "long-term access keys"],
+    );
 
     // The instance role + federation_token: refused by the config validation.
     site.write_config_without_role(BUCKET, "session_type = \"federation_token\"")
@@ -564,6 +502,25 @@ async fn federation_token_carries_the_policy_and_the_daemon_uploads_with_it() {
     let out = s3drop_cmd(&fc, &site, &["validate"]).output().unwrap();
     assert!(!out.status.success());
     assert!(text(&out).contains("session credentials"), "{}", text(&out));
+}
+
+/// Starts the daemon `run` with `user`'s keys in its environment, drops one file and waits
+/// for it as `key`, then stops the daemon.
+async fn upload_one_with_keys(
+    site: &Site,
+    world: &World,
+    mut run: Command,
+    user: &aws_credential_types::Credentials,
+    key: &str,
+) {
+    run.env("AWS_ACCESS_KEY_ID", user.access_key_id())
+        .env("AWS_SECRET_ACCESS_KEY", user.secret_access_key());
+    let mut daemon = Daemon::spawn(site, run).unwrap();
+    let name = key.rsplit('/').next().unwrap();
+    std::fs::write(site.watch.join(name), key.as_bytes()).unwrap();
+    let stored = world.wait_for_object(key, ARRIVAL).await.unwrap();
+    assert_eq!(stored, key.as_bytes());
+    assert!(daemon.stop().unwrap().success());
 }
 
 async fn setup_world() -> (FakeCloud, World, Site) {
