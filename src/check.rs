@@ -144,6 +144,7 @@ async fn probe(config: &Config, session: &Session, r: &mut impl Observer) {
         &config.bucket,
         config.force_path_style,
         session.credentials.clone(),
+        session.write.clone(),
     );
     let bucket = &config.bucket;
     let inside = format!("{}{PROBE_NAME}", session.scope.prefix);

@@ -159,7 +159,8 @@ At start: validates the config, checks watch_dir, state_dir (and move_to), start
 and queues the files already in watch_dir (then it is ready: systemd's READY=1), reads the
 instance id and region from IMDS and assumes the upload role with the prefix-scoped session
 policy, then uploads the queue and each new file as it completes. While IMDS or STS cannot
-be reached it keeps retrying (files stay queued; the status line says why); a refusal exits
+be reached it keeps retrying (files stay queued; the status line says why); a refusal, or
+base credentials missing from the environment or profile that the config names, exits
 non-zero with the cause. On SIGTERM it stops taking new files, lets uploads in flight
 finish within shutdown_timeout_seconds, and exits 0. SIGHUP rescans watch_dir and retries
 failed files now (it does not reload the config). A fatal error (a task that dies, a ledger

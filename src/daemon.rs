@@ -186,6 +186,7 @@ fn start_workers(r: &mut Running, session: Session) {
         &config.bucket,
         config.force_path_style,
         session.credentials.clone(),
+        session.write.clone(),
     );
     let worker = Arc::new(Worker::new(
         config.watch_dir.clone(),

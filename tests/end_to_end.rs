@@ -181,6 +181,7 @@ async fn the_session_policy_denies_writes_outside_the_prefix_that_the_role_allow
         "aws",
         BUCKET,
         s3drop::auth::policy::Writable::Under(&key("")),
+        &Default::default(),
         false,
     )
     .unwrap();

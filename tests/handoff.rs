@@ -342,9 +342,7 @@ async fn environment_and_profile_sources_work_off_ec2() {
         "credential_source = \"Environment\"\nkey_prefix = \"{hostname}/\"",
     )
     .unwrap();
-    let out = off_ec2(&fc, &site, &["check"])
-        .env("AWS_ACCESS_KEY_ID", user.access_key_id())
-        .env("AWS_SECRET_ACCESS_KEY", user.secret_access_key())
+    let out = with_keys(&mut off_ec2(&fc, &site, &["check"]), &user)
         .output()
         .unwrap();
     let report = report_holds(
@@ -360,8 +358,38 @@ async fn environment_and_profile_sources_work_off_ec2() {
     assert!(!report.contains(user.secret_access_key()), "{report}");
 
     // The daemon uploads under {hostname}/ with those keys.
-    let run = off_ec2(&fc, &site, &["run", "--log-format", "json"]);
-    upload_one_with_keys(&site, &world, run, &user, &format!("{host}/off-ec2.txt")).await;
+    let mut run = off_ec2(&fc, &site, &["run", "--log-format", "json"]);
+    with_keys(&mut run, &user);
+    upload_one(&site, &world, run, &format!("{host}/off-ec2.txt")).await;
+
+    // Without the keys the daemon does not wait for them: it exits non-zero, saying why.
+    let mut child = off_ec2(&fc, &site, &["run", "--log-format", "json"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + ARRIVAL;
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "run waits for keys that never come"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let out = child.wait_with_output().unwrap();
+    report_holds(&out, false, &["no base credentials from credential_source"]);
+
+    // check --json says the same, IMDS as skipped (not failed, not passed).
+    let out = with_keys(&mut off_ec2(&fc, &site, &["check", "--json"]), &user)
+        .output()
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["ok"], true, "{doc:#}");
+    let imds = &doc["checks"][3];
+    assert_eq!(imds["check"], "instance metadata (IMDSv2)", "{doc:#}");
+    assert_eq!(
+        (&imds["ok"], &imds["skipped"]),
+        (&true.into(), &true.into())
+    );
 
     // source_profile: the same keys in a credentials file as `aws configure` writes it.
     let credentials = site.dir.path().join("aws-credentials");
@@ -374,15 +402,15 @@ async fn environment_and_profile_sources_work_off_ec2() {
         ),
     )
     .unwrap();
-    let check_with_profile = |extra: &str| {
+    let with_profile = |extra: &str, args: &[&str]| {
         let config = format!("source_profile = \"sts-user\"\n{extra}");
         site.write_config(BUCKET, &config).unwrap();
-        off_ec2(&fc, &site, &["check"])
-            .env("AWS_SHARED_CREDENTIALS_FILE", &credentials)
-            .env("AWS_CONFIG_FILE", "/dev/null")
-            .output()
-            .unwrap()
+        let mut cmd = off_ec2(&fc, &site, args);
+        cmd.env("AWS_SHARED_CREDENTIALS_FILE", &credentials)
+            .env("AWS_CONFIG_FILE", "/dev/null");
+        cmd
     };
+    let check_with_profile = |extra: &str| with_profile(extra, &["check"]).output().unwrap();
     report_holds(
         &check_with_profile("key_prefix = \"{hostname}/p/\""),
         true,
@@ -394,6 +422,12 @@ async fn environment_and_profile_sources_work_off_ec2() {
     );
 
     // Off EC2, {instance_id} cannot be filled: the error says to use {hostname}.
+    let run = with_profile(
+        "key_prefix = \"{hostname}/p/\"",
+        &["run", "--log-format", "json"],
+    );
+    upload_one(&site, &world, run, &format!("{host}/p/from-profile.txt")).await;
+
     report_holds(&check_with_profile(""), false, &["{hostname}"]);
 }
 
@@ -442,7 +476,7 @@ async fn federation_token_carries_the_policy_and_the_daemon_uploads_with_it() {
     .unwrap();
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     let host = host.trim().to_string();
-    let run = site.command_with(
+    let mut run = site.command_with(
         &[],
         s3drop(),
         &[
@@ -452,7 +486,8 @@ async fn federation_token_carries_the_policy_and_the_daemon_uploads_with_it() {
         ],
         &["run", "--log-format", "json"],
     );
-    upload_one_with_keys(&site, &world, run, &user, &format!("{host}/federated.txt")).await;
+    with_keys(&mut run, &user);
+    upload_one(&site, &world, run, &format!("{host}/federated.txt")).await;
 
     let calls: Vec<_> = proxy
         .posts()
@@ -466,6 +501,7 @@ async fn federation_token_carries_the_policy_and_the_daemon_uploads_with_it() {
         "aws",
         BUCKET,
         s3drop::auth::policy::Writable::Under(&format!("{host}/")),
+        &Default::default(),
         true,
     )
     .unwrap();
@@ -504,17 +540,18 @@ async fn federation_token_carries_the_policy_and_the_daemon_uploads_with_it() {
     assert!(text(&out).contains("session credentials"), "{}", text(&out));
 }
 
-/// Starts the daemon `run` with `user`'s keys in its environment, drops one file and waits
-/// for it as `key`, then stops the daemon.
-async fn upload_one_with_keys(
-    site: &Site,
-    world: &World,
-    mut run: Command,
+/// `user`'s keys as the environment source reads them.
+fn with_keys<'a>(
+    cmd: &'a mut Command,
     user: &aws_credential_types::Credentials,
-    key: &str,
-) {
-    run.env("AWS_ACCESS_KEY_ID", user.access_key_id())
-        .env("AWS_SECRET_ACCESS_KEY", user.secret_access_key());
+) -> &'a mut Command {
+    cmd.env("AWS_ACCESS_KEY_ID", user.access_key_id())
+        .env("AWS_SECRET_ACCESS_KEY", user.secret_access_key())
+}
+
+/// Starts the daemon `run`, drops one file and waits for it as `key`, then stops the
+/// daemon.
+async fn upload_one(site: &Site, world: &World, run: Command, key: &str) {
     let mut daemon = Daemon::spawn(site, run).unwrap();
     let name = key.rsplit('/').next().unwrap();
     std::fs::write(site.watch.join(name), key.as_bytes()).unwrap();

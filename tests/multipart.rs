@@ -43,7 +43,13 @@ async fn a_40_mib_file_goes_up_in_8_verified_parts() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restart_mid_upload_resumes_instead_of_starting_over() {
-    let (fc, world, site) = setup(BUCKET, &format!("{CONFIG}\npart_concurrency = 1")).await;
+    // Object options too: they go with CreateMultipartUpload, so the resumed upload keeps them.
+    let options = "storage_class = \"STANDARD_IA\"\ntags = { resumed = \"yes\" }";
+    let (fc, world, site) = setup(
+        BUCKET,
+        &format!("{CONFIG}\npart_concurrency = 1\n{options}"),
+    )
+    .await;
     let proxy = FaultProxy::start(&fc.endpoint, 0).await.unwrap();
     proxy.set_put_delay(Duration::from_millis(700));
     let run = |site: &Site| {
@@ -80,6 +86,27 @@ async fn a_restart_mid_upload_resumes_instead_of_starting_over() {
     // Only the parts not recorded were sent again (one may have been in flight).
     assert_eq!(total, before_restart + (8 - parts_done));
     assert!(total <= 8 + 1, "{total} part uploads for 8 parts");
+    let head = world
+        .s3
+        .head_object()
+        .bucket(BUCKET)
+        .key(key("resume.bin"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        head.storage_class(),
+        Some(&aws_sdk_s3::types::StorageClass::StandardIa)
+    );
+    let tags = world
+        .s3
+        .get_object_tagging()
+        .bucket(BUCKET)
+        .key(key("resume.bin"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tags.tag_set().len(), 1, "the resumed object has its tag");
     assert!(second.stop().unwrap().success());
 }
 

@@ -156,6 +156,67 @@ async fn thousands_of_new_directories_filled_at_once_lose_nothing() {
     );
 }
 
+/// The race of a new directory: notify hands over a whole batch of events before it adds
+/// the watches for the directories the batch created, so a scan started on the "directory
+/// created" event can finish before the directory is watched, and a file written in
+/// between has neither an event nor a scan. To widen that window: a flood of events
+/// elsewhere (an excluded directory, so nothing is uploaded from it) keeps notify's batches
+/// long, while each new directory keeps receiving files for a few milliseconds after it
+/// appears. Everything must arrive without the periodic safety rescan.
+#[tokio::test(flavor = "multi_thread")]
+async fn files_written_while_a_new_directory_is_being_watched_are_not_lost() {
+    let (fc, world, site) = setup(BUCKET, "").await;
+    let mut daemon = start_ready(&site, &fc);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let noise: Vec<_> = (0..2)
+        .map(|n| {
+            let dir = site.watch.join(format!(".noise{n}"));
+            std::fs::create_dir(&dir).unwrap();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let path = dir.join(format!("n{}", i % 64));
+                    std::fs::write(&path, b"n").unwrap();
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    const DIRS: usize = 150;
+    const FILES: usize = 12;
+    let mut names = Vec::new();
+    for d in 0..DIRS {
+        let dir = site.watch.join(format!("t/d{d}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..FILES {
+            let name = format!("t/d{d}/f{f}");
+            std::fs::write(dir.join(format!("f{f}")), name.as_bytes()).unwrap();
+            names.push(name);
+            std::thread::sleep(Duration::from_micros(300));
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for n in noise {
+        n.join().unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut keys = world.keys().await.unwrap();
+    while keys.len() < names.len() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        keys = world.keys().await.unwrap();
+    }
+    let missing: Vec<&String> = names.iter().filter(|n| !keys.contains(&key(n))).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} missing, e.g. {:?}",
+        missing.len(),
+        names.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert!(daemon.stop().unwrap().success());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sqlite_backups_over_an_existing_file_upload_the_database_and_never_its_journal() {
     let (fc, world, site) = setup(BUCKET, "").await;

@@ -23,6 +23,15 @@ impl Facts {
     pub fn who(&self) -> &str {
         self.instance_id.as_deref().unwrap_or(&self.hostname)
     }
+
+    /// The values templates' placeholders take.
+    pub fn prefix_facts(&self) -> crate::config::PrefixFacts<'_> {
+        crate::config::PrefixFacts {
+            instance_id: self.instance_id.as_deref(),
+            region: &self.region,
+            hostname: &self.hostname,
+        }
+    }
 }
 
 /// The kernel's host name (`uname -n`), by system call: the unit's `ProcSubset=pid` hides

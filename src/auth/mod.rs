@@ -23,6 +23,7 @@ pub use source::CredentialSource;
 
 use crate::chain::{Link, Observer};
 use crate::config::{Config, ConfigError, SessionType};
+use crate::s3::WriteOptions;
 use mint::Minter;
 use policy::PolicyTooLong;
 
@@ -45,7 +46,7 @@ pub enum AuthError {
     )]
     NoInstanceId { message: String },
     #[error(transparent)]
-    Prefix(#[from] ConfigError),
+    Config(#[from] ConfigError),
     #[error(transparent)]
     Policy(#[from] PolicyTooLong),
     #[error("no base credentials from {origin}: {message} ({hint})")]
@@ -54,6 +55,9 @@ pub enum AuthError {
         origin: String,
         message: String,
         hint: &'static str,
+        /// Keys missing from the environment or a profile file do not appear by waiting;
+        /// IMDS may still come up.
+        permanent: bool,
     },
     #[error("{call} with the session policy failed: {message} ({hint})")]
     Mint {
@@ -70,12 +74,12 @@ impl AuthError {
     /// session needs an operator; IMDS or STS being unreachable may pass.
     pub fn is_permanent(&self) -> bool {
         match self {
-            AuthError::Prefix(_) | AuthError::Policy(_) => true,
+            AuthError::Config(_) | AuthError::Policy(_) => true,
             AuthError::Mint { refused, .. } => *refused,
-            AuthError::Imds { .. }
-            | AuthError::NoInstanceId { .. }
-            | AuthError::Region { .. }
-            | AuthError::BaseCredentials { .. } => false,
+            AuthError::BaseCredentials { permanent, .. } => *permanent,
+            AuthError::Imds { .. } | AuthError::NoInstanceId { .. } | AuthError::Region { .. } => {
+                false
+            }
         }
     }
 }
@@ -88,6 +92,8 @@ pub struct Session {
     pub credentials: SessionCredentials,
     /// Region and endpoints for S3 clients (credentials are handed to each request).
     pub sdk: SdkConfig,
+    /// What every object is written with, filled in for this host.
+    pub write: WriteOptions,
 }
 
 /// What to mint: the daemon's session, or one for another program (narrower, or of
@@ -131,6 +137,7 @@ pub async fn establish_for(
         Scope::new(config, &facts, &request.reach),
         Scope::describe,
     )?;
+    let write = WriteOptions::resolve(&config.object, &facts.prefix_facts())?;
     let source = &config.source;
     let base = step(observer, source.link(), source.base(&imds).await, |base| {
         source.answered(base)
@@ -169,6 +176,7 @@ pub async fn establish_for(
         scope,
         credentials,
         sdk,
+        write,
     })
 }
 

@@ -2,7 +2,7 @@
 //! handed to another program ([`Reach`]), and the session policy that confines writes to it.
 
 use super::{AuthError, Facts, policy};
-use crate::config::{Config, PrefixFacts};
+use crate::config::Config;
 use policy::Writable;
 
 /// How much under the configured prefix a session may write. Both narrowings are relative
@@ -68,15 +68,15 @@ pub struct Scope {
     pub policy: String,
     /// The one resource the policy allows writing.
     pub resource: String,
+    /// The S3 actions allowed on it (those of the configured object options included).
+    pub actions: Vec<&'static str>,
+    /// The KMS key the policy allows encrypting with, if any.
+    pub kms_key: Option<String>,
 }
 
 impl Scope {
     pub fn new(config: &Config, facts: &Facts, reach: &Reach) -> Result<Scope, AuthError> {
-        let prefix = config.key_prefix.expand(&PrefixFacts {
-            instance_id: facts.instance_id.as_deref(),
-            region: &facts.region,
-            hostname: &facts.hostname,
-        })?;
+        let prefix = config.key_prefix.expand(&facts.prefix_facts())?;
         let partition = config.partition(&facts.region);
         let emulator = std::env::var_os(policy::EMULATOR_MULTIPART_ACTIONS_VAR).is_some();
         if emulator {
@@ -95,9 +95,13 @@ impl Scope {
             Some(key) => Writable::Key(key),
             None => Writable::Under(&prefix),
         };
-        let policy = policy::session_policy(partition, &config.bucket, writable, emulator)?;
+        let grants = policy::Grants::of(&config.object);
+        let policy =
+            policy::session_policy(partition, &config.bucket, writable, &grants, emulator)?;
         Ok(Scope {
             resource: policy::object_arn(partition, &config.bucket, writable),
+            actions: grants.actions(),
+            kms_key: grants.kms_key,
             prefix,
             policy,
         })
@@ -105,9 +109,12 @@ impl Scope {
 
     /// `check`'s line for the session policy.
     pub fn describe(&self) -> String {
+        let kms = self.kms_key.as_ref().map_or(String::new(), |key| {
+            format!(", and {} on {key}", policy::KMS_ACTIONS.join(", "))
+        });
         format!(
-            "{} on {} only ({} characters)",
-            policy::ACTIONS.join(", "),
+            "{} on {} only{kms} ({} characters)",
+            self.actions.join(", "),
             self.resource,
             self.policy.len()
         )

@@ -73,6 +73,7 @@ impl CredentialSource {
                     origin: self.describe(),
                     message: crate::message::cause(&e),
                     hint,
+                    permanent: *self != CredentialSource::Ec2InstanceMetadata,
                 })?;
         let id = credentials.access_key_id();
         Ok(Base {

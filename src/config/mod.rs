@@ -7,15 +7,19 @@ use std::time::Duration;
 
 mod credentials;
 mod exclude;
+mod object;
 mod prefix;
 pub mod reference;
+mod template;
 
 use bytesize::ByteSize;
 use serde::Deserialize;
 
 pub use credentials::{CredentialSource, MAX_FEDERATION_SECONDS, SessionType, partition_of_region};
 pub use exclude::Exclude;
-pub use prefix::{KeyPrefixTemplate, PrefixFacts};
+pub use object::{ContentType, ObjectOptions, Sse};
+pub use prefix::KeyPrefixTemplate;
+pub use template::{PrefixFacts, Template};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/s3drop/s3drop.toml";
 
@@ -99,6 +103,16 @@ struct RawConfig {
     max_bandwidth: Option<ByteSize>,
     #[serde(default)]
     force_path_style: bool,
+    storage_class: Option<String>,
+    sse: Option<String>,
+    sse_kms_key_id: Option<String>,
+    bucket_key: Option<bool>,
+    acl: Option<String>,
+    #[serde(default)]
+    tags: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    metadata: std::collections::BTreeMap<String, String>,
+    content_type: Option<String>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -211,6 +225,8 @@ pub struct Config {
     /// Bytes per second over all uploads, if capped.
     pub max_bandwidth: Option<u64>,
     pub force_path_style: bool,
+    /// What every object is written with.
+    pub object: ObjectOptions,
 }
 
 impl Config {
@@ -260,6 +276,17 @@ impl RawConfig {
         }
         .validate()?;
         let key_prefix = KeyPrefixTemplate::parse(&self.key_prefix)?;
+        let object = object::RawObject {
+            storage_class: self.storage_class.as_deref(),
+            sse: self.sse.as_deref(),
+            sse_kms_key_id: self.sse_kms_key_id.as_deref(),
+            bucket_key: self.bucket_key,
+            acl: self.acl.as_deref(),
+            tags: &self.tags,
+            metadata: &self.metadata,
+            content_type: self.content_type.as_deref(),
+        }
+        .validate()?;
         let exclude = Exclude::new(&self.exclude)?;
         let after_upload = self.after_upload()?;
         let transfer = self.transfer()?;
@@ -284,6 +311,7 @@ impl RawConfig {
             part_concurrency: self.part_concurrency,
             max_bandwidth: transfer.max_bandwidth,
             force_path_style: self.force_path_style,
+            object,
         })
     }
 

@@ -152,6 +152,57 @@ pub const KEYS: &[KeyDoc] = &[
         meaning: "e.g. `\"50MiB\"`: bytes per second over all uploads",
     },
     KeyDoc {
+        name: "storage_class",
+        default: "none (S3's `STANDARD`)",
+        meaning: "S3 storage class of every object, e.g. `\"STANDARD_IA\"`, \
+                  `\"INTELLIGENT_TIERING\"`, `\"GLACIER_IR\"`, `\"DEEP_ARCHIVE\"` (S3's \
+                  names; others are refused with the list)",
+    },
+    KeyDoc {
+        name: "sse",
+        default: "none (the bucket's default)",
+        meaning: "server-side encryption: `\"AES256\"`, `\"aws:kms\"` or `\"aws:kms:dsse\"`",
+    },
+    KeyDoc {
+        name: "sse_kms_key_id",
+        default: "none",
+        meaning: "with the KMS kinds, required: the key's ARN; the session policy then allows \
+                  `kms:GenerateDataKey` and `kms:Decrypt` on exactly that key",
+    },
+    KeyDoc {
+        name: "bucket_key",
+        default: "none (the bucket's setting)",
+        meaning: "with the KMS kinds: `true` to use an S3 Bucket Key (fewer KMS calls)",
+    },
+    KeyDoc {
+        name: "acl",
+        default: "none",
+        meaning: "a canned ACL, e.g. `\"bucket-owner-full-control\"`; adds \
+                  `s3:PutObjectAcl` to the session policy. Buckets with ACLs disabled \
+                  (Object Ownership \"bucket owner enforced\", the default since 2023) refuse \
+                  any other",
+    },
+    KeyDoc {
+        name: "tags",
+        default: "none",
+        meaning: "e.g. `{ team = \"data\", host = \"{hostname}\" }`: object tags (at most \
+                  10; keys up to 128, values up to 256 characters; values may use \
+                  `key_prefix`'s placeholders); adds `s3:PutObjectTagging` to the session \
+                  policy",
+    },
+    KeyDoc {
+        name: "metadata",
+        default: "none",
+        meaning: "e.g. `{ source = \"{instance_id}\" }`: user metadata (`x-amz-meta-*`; \
+                  ASCII keys and values, 2 KB in all; values may use the placeholders)",
+    },
+    KeyDoc {
+        name: "content_type",
+        default: "`\"auto\"`",
+        meaning: "`\"auto\"`: from the file name's extension, `application/octet-stream` \
+                  when unknown; or a fixed media type",
+    },
+    KeyDoc {
         name: "force_path_style",
         default: "`false`",
         meaning: "path-style URLs, for S3-compatible servers behind a host name",

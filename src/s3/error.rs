@@ -138,7 +138,10 @@ impl S3Error {
         };
         let status = service.raw().status().as_u16();
         let code = service.err().code().unwrap_or("").to_string();
-        let message = crate::message::tidy(service.err().message().unwrap_or(""));
+        let mut message = crate::message::tidy(service.err().message().unwrap_or(""));
+        if let Some(fix) = fix_for(&code) {
+            message = format!("{message} ({fix})");
+        }
         S3Error::Service {
             op,
             class: classify(status, &code),
@@ -153,9 +156,39 @@ impl S3Error {
     }
 }
 
+/// What to do about the refusals whose cause is the config, for the log line.
+fn fix_for(code: &str) -> Option<&'static str> {
+    match code {
+        "AccessControlListNotSupported" => Some(
+            "the bucket has ACLs disabled (Object Ownership \"bucket owner enforced\", the \
+             default since 2023): remove `acl` from the config, or set it to \
+             \"bucket-owner-full-control\"",
+        ),
+        "InvalidStorageClass" => Some("this bucket does not take that `storage_class`"),
+        "KMS.NotFoundException" | "KMS.DisabledException" | "KMS.KMSInvalidStateException" => Some(
+            "check `sse_kms_key_id`: the key must exist, be enabled and be in the bucket's region",
+        ),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn acl_refusals_say_what_to_change() {
+        assert_eq!(
+            classify(400, "AccessControlListNotSupported"),
+            ErrorClass::Rejected
+        );
+        assert!(
+            fix_for("AccessControlListNotSupported")
+                .unwrap()
+                .contains("remove `acl`")
+        );
+        assert!(fix_for("NoSuchKey").is_none());
+    }
 
     #[test]
     fn codes_decide_before_statuses_and_statuses_decide_the_rest() {

@@ -13,7 +13,25 @@ mod error;
 /// through [`S3::call`]: signed by the session of the moment, the SDK's error turned into
 /// an [`S3Error`] for `$op`. Setter arguments are evaluated inside the request's future
 /// (so `.await?` works there), once per attempt.
+/// `object` before the method: a write that creates an object (PutObject,
+/// CreateMultipartUpload), which carries the configured [`WriteOptions`].
 macro_rules! send {
+    ($s3:ident, $op:expr, object $method:ident($key:expr) $(.$setter:ident($($arg:expr),*))*) => {
+        send!(
+            $s3,
+            $op,
+            $method($key)
+                .set_storage_class($s3.options.storage_class.clone())
+                .set_server_side_encryption($s3.options.sse.clone())
+                .set_ssekms_key_id($s3.options.kms_key_id.clone())
+                .set_bucket_key_enabled($s3.options.bucket_key)
+                .set_acl($s3.options.acl.clone())
+                .set_tagging($s3.options.tagging.clone())
+                .set_metadata($s3.options.metadata.clone())
+                .content_type($s3.options.content_type($key))
+                $(.$setter($($arg),*))*
+        )
+    };
     ($s3:ident, $op:expr, $method:ident($key:expr) $(.$setter:ident($($arg:expr),*))*) => {
         $s3.call($op, |signed_by| async move {
             $s3.client
@@ -31,6 +49,7 @@ macro_rules! send {
 }
 
 mod multipart;
+mod options;
 
 use std::future::Future;
 
@@ -43,6 +62,7 @@ use bytes::Bytes;
 
 pub use error::{ErrorClass, S3Error, classify};
 pub use multipart::CompletedPart;
+pub use options::WriteOptions;
 
 use crate::auth::SessionCredentials;
 use crate::file::OpenedFile;
@@ -120,6 +140,7 @@ pub struct S3 {
     client: Client,
     bucket: String,
     credentials: SessionCredentials,
+    options: std::sync::Arc<WriteOptions>,
 }
 
 impl S3 {
@@ -128,6 +149,7 @@ impl S3 {
         bucket: &str,
         force_path_style: bool,
         credentials: SessionCredentials,
+        options: WriteOptions,
     ) -> S3 {
         let config = aws_sdk_s3::config::Builder::from(sdk)
             // Each request carries its credentials (see `call`); the session cache
@@ -139,6 +161,7 @@ impl S3 {
             client: Client::from_conf(config),
             bucket: bucket.to_string(),
             credentials,
+            options: std::sync::Arc::new(options),
         }
     }
 
@@ -189,7 +212,7 @@ impl S3 {
         let answered = send!(
             self,
             OP,
-            put_object(key)
+            object put_object(key)
                 .content_length(size as i64)
                 .checksum_algorithm(ChecksumAlgorithm::Crc32C)
                 .body(stream_body(file, 0, size).await?)
@@ -206,7 +229,7 @@ impl S3 {
         let answered = send!(
             self,
             OP,
-            put_object(key)
+            object put_object(key)
                 .content_length(body.len() as i64)
                 .checksum_crc32_c(crc32c)
                 .body(ByteStream::from(body.clone()))

@@ -23,7 +23,7 @@ impl S3 {
         let out = send!(
             self,
             OP,
-            create_multipart_upload(key).checksum_algorithm(ChecksumAlgorithm::Crc32C)
+            object create_multipart_upload(key).checksum_algorithm(ChecksumAlgorithm::Crc32C)
         )
         .await?;
         out.upload_id()

@@ -457,6 +457,17 @@ impl World {
         Ok(world)
     }
 
+    /// A KMS key of the account (as fakecloud's admin), for SSE-KMS; returns its ARN.
+    pub async fn create_kms_key(&self) -> Result<String> {
+        let conf = admin_config(&self.endpoint).await;
+        let kms = aws_sdk_kms::Client::new(&conf);
+        let key = kms.create_key().description("s3drop test").send().await?;
+        key.key_metadata()
+            .and_then(|k| k.arn())
+            .map(String::from)
+            .context("no key ARN")
+    }
+
     /// An IAM user with the inline policy `document` and a long-term access key (as seed
     /// 000's template makes one): the base credentials of the non-instance sources.
     pub async fn create_user(&self, name: &str, document: &str) -> Result<Credentials> {

@@ -84,6 +84,7 @@ fn session_policy() -> Result<String> {
         "aws",
         BUCKET,
         s3drop::auth::policy::Writable::Under(&format!("{INSTANCE_ID}/")),
+        &Default::default(),
         true,
     )?)
 }

@@ -1,0 +1,164 @@
+//! What lands in S3: the object options of the config on every stored object, single PUT
+//! and multipart alike, read back as fakecloud's admin (HeadObject, GetObjectTagging); the
+//! session policy grown exactly by them, as `check` shows it.
+//!
+//! fakecloud 0.51 stores tags, ACLs, storage classes, SSE-KMS and metadata, but does not
+//! require `s3:PutObjectTagging` / `s3:PutObjectAcl` for the tagging and ACL headers of a
+//! PutObject, nor `kms:GenerateDataKey` for a key of the caller's own account, as AWS does
+//! (../shared/LOCAL-AWS.md, 7 and 8): that the policy holds those actions, and only when
+//! configured, is proven by the policy's unit tests (src/auth/policy.rs) and shown here in
+//! `check`'s line.
+
+mod common;
+
+use std::time::Duration;
+
+use aws_sdk_s3::types::{ServerSideEncryption, StorageClass};
+use common::*;
+use s3drop_testkit::{object_key as key, setup};
+
+const MIB: usize = 1 << 20;
+
+fn options(key_arn: &str) -> String {
+    format!(
+        "storage_class = \"STANDARD_IA\"\nsse = \"aws:kms\"\nsse_kms_key_id = \"{key_arn}\"\n\
+         bucket_key = true\nacl = \"bucket-owner-full-control\"\n\
+         tags = {{ team = \"data\", host = \"{{hostname}}\", \"with space\" = \"a&b=c\" }}\n\
+         metadata = {{ source = \"{{instance_id}}\" }}\n\
+         multipart_threshold = \"8MiB\"\npart_size = \"5MiB\""
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_object_option_is_on_the_stored_object_single_and_multipart() {
+    let (fc, world, site) = setup(BUCKET, "").await;
+    let key_arn = world.create_kms_key().await.unwrap();
+    site.write_config(BUCKET, &options(&key_arn)).unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let host = host.trim();
+
+    // check shows the grown policy, and its probe carries the options.
+    let out = site.command(s3drop(), &fc, &["check"]).output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}");
+    assert!(
+        report.contains(
+            "s3:PutObject, s3:AbortMultipartUpload, s3:PutObjectTagging, s3:PutObjectAcl on"
+        ),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!("kms:GenerateDataKey, kms:Decrypt on {key_arn}")),
+        "{report}"
+    );
+
+    let mut daemon = start_ready(&site, &fc);
+    let small = br#"{"small": true}"#.to_vec();
+    let big = content(3, 12 * MIB);
+    std::fs::write(site.watch.join("small.json"), &small).unwrap();
+    std::fs::write(site.watch.join("big.bin"), &big).unwrap();
+    for (name, body, content_type) in [
+        ("small.json", &small, "application/json"),
+        ("big.bin", &big, "application/octet-stream"),
+    ] {
+        let k = key(name);
+        let got = world
+            .wait_for_object(&k, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(&got == body, "{name} differs");
+        let head = world
+            .s3
+            .head_object()
+            .bucket(BUCKET)
+            .key(&k)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            head.storage_class(),
+            Some(&StorageClass::StandardIa),
+            "{name}"
+        );
+        assert_eq!(
+            head.server_side_encryption(),
+            Some(&ServerSideEncryption::AwsKms),
+            "{name}"
+        );
+        assert_eq!(head.ssekms_key_id(), Some(key_arn.as_str()), "{name}");
+        assert_eq!(head.bucket_key_enabled(), Some(true), "{name}");
+        assert_eq!(head.content_type(), Some(content_type), "{name}");
+        assert_eq!(
+            head.metadata()
+                .and_then(|m| m.get("source"))
+                .map(String::as_str),
+            Some(s3drop_testkit::INSTANCE_ID),
+            "{name}"
+        );
+        let tagging = world
+            .s3
+            .get_object_tagging()
+            .bucket(BUCKET)
+            .key(&k)
+            .send()
+            .await
+            .unwrap();
+        let mut tags: Vec<(String, String)> = tagging
+            .tag_set()
+            .iter()
+            .map(|t| (t.key().to_string(), t.value().to_string()))
+            .collect();
+        tags.sort();
+        assert_eq!(
+            tags,
+            [
+                ("host".to_string(), host.to_string()),
+                ("team".to_string(), "data".to_string()),
+                ("with space".to_string(), "a&b=c".to_string()),
+            ],
+            "{name}"
+        );
+        let acl = world
+            .s3
+            .get_object_acl()
+            .bucket(BUCKET)
+            .key(&k)
+            .send()
+            .await
+            .unwrap();
+        assert!(!acl.grants().is_empty(), "{name}: an ACL is stored");
+    }
+    assert_eq!(
+        fc.parts_stored(BUCKET, &key("big.bin")),
+        3,
+        "multipart: 12 MiB in 5 MiB parts"
+    );
+    assert!(daemon.stop().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_options_nothing_extra_is_sent_or_allowed() {
+    let (fc, world, site) = setup(BUCKET, "").await;
+    let out = site.command(s3drop(), &fc, &["check"]).output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}");
+    assert!(
+        report.contains("✔ session policy: s3:PutObject, s3:AbortMultipartUpload on arn:"),
+        "{report}"
+    );
+    assert!(!report.contains("kms:"), "{report}");
+    let mut daemon = start_ready(&site, &fc);
+    drop_file(&world, &site, "plain.txt", b"plain").await;
+    let head = world
+        .s3
+        .head_object()
+        .bucket(BUCKET)
+        .key(key("plain.txt"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.content_type(), Some("text/plain"));
+    assert!(head.ssekms_key_id().is_none());
+    assert!(head.metadata().is_none_or(|m| m.is_empty()));
+    assert!(daemon.stop().unwrap().success());
+}
