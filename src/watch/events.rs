@@ -72,6 +72,17 @@ pub fn changes_of(event: Event) -> Vec<Change> {
     vec![change]
 }
 
+/// Test-only: the variable [`SLOW_EVENTS_VAR`] (microseconds) makes the notify thread
+/// linger on each event, as a loaded machine may, so that the tests can hold open the
+/// window between "a directory was created" and notify's own watch on it.
+pub const SLOW_EVENTS_VAR: &str = "S3DROP_TEST_SLOW_EVENTS_US";
+
+fn test_event_delay() -> Option<std::time::Duration> {
+    let micros: u64 = std::env::var(SLOW_EVENTS_VAR).ok()?.parse().ok()?;
+    tracing::warn!("{SLOW_EVENTS_VAR} is set: every watch event is delayed (tests only)");
+    Some(std::time::Duration::from_micros(micros))
+}
+
 /// The running inotify watch. Dropping it stops the watch.
 pub struct DirWatcher {
     watcher: RecommendedWatcher,
@@ -87,7 +98,11 @@ impl DirWatcher {
         let (tx, changes) = mpsc::channel(CHANNEL_CAPACITY);
         let lost = Arc::new(Notify::new());
         let lost_tx = lost.clone();
+        let slow = test_event_delay();
         let handler = move |result: notify::Result<Event>| {
+            if let Some(delay) = slow {
+                std::thread::sleep(delay);
+            }
             let batch = match result {
                 Ok(event) => changes_of(event),
                 Err(e) => {

@@ -29,7 +29,7 @@ use crate::queue::Queue;
 use crate::supervise::Fatal;
 
 use events::Change;
-pub use events::{DirWatcher, WatchError};
+pub use events::{DirWatcher, SLOW_EVENTS_VAR, WatchError};
 use scan::Found;
 use writers::Writers;
 
