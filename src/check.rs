@@ -144,7 +144,8 @@ async fn probe(config: &Config, session: &Session, r: &mut impl Observer) {
         &config.bucket,
         config.force_path_style,
         session.credentials.clone(),
-        session.write.clone(),
+        // The probe overwrites its one key each time, whatever `overwrite` says.
+        session.write.clone().allowing_overwrite(),
     );
     let bucket = &config.bucket;
     let inside = format!("{}{PROBE_NAME}", session.scope.prefix);

@@ -150,6 +150,7 @@ fn start(
     let cx = Context {
         tracker: tracker.clone(),
         retry_now,
+        hangups: Arc::default(),
         cancel: cancel.clone(),
         fatal: supervisor.reporter(),
     };
@@ -254,6 +255,7 @@ async fn watch_over(r: &mut Running, signals: &mut Signals) -> Result<&'static s
             }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: rescanning watch_dir and retrying failed files now");
+                r.cx.hangups.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 r.rescan_now.notify_one();
                 r.cx.retry_now.notify_waiters();
             }

@@ -162,3 +162,79 @@ async fn without_options_nothing_extra_is_sent_or_allowed() {
     assert!(head.metadata().is_none_or(|m| m.is_empty()));
     assert!(daemon.stop().unwrap().success());
 }
+
+/// `overwrite = false` (conditional writes): an object already under the key is left
+/// intact, the file is neither uploaded nor deleted, the conflict is in the log and the
+/// ledger, a restart does not try again, and a SIGHUP does (once).
+#[tokio::test(flavor = "multi_thread")]
+async fn with_overwrite_false_an_existing_object_is_never_replaced() {
+    const CONFLICT: &str = "an object with this key already exists and overwrite = false: the \
+                            file is not uploaded and is kept; it is tried again at SIGHUP or \
+                            when it changes";
+    let config = "overwrite = false\nafter_upload = \"delete\"\n\
+                  multipart_threshold = \"5MiB\"\npart_size = \"5MiB\"";
+    let (fc, world, site) = setup(BUCKET, config).await;
+    for name in ["exists.txt", "exists-big.bin"] {
+        world
+            .s3
+            .put_object()
+            .bucket(BUCKET)
+            .key(key(name))
+            .body(b"the original".to_vec().into())
+            .send()
+            .await
+            .unwrap();
+    }
+    let mut daemon = start_ready(&site, &fc);
+    std::fs::write(site.watch.join("exists.txt"), b"a newer file").unwrap();
+    std::fs::write(site.watch.join("exists-big.bin"), content(9, 11 * MIB)).unwrap();
+    drop_file(&world, &site, "fresh.txt", b"nothing here before").await;
+    wait_until("both conflicts", ARRIVAL, || {
+        daemon.events(CONFLICT).len() == 2
+    })
+    .await;
+    for name in ["exists.txt", "exists-big.bin"] {
+        let stored = world.get_object(&key(name)).await.unwrap().unwrap();
+        assert_eq!(stored, b"the original", "{name} was replaced");
+        assert!(site.watch.join(name).exists(), "{name} was deleted");
+    }
+    wait_until("fresh.txt deleted after its upload", ARRIVAL, || {
+        !site.watch.join("fresh.txt").exists()
+    })
+    .await;
+    let puts = |name: &str| fc.object_puts(BUCKET).get(&key(name)).copied().unwrap_or(0);
+    assert_eq!(
+        puts("exists.txt"),
+        2,
+        "the original and one conditional attempt"
+    );
+    assert!(daemon.stop().unwrap().success());
+
+    // The ledger says why.
+    let ledger = s3drop::ledger::Ledger::open(&site.state).unwrap();
+    let record = ledger
+        .get(std::path::Path::new("exists.txt"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        record.state,
+        s3drop::ledger::FileState::Conflict {
+            key: key("exists.txt")
+        }
+    );
+    drop(ledger);
+
+    // A restart does not try again; a SIGHUP does, once.
+    let mut daemon = start_ready(&site, &fc);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(puts("exists.txt"), 2, "a restart retried the conflict");
+    daemon.signal("-HUP").unwrap();
+    wait_until("the retry at SIGHUP", ARRIVAL, || puts("exists.txt") == 3).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(puts("exists.txt"), 3);
+    assert_eq!(
+        world.get_object(&key("exists.txt")).await.unwrap().unwrap(),
+        b"the original"
+    );
+    assert!(daemon.stop().unwrap().success());
+}

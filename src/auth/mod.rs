@@ -137,7 +137,7 @@ pub async fn establish_for(
         Scope::new(config, &facts, &request.reach),
         Scope::describe,
     )?;
-    let write = WriteOptions::resolve(&config.object, &facts.prefix_facts())?;
+    let write = WriteOptions::resolve(&config.object, config.overwrite, &facts.prefix_facts())?;
     let source = &config.source;
     let base = step(observer, source.link(), source.base(&imds).await, |base| {
         source.answered(base)

@@ -113,6 +113,12 @@ struct RawConfig {
     #[serde(default)]
     metadata: std::collections::BTreeMap<String, String>,
     content_type: Option<String>,
+    #[serde(default = "default_overwrite")]
+    overwrite: bool,
+}
+
+fn default_overwrite() -> bool {
+    true
 }
 
 fn default_state_dir() -> PathBuf {
@@ -227,6 +233,9 @@ pub struct Config {
     pub force_path_style: bool,
     /// What every object is written with.
     pub object: ObjectOptions,
+    /// May an upload replace an existing object? With `false` every write is conditional
+    /// (`If-None-Match: *`) and a file whose key exists is left alone, recorded as a conflict.
+    pub overwrite: bool,
 }
 
 impl Config {
@@ -312,6 +321,7 @@ impl RawConfig {
             max_bandwidth: transfer.max_bandwidth,
             force_path_style: self.force_path_style,
             object,
+            overwrite: self.overwrite,
         })
     }
 

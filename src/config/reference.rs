@@ -203,6 +203,15 @@ pub const KEYS: &[KeyDoc] = &[
                   when unknown; or a fixed media type",
     },
     KeyDoc {
+        name: "overwrite",
+        default: "`true`",
+        meaning: "`false`: never replace an existing object. Every PutObject and \
+                  CompleteMultipartUpload carries `If-None-Match: *`; a file whose key \
+                  exists is not uploaded, not deleted or moved, recorded as a conflict and \
+                  logged once, and tried again only at SIGHUP or when it changes (a big \
+                  file's parts are sent before S3 can say so, then discarded)",
+    },
+    KeyDoc {
         name: "force_path_style",
         default: "`false`",
         meaning: "path-style URLs, for S3-compatible servers behind a host name",

@@ -28,6 +28,9 @@ pub enum FileState {
     Uploaded { key: String, crc32c: Option<String> },
     /// S3 refused the upload for a reason an operator must fix; retried later.
     Failed { key: String, error: String },
+    /// `overwrite = false` and an object `key` already existed: not uploaded, and not
+    /// tried again until SIGHUP or the file changes.
+    Conflict { key: String },
 }
 
 /// One part S3 confirmed.
@@ -58,6 +61,11 @@ impl FileRecord {
 
     pub fn is_uploaded_as(&self, identity: &FileIdentity) -> bool {
         matches!(self.state, FileState::Uploaded { .. }) && self.identity == *identity
+    }
+
+    /// This very version of the file met an existing key (`overwrite = false`).
+    pub fn is_conflict_as(&self, identity: &FileIdentity) -> bool {
+        matches!(self.state, FileState::Conflict { .. }) && self.identity == *identity
     }
 }
 

@@ -24,6 +24,9 @@ pub enum ErrorClass {
     Transient,
     /// Any other refusal of the request itself (4xx): retrying as is will not help.
     Rejected,
+    /// The key exists and the write was conditional (`overwrite = false`, `If-None-Match:
+    /// *`): nothing was written, and sending the same again will not change that.
+    Exists,
 }
 
 /// The classifier: an S3 error code and HTTP status → what it means.
@@ -40,6 +43,9 @@ pub fn classify(status: u16, code: &str) -> ErrorClass {
         | "XAmzContentSHA256Mismatch" => ErrorClass::BadChecksum,
         "NoSuchBucket" => ErrorClass::NoSuchBucket,
         "NoSuchUpload" => ErrorClass::NoSuchUpload,
+        "PreconditionFailed" => ErrorClass::Exists,
+        // Another conditional write to the key was in progress: it may pass.
+        "ConditionalRequestConflict" => ErrorClass::Transient,
         // The emulator says AccessDeniedException where S3 says AccessDenied.
         "AccessDenied" | "AccessDeniedException" => ErrorClass::Denied,
         "SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded" => {
@@ -47,6 +53,7 @@ pub fn classify(status: u16, code: &str) -> ErrorClass {
         }
         "RequestTimeout" | "InternalError" | "ServiceUnavailable" => ErrorClass::Transient,
         _ if status == 403 => ErrorClass::Denied,
+        _ if status == 412 => ErrorClass::Exists,
         _ if status == 503 || status == 429 => ErrorClass::Throttled,
         _ if status >= 500 || status == 408 => ErrorClass::Transient,
         _ => ErrorClass::Rejected,
@@ -113,7 +120,10 @@ impl S3Error {
     pub fn is_permanent(&self) -> bool {
         matches!(
             self.class(),
-            ErrorClass::Denied | ErrorClass::NoSuchBucket | ErrorClass::Rejected
+            ErrorClass::Denied
+                | ErrorClass::NoSuchBucket
+                | ErrorClass::Rejected
+                | ErrorClass::Exists
         )
     }
 
@@ -175,6 +185,16 @@ fn fix_for(code: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_conditional_write_to_an_existing_key_is_its_own_class() {
+        assert_eq!(classify(412, "PreconditionFailed"), ErrorClass::Exists);
+        assert_eq!(classify(412, ""), ErrorClass::Exists);
+        assert_eq!(
+            classify(409, "ConditionalRequestConflict"),
+            ErrorClass::Transient
+        );
+    }
 
     #[test]
     fn acl_refusals_say_what_to_change() {

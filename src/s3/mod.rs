@@ -213,6 +213,7 @@ impl S3 {
             self,
             OP,
             object put_object(key)
+                .set_if_none_match(self.options.if_none_match.clone())
                 .content_length(size as i64)
                 .checksum_algorithm(ChecksumAlgorithm::Crc32C)
                 .body(stream_body(file, 0, size).await?)
@@ -230,6 +231,7 @@ impl S3 {
             self,
             OP,
             object put_object(key)
+                .set_if_none_match(self.options.if_none_match.clone())
                 .content_length(body.len() as i64)
                 .checksum_crc32_c(crc32c)
                 .body(ByteStream::from(body.clone()))

@@ -93,6 +93,7 @@ impl S3 {
             self,
             OP,
             complete_multipart_upload(key)
+                .set_if_none_match(self.options.if_none_match.clone())
                 .upload_id(upload_id)
                 .multipart_upload(completed.clone())
         )

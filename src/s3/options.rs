@@ -29,13 +29,19 @@ pub struct WriteOptions {
     /// `x-amz-tagging`: `k=v&k2=v2`, percent-encoded.
     pub tagging: Option<String>,
     pub metadata: Option<HashMap<String, String>>,
+    /// `If-None-Match: *` on PutObject and CompleteMultipartUpload (`overwrite = false`).
+    pub if_none_match: Option<String>,
     options: ObjectOptions,
 }
 
 impl WriteOptions {
     /// Fills in the placeholders of tag and metadata values and checks S3's limits again
     /// with the values filled in.
-    pub fn resolve(options: &ObjectOptions, facts: &PrefixFacts<'_>) -> Result<Self, ConfigError> {
+    pub fn resolve(
+        options: &ObjectOptions,
+        overwrite: bool,
+        facts: &PrefixFacts<'_>,
+    ) -> Result<Self, ConfigError> {
         let (sse, kms_key_id) = match &options.sse {
             None => (None, None),
             Some(Sse::Aes256) => (Some(ServerSideEncryption::Aes256), None),
@@ -87,8 +93,15 @@ impl WriteOptions {
             acl: options.acl.clone(),
             tagging: (!tags.is_empty()).then(|| tags.join("&")),
             metadata: (!metadata.is_empty()).then_some(metadata),
+            if_none_match: (!overwrite).then(|| "*".to_string()),
             options: options.clone(),
         })
+    }
+
+    /// The same options without the condition: `check`'s probe overwrites its one key.
+    pub fn allowing_overwrite(mut self) -> Self {
+        self.if_none_match = None;
+        self
     }
 
     /// The Content-Type for an object named `key`.

@@ -32,6 +32,13 @@ pub enum SendError {
     Changed,
 }
 
+impl SendError {
+    /// A conditional write (`overwrite = false`) met an existing object.
+    pub fn is_existing_key(&self) -> bool {
+        matches!(self, SendError::S3(e) if e.class() == ErrorClass::Exists)
+    }
+}
+
 /// How a file of `size` bytes is cut: `count` parts of `part_size` (the last one shorter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartPlan {
@@ -145,6 +152,11 @@ impl Sender {
             .await
         {
             Ok(checksum) => Ok(checksum),
+            Err(e) if e.class() == ErrorClass::Exists => {
+                // Its parts will never become this object: free them.
+                self.abandon(item.relative, item.key, &upload_id).await;
+                Err(SendError::S3(e))
+            }
             Err(e) => Err(self.failed(item, e).await),
         }
     }

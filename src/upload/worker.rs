@@ -60,6 +60,9 @@ pub struct Worker {
     backoff: Backoff,
     /// Whether the "checksums not confirmed" warning was given (once per run).
     warned_unverified: AtomicBool,
+    /// Files whose key existed (`overwrite = false`), with the SIGHUP count when that was
+    /// last seen: they are left alone until the next SIGHUP or a change of the file.
+    conflicts: std::sync::Mutex<std::collections::HashMap<PathBuf, u64>>,
 }
 
 /// What a worker needs from the daemon: where helper tasks go, SIGHUP's "retry now", the
@@ -68,6 +71,8 @@ pub struct Worker {
 pub struct Context {
     pub tracker: TaskTracker,
     pub retry_now: Arc<Notify>,
+    /// How many SIGHUPs there were: a conflict is tried again after the next one.
+    pub hangups: Arc<std::sync::atomic::AtomicU64>,
     pub cancel: CancellationToken,
     pub fatal: FatalReporter,
 }
@@ -91,6 +96,7 @@ impl Worker {
             progress: Arc::default(),
             backoff: Backoff::default(),
             warned_unverified: AtomicBool::new(false),
+            conflicts: Default::default(),
         }
     }
 
@@ -102,7 +108,8 @@ impl Worker {
                 _ = cx.cancel.cancelled() => return Ok(()),
                 path = self.queue.pop() => path,
             };
-            match self.process(&path).await {
+            let hangups = cx.hangups.load(Ordering::Relaxed);
+            match self.process(&path, hangups).await {
                 Outcome::Uploaded(recording) => {
                     let (worker, cx2) = (self.clone(), cx.clone());
                     cx.tracker.spawn(async move {
@@ -148,7 +155,7 @@ impl Worker {
         });
     }
 
-    async fn process(&self, path: &Path) -> Outcome {
+    async fn process(&self, path: &Path, hangups: u64) -> Outcome {
         let Some((relative, key)) = self.key_of(path) else {
             return Outcome::Done;
         };
@@ -162,6 +169,13 @@ impl Worker {
                 self.after_upload
                     .run(path, relative, &file, &self.ledger)
                     .await;
+                return Outcome::Done;
+            }
+            Ok(Some(record))
+                if record.is_conflict_as(&file.identity)
+                    && self.conflict_stands(relative, hangups) =>
+            {
+                tracing::debug!(path = %path.display(), "its key exists (overwrite = false); left alone until SIGHUP or a change");
                 return Outcome::Done;
             }
             Ok(Some(record)) if only_touched(&record, &file) => {
@@ -187,6 +201,7 @@ impl Worker {
         let checksum = match sent {
             Ok(checksum) if unchanged => checksum,
             Ok(_) => return self.changed(&item),
+            Err(e) if e.is_existing_key() => return self.conflict(&item, hangups).await,
             Err(e) => return self.failed(&item, e, unchanged).await,
         };
         self.uploaded(&item, &checksum, started);
@@ -326,6 +341,51 @@ impl Worker {
                     }
                     Ok(()) => Outcome::Retry { permanent: true },
                 }
+            }
+        }
+    }
+
+    /// `overwrite = false` and the key exists: the file is not uploaded, not deleted or
+    /// moved; it is recorded as a conflict and left alone until SIGHUP or a change.
+    async fn conflict(&self, item: &Item<'_>, hangups: u64) -> Outcome {
+        tracing::error!(
+            path = %item.path.display(), key = item.key, bucket = self.sender.bucket(),
+            "an object with this key already exists and overwrite = false: the file is not \
+             uploaded and is kept; it is tried again at SIGHUP or when it changes"
+        );
+        self.conflicts
+            .lock()
+            .expect("conflicts lock")
+            .insert(item.relative.to_owned(), hangups);
+        let record = FileRecord::new(
+            item.file.identity,
+            FileState::Conflict {
+                key: item.key.to_string(),
+            },
+        );
+        match self.ledger.put_later(item.relative, &record).await {
+            Err(e) if e.is_fatal() => Outcome::Fatal(e.into()),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not record the conflict in the ledger");
+                Outcome::Done
+            }
+            Ok(()) => Outcome::Done,
+        }
+    }
+
+    /// Is a recorded conflict still to be left alone? Yes, unless a SIGHUP came since it was
+    /// seen; a conflict first seen now (after a restart) counts as seen at this SIGHUP count.
+    fn conflict_stands(&self, relative: &Path, hangups: u64) -> bool {
+        let mut conflicts = self.conflicts.lock().expect("conflicts lock");
+        match conflicts.get(relative) {
+            Some(&seen) if seen < hangups => {
+                conflicts.remove(relative);
+                false
+            }
+            Some(_) => true,
+            None => {
+                conflicts.insert(relative.to_owned(), hangups);
+                true
             }
         }
     }
