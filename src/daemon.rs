@@ -191,7 +191,7 @@ fn start_workers(r: &mut Running, session: Session) {
     );
     let worker = Arc::new(Worker::new(
         config.watch_dir.clone(),
-        session.scope.prefix.clone(),
+        session.keys.clone(),
         AfterUploadAction(config.after_upload.clone()),
         r.ledger.clone(),
         Sender::new(config, s3, r.ledger.clone()),

@@ -12,8 +12,17 @@
 //!
 //! Every `‛` in a key thus starts a quote, and the mapping can be reversed: two different
 //! paths never share a key.
+//!
+//! `key_template` ([`KeyRule`]) shapes what follows the prefix: `{path}` (the default) is
+//! the encoded relative path; `{name}`, `{stem}`, `{ext}` parts of the encoded file name;
+//! `{yyyy}`, `{mm}`, `{dd}`, `{hh}` the file's modification time in UTC.
 
 use std::fmt::Write;
+
+use aws_smithy_types::DateTime;
+use aws_smithy_types::date_time::Format;
+
+use crate::config::Template;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path};
 
@@ -34,9 +43,72 @@ pub enum KeyError {
     Empty,
 }
 
-/// `prefix` + the mapped relative path. The prefix was validated with the config.
-pub fn object_key(prefix: &str, relative: &Path) -> Result<String, KeyError> {
-    let mut key = String::from(prefix);
+/// How each file's key is made: the expanded prefix, then the key template with this
+/// host's facts already filled in.
+#[derive(Debug, Clone)]
+pub struct KeyRule {
+    prefix: String,
+    template: Template,
+}
+
+impl KeyRule {
+    pub fn new(prefix: String, template: Template) -> KeyRule {
+        KeyRule { prefix, template }
+    }
+
+    /// The default rule, `{path}` after the prefix.
+    pub fn by_path(prefix: String) -> KeyRule {
+        let template = crate::config::parse_key_template("{path}").expect("the default parses");
+        KeyRule::new(prefix, template)
+    }
+
+    /// Can two files share a key? Not when the key holds the whole path.
+    pub fn is_injective(&self) -> bool {
+        self.template.uses("path")
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The key of the file at `relative` modified at `mtime_ns` (nanoseconds since the
+    /// epoch).
+    pub fn key(&self, relative: &Path, mtime_ns: i128) -> Result<String, KeyError> {
+        let path = encode_path(relative)?;
+        let name = path.rsplit('/').next().unwrap_or(&path).to_string();
+        let (stem, ext) = match name.rfind('.') {
+            Some(dot) if dot > 0 => (name[..dot].to_string(), name[dot + 1..].to_string()),
+            _ => (name.clone(), String::new()),
+        };
+        let seconds = i64::try_from(mtime_ns.div_euclid(1_000_000_000)).unwrap_or(0);
+        // "2026-11-25T19:09:22Z"
+        let time = DateTime::from_secs(seconds)
+            .fmt(Format::DateTime)
+            .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into());
+        let rest = self.template.render(|placeholder| {
+            Some(match placeholder {
+                "path" => path.clone(),
+                "name" => name.clone(),
+                "stem" => stem.clone(),
+                "ext" => ext.clone(),
+                "yyyy" => time[0..4].to_string(),
+                "mm" => time[5..7].to_string(),
+                "dd" => time[8..10].to_string(),
+                "hh" => time[11..13].to_string(),
+                _ => return None,
+            })
+        });
+        let key = format!("{}{rest}", self.prefix);
+        if key.len() > MAX_KEY_BYTES {
+            return Err(KeyError::TooLong { len: key.len() });
+        }
+        Ok(key)
+    }
+}
+
+/// The relative path as it appears in keys: components encoded, `/`-separated.
+pub fn encode_path(relative: &Path) -> Result<String, KeyError> {
+    let mut key = String::new();
     let mut any = false;
     for component in relative.components() {
         let Component::Normal(name) = component else {
@@ -51,6 +123,12 @@ pub fn object_key(prefix: &str, relative: &Path) -> Result<String, KeyError> {
     if !any {
         return Err(KeyError::Empty);
     }
+    Ok(key)
+}
+
+/// `prefix` + the mapped relative path. The prefix was validated with the config.
+pub fn object_key(prefix: &str, relative: &Path) -> Result<String, KeyError> {
+    let key = format!("{prefix}{}", encode_path(relative)?);
     if key.len() > MAX_KEY_BYTES {
         return Err(KeyError::TooLong { len: key.len() });
     }
@@ -170,5 +248,35 @@ mod tests {
     fn odd_components_are_refused() {
         assert_eq!(object_key("p/", Path::new("../x")), Err(KeyError::Empty));
         assert_eq!(object_key("p/", Path::new("")), Err(KeyError::Empty));
+    }
+
+    #[test]
+    fn key_templates_fill_in_the_file_and_its_modification_time() {
+        let template =
+            crate::config::parse_key_template("{yyyy}/{mm}/{dd}/{hh}/{stem}.{ext}/{name}/{path}")
+                .unwrap();
+        let rule = KeyRule::new("p/".into(), template);
+        // 2026-11-25T19:09:22Z
+        let mtime = 1_795_633_762i128 * 1_000_000_000 + 5;
+        assert_eq!(
+            rule.key(Path::new("a/b/report.tar.gz"), mtime).unwrap(),
+            "p/2026/11/25/19/report.tar.gz/report.tar.gz/a/b/report.tar.gz"
+        );
+        let by_path = KeyRule::by_path("p/".into());
+        assert!(by_path.is_injective());
+        assert_eq!(
+            by_path.key(Path::new("x/y"), 0).unwrap(),
+            object_key("p/", Path::new("x/y")).unwrap()
+        );
+        let names = KeyRule::new(
+            "p/".into(),
+            crate::config::parse_key_template("{stem}-{ext}").unwrap(),
+        );
+        assert!(!names.is_injective());
+        assert_eq!(names.key(Path::new("d/.bashrc"), 0).unwrap(), "p/.bashrc-");
+        assert_eq!(
+            names.key(Path::new("d/line\nbreak.txt"), 0).unwrap(),
+            "p/line\u{240A}break-txt"
+        );
     }
 }

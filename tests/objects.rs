@@ -238,3 +238,91 @@ async fn with_overwrite_false_an_existing_object_is_never_replaced() {
     );
     assert!(daemon.stop().unwrap().success());
 }
+
+/// `key_template` with the file's modification time, kept through a restart that resumes
+/// a multipart upload; and two files a non-injective template maps to one key: one is
+/// uploaded, the other refused, nothing overwritten.
+#[tokio::test(flavor = "multi_thread")]
+async fn key_templates_use_the_mtime_and_never_let_two_files_share_a_key() {
+    use s3drop_testkit::proxy::FaultProxy;
+    let config = "key_template = \"{yyyy}/{mm}/{dd}/{hh}/{path}\"\n\
+                  multipart_threshold = \"5MiB\"\npart_size = \"5MiB\"\npart_concurrency = 1";
+    let (fc, world, site) = setup(BUCKET, config).await;
+    let touch = |name: &str| {
+        let status = std::process::Command::new("touch")
+            .args(["-d", "2021-06-01 12:34:56 UTC"])
+            .arg(site.watch.join(name))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    let dated = |name: &str| key(&format!("2021/06/01/12/{name}"));
+
+    // A big file, slowed down so the daemon can be killed mid-upload, then resumed.
+    let proxy = FaultProxy::start(&fc.endpoint, 0).await.unwrap();
+    proxy.set_put_delay(Duration::from_millis(500));
+    let body = content(11, 20 * MIB);
+    let staging = site.dir.path().join("big.bin");
+    std::fs::write(&staging, &body).unwrap();
+    std::fs::rename(&staging, site.watch.join("big.bin")).unwrap();
+    touch("big.bin");
+    let mut first =
+        s3drop_testkit::Daemon::start_with_env(&site, s3drop(), &fc.sdk_env_via(&proxy.endpoint))
+            .unwrap();
+    wait_until("two parts stored", Duration::from_secs(60), || {
+        fc.parts_stored(BUCKET, &dated("big.bin")) >= 2
+    })
+    .await;
+    first.kill().unwrap();
+    proxy.set_put_delay(Duration::ZERO);
+    let mut daemon = start_ready(&site, &fc);
+    let got = world
+        .wait_for_object(&dated("big.bin"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(got == body, "the resumed object differs");
+    assert_eq!(
+        daemon.events("resuming multipart upload").len(),
+        1,
+        "{}",
+        daemon.log()
+    );
+
+    // A small file dated the same way.
+    let staging = site.dir.path().join("small.txt");
+    std::fs::write(&staging, b"small").unwrap();
+    std::fs::rename(&staging, site.watch.join("small.txt")).unwrap();
+    touch("small.txt");
+    world
+        .wait_for_object(&dated("small.txt"), ARRIVAL)
+        .await
+        .unwrap();
+    assert!(daemon.stop().unwrap().success());
+
+    // {name} alone maps a/x.txt and b/x.txt to one key: one goes up, the other is refused.
+    site.write_config(BUCKET, "key_template = \"{name}\"")
+        .unwrap();
+    let mut daemon = start_ready(&site, &fc);
+    for dir in ["a", "b"] {
+        std::fs::create_dir_all(site.watch.join(dir)).unwrap();
+        std::fs::write(site.watch.join(dir).join("x.txt"), dir.as_bytes()).unwrap();
+    }
+    wait_until("the second x.txt refused", ARRIVAL, || {
+        !daemon
+            .events(
+                "another file already has this key (key_template maps both to it): not \
+                 uploaded, so nothing is overwritten; the file is kept",
+            )
+            .is_empty()
+    })
+    .await;
+    let stored = world.wait_for_object(&key("x.txt"), ARRIVAL).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        fc.object_puts(BUCKET).get(&key("x.txt")),
+        Some(&1),
+        "one PUT only"
+    );
+    assert!(stored == b"a" || stored == b"b");
+    assert!(daemon.stop().unwrap().success());
+}

@@ -23,6 +23,7 @@ pub use source::CredentialSource;
 
 use crate::chain::{Link, Observer};
 use crate::config::{Config, ConfigError, SessionType};
+use crate::keys::KeyRule;
 use crate::s3::WriteOptions;
 use mint::Minter;
 use policy::PolicyTooLong;
@@ -94,6 +95,9 @@ pub struct Session {
     pub sdk: SdkConfig,
     /// What every object is written with, filled in for this host.
     pub write: WriteOptions,
+    /// How each file's key is made: this session's prefix, then `key_template` with this
+    /// host's facts filled in.
+    pub keys: KeyRule,
 }
 
 /// What to mint: the daemon's session, or one for another program (narrower, or of
@@ -138,6 +142,10 @@ pub async fn establish_for(
         Scope::describe,
     )?;
     let write = WriteOptions::resolve(&config.object, config.overwrite, &facts.prefix_facts())?;
+    let keys = KeyRule::new(
+        scope.prefix.clone(),
+        config.key_template.with_facts(&facts.prefix_facts())?,
+    );
     let source = &config.source;
     let base = step(observer, source.link(), source.base(&imds).await, |base| {
         source.answered(base)
@@ -177,6 +185,7 @@ pub async fn establish_for(
         credentials,
         sdk,
         write,
+        keys,
     })
 }
 

@@ -19,7 +19,7 @@ pub use credentials::{CredentialSource, MAX_FEDERATION_SECONDS, SessionType, par
 pub use exclude::Exclude;
 pub use object::{ContentType, ObjectOptions, Sse};
 pub use prefix::KeyPrefixTemplate;
-pub use template::{PrefixFacts, Template};
+pub use template::{PrefixFacts, Template, parse_key_template};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/s3drop/s3drop.toml";
 
@@ -115,6 +115,12 @@ struct RawConfig {
     content_type: Option<String>,
     #[serde(default = "default_overwrite")]
     overwrite: bool,
+    #[serde(default = "default_key_template")]
+    key_template: String,
+}
+
+fn default_key_template() -> String {
+    "{path}".to_string()
 }
 
 fn default_overwrite() -> bool {
@@ -233,6 +239,8 @@ pub struct Config {
     pub force_path_style: bool,
     /// What every object is written with.
     pub object: ObjectOptions,
+    /// The part of each key after the prefix, filled per file (`{path}` by default).
+    pub key_template: Template,
     /// May an upload replace an existing object? With `false` every write is conditional
     /// (`If-None-Match: *`) and a file whose key exists is left alone, recorded as a conflict.
     pub overwrite: bool,
@@ -285,6 +293,7 @@ impl RawConfig {
         }
         .validate()?;
         let key_prefix = KeyPrefixTemplate::parse(&self.key_prefix)?;
+        let key_template = template::parse_key_template(&self.key_template)?;
         let object = object::RawObject {
             storage_class: self.storage_class.as_deref(),
             sse: self.sse.as_deref(),
@@ -322,6 +331,7 @@ impl RawConfig {
             force_path_style: self.force_path_style,
             object,
             overwrite: self.overwrite,
+            key_template,
         })
     }
 

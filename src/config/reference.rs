@@ -66,6 +66,16 @@ pub const KEYS: &[KeyDoc] = &[
                   `$` (IAM would read them as wildcards or variables)",
     },
     KeyDoc {
+        name: "key_template",
+        default: "`\"{path}\"`",
+        meaning: "what follows `key_prefix` in each key: `{path}` (the path under `watch_dir`), \
+                  `{name}`, `{stem}`, `{ext}`, the file's modification time in UTC `{yyyy}`, \
+                  `{mm}`, `{dd}`, `{hh}`, and `key_prefix`'s placeholders; e.g. \
+                  `\"{yyyy}/{mm}/{dd}/{path}\"`. Must name the file (`{path}`, `{name}` or \
+                  `{stem}`). A file's key is decided once and kept for its retries; two files \
+                  of one run that map to one key: the second is refused, never overwrites",
+    },
+    KeyDoc {
         name: "region",
         default: "`AWS_REGION`, else IMDS",
         meaning: "region of the bucket and STS",

@@ -25,18 +25,28 @@ pub struct Template {
 impl Template {
     /// Parses `text`, the value of config key `key`, allowing [`FACTS`].
     pub fn parse(key: &'static str, text: &str) -> Result<Template, ConfigError> {
+        Template::parse_with(key, text, &FACTS)
+    }
+
+    /// Parses `text` allowing the placeholders `known`.
+    pub fn parse_with(
+        key: &'static str,
+        text: &str,
+        known: &[&str],
+    ) -> Result<Template, ConfigError> {
         let mut rest = text;
         while let Some(start) = rest.find('{') {
             let Some(len) = rest[start..].find('}') else {
                 return Err(invalid(key, "has a `{` without a closing `}`"));
             };
             let name = &rest[start + 1..start + len];
-            if !FACTS.contains(&name) {
+            if !known.contains(&name) {
+                let known: Vec<String> = known.iter().map(|p| format!("{{{p}}}")).collect();
                 return Err(invalid(
                     key,
                     format!(
                         "unknown placeholder {{{name}}} (known: {})",
-                        FACTS.map(|p| format!("{{{p}}}")).join(", ")
+                        known.join(", ")
                     ),
                 ));
             }
@@ -73,6 +83,33 @@ impl Template {
         &self.text
     }
 
+    /// The facts filled in, other placeholders kept (for the key template, whose file
+    /// placeholders are filled per file).
+    pub fn with_facts(&self, facts: &PrefixFacts<'_>) -> Result<Template, ConfigError> {
+        Ok(Template {
+            text: self.expand(facts)?,
+            key: self.key,
+        })
+    }
+
+    /// Fills `{name}` placeholders from `value`; placeholders it has no value for stay.
+    pub fn render(&self, value: impl Fn(&str) -> Option<String>) -> String {
+        let mut out = String::with_capacity(self.text.len());
+        let mut rest = self.text.as_str();
+        while let Some(start) = rest.find('{') {
+            out.push_str(&rest[..start]);
+            let len = rest[start..].find('}').expect("checked at parse");
+            let name = &rest[start + 1..start + len];
+            match value(name) {
+                Some(v) => out.push_str(&v),
+                None => out.push_str(&rest[start..=start + len]),
+            }
+            rest = &rest[start + len + 1..];
+        }
+        out.push_str(rest);
+        out
+    }
+
     pub fn expand(&self, facts: &PrefixFacts<'_>) -> Result<String, ConfigError> {
         let mut expanded = self.text.clone();
         if self.uses("instance_id") {
@@ -89,4 +126,29 @@ impl Template {
             .replace("{region}", facts.region)
             .replace("{hostname}", facts.hostname))
     }
+}
+
+/// The placeholders of `key_template` that each file fills: its path relative to
+/// `watch_dir`, its name, the name without and with only its extension, and its
+/// modification time (UTC).
+pub const FILE_PLACEHOLDERS: [&str; 8] = ["path", "name", "stem", "ext", "yyyy", "mm", "dd", "hh"];
+
+/// `key_template`: the part of each key after `key_prefix`.
+pub fn parse_key_template(text: &str) -> Result<Template, ConfigError> {
+    let known: Vec<&str> = FILE_PLACEHOLDERS.iter().chain(&FACTS).copied().collect();
+    let template = Template::parse_with("key_template", text, &known)?;
+    if !["path", "name", "stem"].iter().any(|p| template.uses(p)) {
+        return Err(invalid(
+            "key_template",
+            "must name the file with {path}, {name} or {stem}: otherwise every file would get \
+             the same key",
+        ));
+    }
+    if text.starts_with('/') || text.chars().any(char::is_control) {
+        return Err(invalid(
+            "key_template",
+            "must not start with `/` or contain control characters",
+        ));
+    }
+    Ok(template)
 }

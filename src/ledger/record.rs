@@ -33,6 +33,18 @@ pub enum FileState {
     Conflict { key: String },
 }
 
+impl FileState {
+    /// The object key this state is about.
+    pub fn key(&self) -> &str {
+        match self {
+            FileState::Uploading { key, .. }
+            | FileState::Uploaded { key, .. }
+            | FileState::Failed { key, .. }
+            | FileState::Conflict { key } => key,
+        }
+    }
+}
+
 /// One part S3 confirmed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartRecord {

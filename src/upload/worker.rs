@@ -18,7 +18,7 @@ use super::progress::Progress;
 use super::retry::{Backoff, Verdict, verdict};
 use super::send::{Item, SendError, Sender};
 use crate::file::{OpenError, OpenedFile};
-use crate::keys;
+use crate::keys::KeyRule;
 use crate::ledger::{FileRecord, FileState, Ledger, LedgerError};
 use crate::queue::Queue;
 use crate::s3::Checksum;
@@ -51,7 +51,8 @@ struct Recording {
 /// What the workers share: settings, the pipeline's parts, and how to reach the daemon.
 pub struct Worker {
     pub root: PathBuf,
-    pub prefix: String,
+    /// How each file's key is made (prefix and key template).
+    pub keys: KeyRule,
     pub after_upload: AfterUploadAction,
     pub ledger: Arc<Ledger>,
     pub sender: Sender,
@@ -63,6 +64,9 @@ pub struct Worker {
     /// Files whose key existed (`overwrite = false`), with the SIGHUP count when that was
     /// last seen: they are left alone until the next SIGHUP or a change of the file.
     conflicts: std::sync::Mutex<std::collections::HashMap<PathBuf, u64>>,
+    /// With a key template that can map two files to one key: which file has each key in
+    /// this run, so a second one is refused instead of overwriting the first.
+    claimed: std::sync::Mutex<std::collections::HashMap<String, PathBuf>>,
 }
 
 /// What a worker needs from the daemon: where helper tasks go, SIGHUP's "retry now", the
@@ -80,7 +84,7 @@ pub struct Context {
 impl Worker {
     pub fn new(
         root: PathBuf,
-        prefix: String,
+        keys: KeyRule,
         after_upload: AfterUploadAction,
         ledger: Arc<Ledger>,
         sender: Sender,
@@ -88,7 +92,7 @@ impl Worker {
     ) -> Self {
         Worker {
             root,
-            prefix,
+            keys,
             after_upload,
             ledger,
             sender,
@@ -97,6 +101,7 @@ impl Worker {
             backoff: Backoff::default(),
             warned_unverified: AtomicBool::new(false),
             conflicts: Default::default(),
+            claimed: Default::default(),
         }
     }
 
@@ -156,39 +161,27 @@ impl Worker {
     }
 
     async fn process(&self, path: &Path, hangups: u64) -> Outcome {
-        let Some((relative, key)) = self.key_of(path) else {
+        let Some(relative) = self.relative(path) else {
             return Outcome::Done;
         };
         let file = match self.open(path) {
             Ok(file) => file,
             Err(outcome) => return outcome,
         };
-        match self.ledger.get(relative) {
-            Ok(Some(record)) if record.is_uploaded_as(&file.identity) => {
-                tracing::debug!(path = %path.display(), "already uploaded");
-                self.after_upload
-                    .run(path, relative, &file, &self.ledger)
-                    .await;
-                return Outcome::Done;
-            }
-            Ok(Some(record))
-                if record.is_conflict_as(&file.identity)
-                    && self.conflict_stands(relative, hangups) =>
-            {
-                tracing::debug!(path = %path.display(), "its key exists (overwrite = false); left alone until SIGHUP or a change");
-                return Outcome::Done;
-            }
-            Ok(Some(record)) if only_touched(&record, &file) => {
-                if self.same_content(path, relative, &file, &record).await {
-                    self.after_upload
-                        .run(path, relative, &file, &self.ledger)
-                        .await;
-                    return Outcome::Done;
-                }
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "ledger lookup failed; uploading anyway"),
+        let record = self.ledger.get(relative).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "ledger lookup failed; uploading anyway");
+            None
+        });
+        if let Some(record) = &record
+            && self
+                .nothing_to_send(path, relative, &file, record, hangups)
+                .await
+        {
+            return Outcome::Done;
         }
+        let Some(key) = self.key_for(path, relative, &file, record.as_ref()) else {
+            return Outcome::Done;
+        };
         let item = Item {
             file: &file,
             path,
@@ -248,16 +241,78 @@ impl Worker {
         true
     }
 
-    /// The path relative to `watch_dir` and its object key; `None` (logged) if it has none.
-    fn key_of<'a>(&self, path: &'a Path) -> Option<(&'a Path, String)> {
-        let relative = path.strip_prefix(&self.root).ok()?;
-        match keys::object_key(&self.prefix, relative) {
-            Ok(key) => Some((relative, key)),
+    /// What the ledger says makes sending unnecessary: this version is uploaded (then the
+    /// after-upload action runs, in case it did not), only touched since with the same
+    /// content, or a conflict still standing.
+    async fn nothing_to_send(
+        &self,
+        path: &Path,
+        relative: &Path,
+        file: &OpenedFile,
+        record: &FileRecord,
+        hangups: u64,
+    ) -> bool {
+        if record.is_conflict_as(&file.identity) && self.conflict_stands(relative, hangups) {
+            tracing::debug!(path = %path.display(), "its key exists (overwrite = false); left alone until SIGHUP or a change");
+            return true;
+        }
+        let uploaded = record.is_uploaded_as(&file.identity);
+        if uploaded {
+            tracing::debug!(path = %path.display(), "already uploaded");
+        }
+        if uploaded
+            || (only_touched(record, file) && self.same_content(path, relative, file, record).await)
+        {
+            self.after_upload
+                .run(path, relative, file, &self.ledger)
+                .await;
+            return true;
+        }
+        false
+    }
+
+    /// The path relative to `watch_dir`.
+    fn relative<'a>(&self, path: &'a Path) -> Option<&'a Path> {
+        path.strip_prefix(&self.root).ok()
+    }
+
+    /// The file's key, decided once per version of the file: the key recorded for this
+    /// version (a retry, a resumed multipart upload) is kept, even if the template would
+    /// now give another (a time placeholder); otherwise the rule makes it. `None` (logged)
+    /// if it has none, or another file of this run already has it.
+    fn key_for(
+        &self,
+        path: &Path,
+        relative: &Path,
+        file: &OpenedFile,
+        record: Option<&FileRecord>,
+    ) -> Option<String> {
+        let recorded = record
+            .filter(|r| r.identity == file.identity)
+            .map(|r| r.state.key().to_string());
+        let key = match recorded.map_or_else(|| self.keys.key(relative, file.identity.mtime_ns), Ok)
+        {
+            Ok(key) => key,
             Err(e) => {
                 tracing::error!(path = %path.display(), error = %e, "not uploaded; the file is kept");
-                None
+                return None;
+            }
+        };
+        if !self.keys.is_injective() {
+            let mut claimed = self.claimed.lock().expect("claimed lock");
+            let owner = claimed
+                .entry(key.clone())
+                .or_insert_with(|| relative.to_owned());
+            if owner != relative {
+                tracing::error!(
+                    path = %path.display(), key, other = %owner.display(),
+                    "another file already has this key (key_template maps both to it): not \
+                     uploaded, so nothing is overwritten; the file is kept"
+                );
+                return None;
             }
         }
+        Some(key)
     }
 
     fn open(&self, path: &Path) -> Result<OpenedFile, Outcome> {
