@@ -397,6 +397,8 @@ for _ in $(seq 50); do curl -sf -o /dev/null "http://127.0.0.1:$http_port/s3drop
 cloud_prepare() { # ROLE OUT
   sed -e "s|\${PackageUrl}|http://127.0.0.1:$http_port/s3drop.deb|g" -e "s|\${Bucket}|$BUCKET|g" \
       -e "s|\${UploadRoleArn}|$1|g" -e "s|\${KeyPrefix}|{instance_id}/|g" \
+      -e "s|\${StorageClass}|STANDARD|g" -e "s|\${SseLine}|# sse: the bucket's default|g" \
+      -e "s|\${SseKmsKeyLine}|# sse_kms_key_id: none|g" \
       "$repo/cloud-init/user-data.yaml" > "$work/user-data"
   grep -q '\${' "$work/user-data" && fail "user-data still has template variables"
   cat > "$2" <<SH

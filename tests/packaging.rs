@@ -128,9 +128,10 @@ fn cloudformation_template_lints_clean_and_carries_the_cloud_init_verbatim() {
     }
     assert_eq!(
         tmpl.matches("Effect: Allow").count(),
-        4,
-        "two trusts, two permissions"
+        5,
+        "two trusts, two permissions, and the KMS key's use only when a key is given"
     );
+    assert!(tmpl.contains("- EncryptWithKms\n                - Sid: UseTheDropKey"));
 }
 
 #[test]
