@@ -87,22 +87,38 @@ impl Link {
                                       and allow that user sts:GetFederationToken (see \
                                       docs/IAM.md)"
                 .into(),
-            Link::WriteUnderPrefix => match config.map(|c| &c.session) {
-                Some(SessionType::FederationToken) => "the IAM user must itself be allowed the \
-                    session policy's actions (see `session policy`) on the prefix: a \
-                    federation token never has more than its user, and no bucket policy may \
-                    deny them"
-                    .into(),
-                _ => format!(
-                    "the upload role {role} must allow the session policy's actions (see \
-                     `session policy`) on the prefix, and no bucket policy may deny them"
-                ),
-            },
+            Link::WriteUnderPrefix => write_fix(config, &role),
             Link::ScopeHolds => "delete that probe object and report this: the upload session \
                                  must not write outside its prefix"
                 .into(),
         }
     }
+}
+
+/// What must allow the session policy's actions, naming every one of them (the object
+/// options add some): as seed 000 warns, the session is minted without error and only the
+/// first write fails.
+fn write_fix(config: Option<&Config>, role: &str) -> String {
+    let (actions, kms) = match config {
+        Some(c) => {
+            let grants = crate::auth::policy::Grants::of(&c.object);
+            let kms = grants.kms_key.as_ref().map_or(String::new(), |key| {
+                format!(
+                    "; the key {key} must allow it {}",
+                    crate::auth::policy::KMS_ACTIONS.join(" and ")
+                )
+            });
+            (grants.actions().join(", "), kms)
+        }
+        None => ("the session policy's actions".to_string(), String::new()),
+    };
+    let who = match config.map(|c| &c.session) {
+        Some(SessionType::FederationToken) => {
+            "the IAM user itself (a federation token never has more than its user)".to_string()
+        }
+        _ => format!("the upload role {role}"),
+    };
+    format!("{who} must allow {actions} on the prefix, and no bucket policy may deny them{kms}")
 }
 
 /// Hears about each link as it is walked.
@@ -293,5 +309,26 @@ mod tests {
         let (result, seen) = walk(dir.path(), &watch, &extra);
         result.unwrap();
         assert_eq!(seen.last(), Some(&(Link::MoveTo, true)));
+    }
+
+    #[test]
+    fn a_refused_write_names_every_action_the_options_need() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = "arn:aws:kms:eu-west-1:123456789012:key/k-1";
+        let c = config(
+            &dir.path().join("watch"),
+            &dir.path().join("state"),
+            &format!("tags = {{ a = \"b\" }}\nsse = \"aws:kms\"\nsse_kms_key_id = \"{key}\""),
+        );
+        let fix = Link::WriteUnderPrefix.fix(Some(&c));
+        for needle in [
+            "s3:PutObject,",
+            "s3:PutObjectTagging",
+            "kms:GenerateDataKey",
+            key,
+        ] {
+            assert!(fix.contains(needle), "{needle}: {fix}");
+        }
+        assert!(!fix.contains("PutObjectAcl"), "{fix}");
     }
 }
