@@ -86,27 +86,16 @@ async fn a_restart_mid_upload_resumes_instead_of_starting_over() {
     // Only the parts not recorded were sent again (one may have been in flight).
     assert_eq!(total, before_restart + (8 - parts_done));
     assert!(total <= 8 + 1, "{total} part uploads for 8 parts");
-    let head = world
-        .s3
-        .head_object()
-        .bucket(BUCKET)
-        .key(key("resume.bin"))
-        .send()
-        .await
-        .unwrap();
+    let head = world.head(&key("resume.bin")).await.unwrap();
     assert_eq!(
         head.storage_class(),
         Some(&aws_sdk_s3::types::StorageClass::StandardIa)
     );
-    let tags = world
-        .s3
-        .get_object_tagging()
-        .bucket(BUCKET)
-        .key(key("resume.bin"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(tags.tag_set().len(), 1, "the resumed object has its tag");
+    assert_eq!(
+        world.tags(&key("resume.bin")).await.unwrap(),
+        [("resumed".to_string(), "yes".to_string())],
+        "the resumed object has its tag"
+    );
     assert!(second.stop().unwrap().success());
 }
 

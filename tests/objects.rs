@@ -67,14 +67,7 @@ async fn every_object_option_is_on_the_stored_object_single_and_multipart() {
             .await
             .unwrap();
         assert!(&got == body, "{name} differs");
-        let head = world
-            .s3
-            .head_object()
-            .bucket(BUCKET)
-            .key(&k)
-            .send()
-            .await
-            .unwrap();
+        let head = world.head(&k).await.unwrap();
         assert_eq!(
             head.storage_class(),
             Some(&StorageClass::StandardIa),
@@ -95,22 +88,8 @@ async fn every_object_option_is_on_the_stored_object_single_and_multipart() {
             Some(s3drop_testkit::INSTANCE_ID),
             "{name}"
         );
-        let tagging = world
-            .s3
-            .get_object_tagging()
-            .bucket(BUCKET)
-            .key(&k)
-            .send()
-            .await
-            .unwrap();
-        let mut tags: Vec<(String, String)> = tagging
-            .tag_set()
-            .iter()
-            .map(|t| (t.key().to_string(), t.value().to_string()))
-            .collect();
-        tags.sort();
         assert_eq!(
-            tags,
+            world.tags(&k).await.unwrap(),
             [
                 ("host".to_string(), host.to_string()),
                 ("team".to_string(), "data".to_string()),
@@ -149,14 +128,7 @@ async fn without_options_nothing_extra_is_sent_or_allowed() {
     assert!(!report.contains("kms:"), "{report}");
     let mut daemon = start_ready(&site, &fc);
     drop_file(&world, &site, "plain.txt", b"plain").await;
-    let head = world
-        .s3
-        .head_object()
-        .bucket(BUCKET)
-        .key(key("plain.txt"))
-        .send()
-        .await
-        .unwrap();
+    let head = world.head(&key("plain.txt")).await.unwrap();
     assert_eq!(head.content_type(), Some("text/plain"));
     assert!(head.ssekms_key_id().is_none());
     assert!(head.metadata().is_none_or(|m| m.is_empty()));

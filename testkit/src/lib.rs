@@ -511,6 +511,38 @@ impl World {
         Ok(())
     }
 
+    /// HeadObject as the admin: what S3 stored with the object.
+    pub async fn head(
+        &self,
+        key: &str,
+    ) -> Result<aws_sdk_s3::operation::head_object::HeadObjectOutput> {
+        Ok(self
+            .s3
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await?)
+    }
+
+    /// The object's tags, sorted.
+    pub async fn tags(&self, key: &str) -> Result<Vec<(String, String)>> {
+        let out = self
+            .s3
+            .get_object_tagging()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await?;
+        let mut tags: Vec<(String, String)> = out
+            .tag_set()
+            .iter()
+            .map(|t| (t.key().to_string(), t.value().to_string()))
+            .collect();
+        tags.sort();
+        Ok(tags)
+    }
+
     pub async fn get_object(&self, key: &str) -> Result<Option<Vec<u8>>> {
         match self
             .s3
