@@ -80,6 +80,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut signals = Signals::new()?;
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
+    start_monitoring(&config, &cancel, &tracker).await?;
     let mut running = start(config, ledger, &cancel, &tracker)?;
     let ended = watch_over(&mut running, &mut signals).await;
     let (signal_name, fatal) = match ended {
@@ -114,6 +115,54 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(fatal) => Err(fatal).context("s3drop stopped on a fatal error"),
     }
 }
+
+/// The metrics listener (bound now, so a taken port fails the start) and the textfile
+/// writer, if configured. Neither is vital: a failure later is logged, not fatal.
+async fn start_monitoring(
+    config: &Config,
+    cancel: &CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<()> {
+    if let Some(addr) = config.metrics_listen {
+        let listener = crate::metrics::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on metrics_listen {addr}"))?;
+        tracing::info!(%addr, "serving /metrics and /health");
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            if let Err(e) = crate::metrics::serve(listener, cancel).await {
+                tracing::warn!(error = %e, "the metrics listener stopped");
+            }
+        });
+    }
+    if let Some(path) = config.metrics_textfile.clone() {
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            let mut tick = tokio::time::interval(TEXTFILE_INTERVAL);
+            loop {
+                let stopping = tokio::select! {
+                    _ = cancel.cancelled() => true,
+                    _ = tick.tick() => false,
+                };
+                let written = tokio::task::spawn_blocking({
+                    let path = path.clone();
+                    move || crate::metrics::write_textfile(&path)
+                })
+                .await;
+                if let Ok(Err(e)) = written {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot write metrics_textfile");
+                }
+                if stopping {
+                    return;
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+/// How often `metrics_textfile` is rewritten.
+const TEXTFILE_INTERVAL: Duration = Duration::from_secs(15);
 
 /// Starts the watch, the intake and the minting of the session.
 fn start(
@@ -204,6 +253,20 @@ fn start_workers(r: &mut Running, session: Session) {
     r.worker = Some(worker);
 }
 
+/// The metrics that describe a state, as of now.
+fn set_gauges(r: &Running) {
+    let m = crate::metrics::get();
+    m.queue_files.set(r.queue.depth() as i64);
+    m.oldest_pending.set(
+        r.queue
+            .oldest_pending()
+            .map_or(0.0, |age| age.as_secs_f64()),
+    );
+    if let Some(worker) = &r.worker {
+        m.failed_files.set(worker.progress.failed_count() as i64);
+    }
+}
+
 /// The line systemd shows (`systemctl status`).
 fn status_line(r: &Running) -> String {
     let depth = r.queue.depth();
@@ -247,6 +310,7 @@ async fn watch_over(r: &mut Running, signals: &mut Signals) -> Result<&'static s
             }
             _ = heartbeat.tick() => notify(&[sd_notify::NotifyState::Watchdog]),
             _ = status_tick.tick() => {
+                set_gauges(r);
                 let status = status_line(r);
                 if status != last_status {
                     notify(&[sd_notify::NotifyState::Status(&status)]);

@@ -20,6 +20,7 @@ pub mod keys;
 pub mod ledger;
 pub mod logging;
 pub mod message;
+pub mod metrics;
 pub mod queue;
 pub mod s3;
 pub mod supervise;

@@ -2,9 +2,10 @@
 //! most once; a path that is reported again while it is being uploaded is marked dirty and
 //! goes round once more when the upload ends, so a change during an upload is never lost.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -20,6 +21,9 @@ struct State {
     queued: HashSet<PathBuf>,
     in_flight: HashSet<PathBuf>,
     dirty: HashSet<PathBuf>,
+    /// When each file not yet settled (uploaded, dropped) was first queued: waiting for a
+    /// retry keeps it here. For the "oldest pending file" metric.
+    since: HashMap<PathBuf, Instant>,
 }
 
 impl Queue {
@@ -31,6 +35,7 @@ impl Queue {
     /// at again afterwards.
     pub fn push(&self, path: PathBuf) {
         let mut state = self.state.lock().expect("queue lock");
+        state.since.entry(path.clone()).or_insert_with(Instant::now);
         if state.in_flight.contains(&path) {
             state.dirty.insert(path);
             return;
@@ -76,6 +81,21 @@ impl Queue {
             drop(state);
             self.push(path.to_owned());
         }
+    }
+
+    /// `path` is settled (uploaded, gone, dropped): it no longer counts as pending, unless
+    /// it is queued or in flight again.
+    pub fn settled(&self, path: &Path) {
+        let mut state = self.state.lock().expect("queue lock");
+        if !state.queued.contains(path) && !state.in_flight.contains(path) {
+            state.since.remove(path);
+        }
+    }
+
+    /// How long the oldest file not yet settled has been pending.
+    pub fn oldest_pending(&self) -> Option<Duration> {
+        let state = self.state.lock().expect("queue lock");
+        state.since.values().min().map(Instant::elapsed)
     }
 
     /// Waiting plus in flight.

@@ -61,6 +61,10 @@ impl SessionCredentials {
         }
         match self.inner.source.provide_credentials().await {
             Ok(credentials) => {
+                let m = crate::metrics::get();
+                m.sts_requests.with_label_values(&["ok"]).inc();
+                m.session_expiry
+                    .set(credentials.expiry().map_or(i64::MAX, crate::metrics::unix));
                 tracing::info!(
                     call = %self.inner.call,
                     expires_in_s = credentials
@@ -75,6 +79,10 @@ impl SessionCredentials {
                 Ok(credentials)
             }
             Err(e) => {
+                crate::metrics::get()
+                    .sts_requests
+                    .with_label_values(&["error"])
+                    .inc();
                 let message = crate::message::cause(&e);
                 if let Some(c) = cached.as_ref()
                     && c.credentials.expiry().is_none_or(|exp| exp > now)

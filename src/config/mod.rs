@@ -117,6 +117,10 @@ struct RawConfig {
     overwrite: bool,
     #[serde(default = "default_key_template")]
     key_template: String,
+    metrics_listen: Option<String>,
+    #[serde(default)]
+    metrics_listen_public: bool,
+    metrics_textfile: Option<PathBuf>,
 }
 
 fn default_key_template() -> String {
@@ -239,6 +243,10 @@ pub struct Config {
     pub force_path_style: bool,
     /// What every object is written with.
     pub object: ObjectOptions,
+    /// Where `GET /metrics` and `GET /health` are served, if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// node_exporter's textfile, rewritten every 15 s, if wanted.
+    pub metrics_textfile: Option<PathBuf>,
     /// The part of each key after the prefix, filled per file (`{path}` by default).
     pub key_template: Template,
     /// May an upload replace an existing object? With `false` every write is conditional
@@ -294,6 +302,12 @@ impl RawConfig {
         .validate()?;
         let key_prefix = KeyPrefixTemplate::parse(&self.key_prefix)?;
         let key_template = template::parse_key_template(&self.key_template)?;
+        let metrics_listen = self.metrics_listen()?;
+        if let Some(path) = &self.metrics_textfile
+            && !path.is_absolute()
+        {
+            return Err(invalid("metrics_textfile", "must be an absolute path"));
+        }
         let object = object::RawObject {
             storage_class: self.storage_class.as_deref(),
             sse: self.sse.as_deref(),
@@ -332,6 +346,8 @@ impl RawConfig {
             object,
             overwrite: self.overwrite,
             key_template,
+            metrics_listen,
+            metrics_textfile: self.metrics_textfile.clone(),
         })
     }
 
@@ -366,6 +382,37 @@ impl RawConfig {
             return Err(invalid("settle_seconds", "must be at most 3600"));
         }
         Ok(())
+    }
+
+    /// `metrics_listen`: an address and port; a non-loopback one only with
+    /// `metrics_listen_public = true` (the endpoint tells bucket, prefix and counts).
+    fn metrics_listen(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        let Some(text) = &self.metrics_listen else {
+            if self.metrics_listen_public {
+                return Err(invalid(
+                    "metrics_listen_public",
+                    "is only used with metrics_listen",
+                ));
+            }
+            return Ok(None);
+        };
+        let addr: std::net::SocketAddr = text.parse().map_err(|_| {
+            invalid(
+                "metrics_listen",
+                format!("{text:?} is not an address and port like \"127.0.0.1:9464\""),
+            )
+        })?;
+        if !addr.ip().is_loopback() && !self.metrics_listen_public {
+            return Err(invalid(
+                "metrics_listen",
+                format!(
+                    "{addr} is not a loopback address: the metrics tell the bucket, prefix and \
+                     file counts to anyone who connects; set metrics_listen_public = true to \
+                     mean it"
+                ),
+            ));
+        }
+        Ok(Some(addr))
     }
 
     fn check_region(&self) -> Result<(), ConfigError> {

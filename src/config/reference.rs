@@ -222,6 +222,26 @@ pub const KEYS: &[KeyDoc] = &[
                   file's parts are sent before S3 can say so, then discarded)",
     },
     KeyDoc {
+        name: "metrics_listen",
+        default: "none (no listener)",
+        meaning: "e.g. `\"127.0.0.1:9464\"`: serve `GET /metrics` (Prometheus text) and `GET \
+                  /health` (200, or 503 with the reason) there. Loopback only unless \
+                  `metrics_listen_public`",
+    },
+    KeyDoc {
+        name: "metrics_listen_public",
+        default: "`false`",
+        meaning: "`true` allows a non-loopback `metrics_listen` (the metrics tell bucket, \
+                  prefix and counts)",
+    },
+    KeyDoc {
+        name: "metrics_textfile",
+        default: "none",
+        meaning: "e.g. `\"/var/lib/prometheus/node-exporter/s3drop.prom\"`: the same \
+                  metrics written there every 15 s and at stop, atomically, for \
+                  node_exporter's textfile collector",
+    },
+    KeyDoc {
         name: "force_path_style",
         default: "`false`",
         meaning: "path-style URLs, for S3-compatible servers behind a host name",

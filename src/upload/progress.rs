@@ -35,6 +35,11 @@ impl Progress {
         }
     }
 
+    /// How many files wait on a failure an operator must fix.
+    pub fn failed_count(&self) -> usize {
+        self.failed.lock().expect("progress lock").len()
+    }
+
     /// e.g. "12 uploaded; last i-0abc/x.csv 3s ago; 1 failed (newest: /spool/y: S3 denied …)".
     pub fn summary(&self) -> String {
         let n = self.uploaded.load(Ordering::Relaxed);

@@ -146,6 +146,7 @@ impl Worker {
         let Outcome::Retry { permanent } = outcome else {
             self.backoff.forget(&path);
             self.progress.settled(&path);
+            self.queue.settled(&path);
             return;
         };
         let delay = self.backoff.next_delay(&path, permanent);
@@ -198,6 +199,7 @@ impl Worker {
             Err(e) => return self.failed(&item, e, unchanged).await,
         };
         self.uploaded(&item, &checksum, started);
+        crate::metrics::get().uploaded(file.identity.size, started.elapsed());
         let record = FileRecord::new(
             file.identity,
             FileState::Uploaded {
@@ -330,6 +332,7 @@ impl Worker {
                 Err(Outcome::Done)
             }
             e @ OpenError::Permission(_) => {
+                crate::metrics::get().failed("unreadable");
                 tracing::error!(path = %path.display(), error = %e, "cannot read the file; retried later (or at SIGHUP)");
                 self.progress.failed(path, e.to_string());
                 Err(Outcome::Retry { permanent: true })
@@ -364,6 +367,7 @@ impl Worker {
     }
 
     fn changed(&self, item: &Item<'_>) -> Outcome {
+        crate::metrics::get().failed("changed");
         tracing::info!(path = %item.path.display(), key = item.key, "file changed during upload; uploading it again");
         Outcome::Retry { permanent: false }
     }
@@ -372,10 +376,15 @@ impl Worker {
         match verdict(&error, unchanged) {
             Verdict::Changed => self.changed(item),
             Verdict::Transient => {
+                crate::metrics::get().failed("transient");
                 tracing::warn!(path = %item.path.display(), key = item.key, %error, "upload failed; will retry");
                 Outcome::Retry { permanent: false }
             }
             Verdict::Permanent => {
+                crate::metrics::get().failed(match &error {
+                    SendError::S3(e) if e.class() == crate::s3::ErrorClass::Denied => "denied",
+                    _ => "rejected",
+                });
                 tracing::error!(
                     path = %item.path.display(), key = item.key, bucket = self.sender.bucket(),
                     %error, "upload refused; the file is kept and retried later (or at SIGHUP)"
@@ -403,6 +412,7 @@ impl Worker {
     /// `overwrite = false` and the key exists: the file is not uploaded, not deleted or
     /// moved; it is recorded as a conflict and left alone until SIGHUP or a change.
     async fn conflict(&self, item: &Item<'_>, hangups: u64) -> Outcome {
+        crate::metrics::get().failed("conflict");
         tracing::error!(
             path = %item.path.display(), key = item.key, bucket = self.sender.bucket(),
             "an object with this key already exists and overwrite = false: the file is not \

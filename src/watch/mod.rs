@@ -411,6 +411,10 @@ impl Intake {
 
     /// Scans the whole tree, then forgets ledger records of files that are gone.
     async fn full_scan(&mut self, reason: &'static str) {
+        crate::metrics::get()
+            .rescans
+            .with_label_values(&[rescan_label(reason)])
+            .inc();
         if dir_identity(&self.config.root).is_none() {
             return; // check_root reports it
         }
@@ -486,6 +490,18 @@ impl Intake {
         if directories > 0 {
             tracing::info!(directories, files, queued, "scanned new directories");
         }
+    }
+}
+
+/// The `reason` label of `s3drop_rescans_total` for a scan's reason.
+fn rescan_label(reason: &str) -> &'static str {
+    match reason {
+        "backlog scan at start" => "startup",
+        "SIGHUP" => "sighup",
+        "watch_dir recreated" => "recreated",
+        "periodic safety rescan" => "periodic",
+        r if r.contains("overflowed") => "overflow",
+        _ => "other",
     }
 }
 

@@ -1,0 +1,254 @@
+//! What s3drop has done, as Prometheus metrics: one registry for the process, counted where
+//! things happen (an atomic add each), exposed in the Prometheus text format (0.0.4, which
+//! node_exporter's textfile collector also reads) by [`serve`] on `metrics_listen` and
+//! written to `metrics_textfile` by [`write_textfile`]. Gauges that describe a state (queue,
+//! failed files, oldest pending file, the session) are set by the daemon once a second.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::LazyLock;
+use std::time::{Duration, SystemTime};
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+use tokio_util::sync::CancellationToken;
+
+pub struct Metrics {
+    registry: Registry,
+    pub uploaded_files: IntCounter,
+    pub uploaded_bytes: IntCounter,
+    pub upload_failures: IntCounterVec,
+    pub upload_duration: Histogram,
+    pub queue_files: IntGauge,
+    pub failed_files: IntGauge,
+    pub oldest_pending: Gauge,
+    pub sts_requests: IntCounterVec,
+    pub session_expiry: IntGauge,
+    pub last_upload: IntGauge,
+    pub rescans: IntCounterVec,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The process's metrics.
+pub fn get() -> &'static Metrics {
+    &METRICS
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("registered once");
+    c
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("registered once");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("registered once");
+    g
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let r = Registry::new();
+        let upload_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "s3drop_upload_duration_seconds",
+                "Time from the start of an upload to S3's confirmation.",
+            )
+            .buckets(prometheus::exponential_buckets(0.005, 4.0, 10).expect("buckets")),
+        )
+        .expect("valid metric");
+        r.register(Box::new(upload_duration.clone()))
+            .expect("registered once");
+        let oldest_pending = Gauge::new(
+            "s3drop_oldest_pending_seconds",
+            "Age of the oldest file seen but not yet uploaded (0 when none).",
+        )
+        .expect("valid metric");
+        r.register(Box::new(oldest_pending.clone()))
+            .expect("registered once");
+        let build = IntGauge::with_opts(
+            Opts::new("s3drop_build_info", "The running s3drop's version.")
+                .const_label("version", env!("CARGO_PKG_VERSION")),
+        )
+        .expect("valid metric");
+        build.set(1);
+        r.register(Box::new(build)).expect("registered once");
+        Metrics {
+            uploaded_files: counter(&r, "s3drop_uploaded_files_total", "Files S3 confirmed."),
+            uploaded_bytes: counter(
+                &r,
+                "s3drop_uploaded_bytes_total",
+                "Bytes of the files S3 confirmed.",
+            ),
+            upload_failures: counter_vec(
+                &r,
+                "s3drop_upload_failures_total",
+                "Failed upload attempts, by kind (transient, denied, expired_token, conflict, \
+                 unreadable, changed, rejected).",
+                "kind",
+            ),
+            upload_duration,
+            queue_files: gauge(&r, "s3drop_queue_files", "Files waiting or being uploaded."),
+            failed_files: gauge(
+                &r,
+                "s3drop_failed_files",
+                "Files waiting on a failure an operator must fix.",
+            ),
+            oldest_pending,
+            sts_requests: counter_vec(
+                &r,
+                "s3drop_sts_requests_total",
+                "Sessions asked of STS, by result (ok, error).",
+                "result",
+            ),
+            session_expiry: gauge(
+                &r,
+                "s3drop_session_expiry_timestamp_seconds",
+                "When the current upload session expires (Unix time; 0 before the first).",
+            ),
+            last_upload: gauge(
+                &r,
+                "s3drop_last_upload_timestamp_seconds",
+                "When S3 last confirmed an upload (Unix time; 0 before the first).",
+            ),
+            rescans: counter_vec(
+                &r,
+                "s3drop_rescans_total",
+                "Full scans of watch_dir, by reason (startup, overflow, periodic, sighup, \
+                 recreated).",
+                "reason",
+            ),
+            registry: r,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into memory");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+
+    /// An upload S3 confirmed.
+    pub fn uploaded(&self, bytes: u64, took: Duration) {
+        self.uploaded_files.inc();
+        self.uploaded_bytes.inc_by(bytes);
+        self.upload_duration.observe(took.as_secs_f64());
+        self.last_upload.set(unix(SystemTime::now()));
+    }
+
+    pub fn failed(&self, kind: &str) {
+        self.upload_failures.with_label_values(&[kind]).inc();
+    }
+
+    /// The session is usable: minted and not expired. The daemon's health.
+    pub fn health(&self) -> Result<(), String> {
+        let expiry = self.session_expiry.get();
+        if expiry == 0 {
+            return Err("no upload session yet (waiting for IMDS and STS)".into());
+        }
+        if expiry <= unix(SystemTime::now()) {
+            return Err("the upload session expired and could not be renewed".into());
+        }
+        Ok(())
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix(time: SystemTime) -> i64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Answers `GET /metrics` and `GET /health` on `addr` until `cancel`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    loop {
+        let stream = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            accepted = listener.accept() => accepted?.0,
+        };
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(answer);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn answer(
+    request: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (status, content_type, body) = match (request.method(), request.uri().path()) {
+        (&hyper::Method::GET, "/metrics") => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            get().render(),
+        ),
+        (&hyper::Method::GET, "/health") => match get().health() {
+            Ok(()) => (
+                StatusCode::OK,
+                "application/json",
+                serde_json::json!({"status": "ok"}).to_string(),
+            ),
+            Err(reason) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "application/json",
+                serde_json::json!({"status": "unavailable", "reason": reason}).to_string(),
+            ),
+        },
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /metrics or /health\n".into(),
+        ),
+    };
+    Ok(Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("a valid response"))
+}
+
+/// Binds `metrics_listen` (at start, so a taken port is a start-up error).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+/// Writes the metrics to `path` through a temporary file renamed over it, so
+/// node_exporter never reads half a file.
+pub fn write_textfile(path: &Path) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut file = tempfile::Builder::new()
+        .prefix(".s3drop-metrics")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .tempfile_in(dir)?;
+    std::io::Write::write_all(&mut file, get().render().as_bytes())?;
+    file.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}

@@ -1,0 +1,199 @@
+//! Monitoring end to end: `/metrics` scraped while s3drop works, each named metric checked
+//! against what happened; `/health` before and after the session exists; the textfile for
+//! node_exporter written and parseable.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::*;
+use s3drop_testkit::proxy::FaultProxy;
+use s3drop_testkit::{Daemon, object_key as key, setup};
+
+/// A plain HTTP GET: (status, body).
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response.split_once("\r\n\r\n").unwrap().1.to_string();
+    (status, body)
+}
+
+/// Samples of the Prometheus text format: `name{labels}` → value. Panics on a line that
+/// is neither a comment nor a sample.
+fn samples(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (name, value) = l
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("not a sample: {l}"));
+            (
+                name.to_string(),
+                value.parse().unwrap_or_else(|_| panic!("bad value: {l}")),
+            )
+        })
+        .collect()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_health_and_the_textfile_tell_what_happened() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let (fc, world, site) = setup(BUCKET, "").await;
+    let textfile = site.dir.path().join("s3drop.prom");
+    site.write_config(
+        BUCKET,
+        &format!("metrics_listen = \"{addr}\"\nmetrics_textfile = {textfile:?}\noverwrite = false"),
+    )
+    .unwrap();
+    world
+        .s3
+        .put_object()
+        .bucket(BUCKET)
+        .key(key("taken.txt"))
+        .body(b"first".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+
+    // STS unreachable at first: healthy it is not.
+    let proxy = FaultProxy::start(&fc.endpoint, 0).await.unwrap();
+    proxy.set_down(true);
+    let mut daemon =
+        Daemon::start_with_env(&site, s3drop(), &fc.sdk_env_via(&proxy.endpoint)).unwrap();
+    daemon
+        .wait_for_log("ready: backlog queued", ARRIVAL)
+        .unwrap();
+    let (status, body) = get(&addr, "/health");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no upload session yet"), "{body}");
+    proxy.set_down(false);
+    wait_until("healthy", ARRIVAL, || get(&addr, "/health").0 == 200).await;
+
+    let bodies: [(&str, &[u8]); 3] = [("a.txt", b"aaaa"), ("b.txt", b"bbbbbbbb"), ("c.txt", b"c")];
+    for (name, body) in bodies {
+        drop_file(&world, &site, name, body).await;
+    }
+    std::fs::write(site.watch.join("taken.txt"), b"second").unwrap();
+    wait_until("the conflict counted", ARRIVAL, || {
+        samples(&get(&addr, "/metrics").1)
+            .contains_key("s3drop_upload_failures_total{kind=\"conflict\"}")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // the gauges' next tick
+    let (status, text) = get(&addr, "/metrics");
+    assert_eq!(status, 200);
+    let m = samples(&text);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let value = |name: &str| {
+        *m.get(name)
+            .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+    };
+    assert_eq!(value("s3drop_uploaded_files_total"), 3.0);
+    assert_eq!(value("s3drop_uploaded_bytes_total"), 13.0);
+    assert_eq!(value("s3drop_upload_duration_seconds_count"), 3.0);
+    assert_eq!(
+        value("s3drop_upload_failures_total{kind=\"conflict\"}"),
+        1.0
+    );
+    assert!(value("s3drop_sts_requests_total{result=\"ok\"}") >= 1.0);
+    let expiry = value("s3drop_session_expiry_timestamp_seconds");
+    assert!(expiry > now && expiry < now + 3700.0, "{expiry}");
+    let last = value("s3drop_last_upload_timestamp_seconds");
+    assert!(last > now - 60.0 && last <= now + 1.0, "{last}");
+    assert_eq!(value("s3drop_rescans_total{reason=\"startup\"}"), 1.0);
+    assert_eq!(value("s3drop_queue_files"), 0.0);
+    assert_eq!(value("s3drop_oldest_pending_seconds"), 0.0);
+    assert_eq!(value("s3drop_failed_files"), 0.0);
+    assert_eq!(
+        value(&format!(
+            "s3drop_build_info{{version=\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        )),
+        1.0
+    );
+    assert_eq!(get(&addr, "/nope").0, 404);
+
+    // SIGHUP rescans: counted by reason.
+    daemon.signal("-HUP").unwrap();
+    wait_until("the SIGHUP rescan counted", ARRIVAL, || {
+        samples(&get(&addr, "/metrics").1).get("s3drop_rescans_total{reason=\"sighup\"}")
+            == Some(&1.0)
+    })
+    .await;
+
+    // The textfile: there (written at start, then every 15 s and at stop), parseable,
+    // and replaced whole (no temporary file left beside it).
+    assert!(daemon.stop().unwrap().success());
+    let written = std::fs::read_to_string(&textfile).unwrap();
+    let t = samples(&written);
+    assert_eq!(
+        t.get("s3drop_uploaded_files_total"),
+        Some(&3.0),
+        "{written}"
+    );
+    assert!(
+        written.contains("# TYPE s3drop_uploaded_files_total counter"),
+        "{written}"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(site.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".s3drop-metrics")
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn a_public_metrics_listener_needs_the_opt_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = offline_config(dir.path(), "metrics_listen = \"0.0.0.0:9464\"");
+    let out = std::process::Command::new(s3drop())
+        .args(["validate", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("metrics_listen") && err.contains("metrics_listen_public"),
+        "{err}"
+    );
+    let config = offline_config(
+        dir.path(),
+        "metrics_listen = \"0.0.0.0:9464\"\nmetrics_listen_public = true",
+    );
+    let out = std::process::Command::new(s3drop())
+        .args(["validate", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
