@@ -82,6 +82,23 @@ must be denied: proof that the session policy confines the session.")]
     /// Run a command with a scoped session in its environment.
     #[command(long_about = EXEC_ABOUT)]
     Exec(ExecArgs),
+    /// What the daemon is doing, and every file waiting on a failure.
+    #[command(long_about = "\
+What the daemon is doing: up or not (since when), uploads, the queue and its oldest file,
+the session's expiry, and every file waiting on a failure an operator must fix (denied,
+conflict, unreadable, ...), newest first. The running daemon answers on a socket in
+state_dir; when it does not run, the ledger tells what is recorded. Exit 0 when no file
+waits on a failure, 1 when one does, 2 when it cannot tell.")]
+    Status(StatusArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// One JSON document for machines.
+    #[arg(long)]
+    json: bool,
 }
 
 const CREDENTIALS_ABOUT: &str = "\
@@ -192,9 +209,11 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = match cli.command {
         Command::Run(_) => logging::DAEMON_FILTER,
-        Command::Check(_) | Command::Validate(_) | Command::Credentials(_) | Command::Exec(_) => {
-            logging::QUIET_FILTER
-        }
+        Command::Check(_)
+        | Command::Validate(_)
+        | Command::Credentials(_)
+        | Command::Exec(_)
+        | Command::Status(_) => logging::QUIET_FILTER,
     };
     logging::init(cli.log_format, filter);
     match cli.command {
@@ -218,6 +237,7 @@ pub fn main() -> ExitCode {
             Err(e) => fail(&e),
         },
         Command::Exec(args) => exec(args),
+        Command::Status(args) => status(&args),
         Command::Check(args) => {
             let format = if args.json {
                 crate::check::Format::Json
@@ -248,6 +268,33 @@ fn credentials(args: CredentialsArgs) -> anyhow::Result<()> {
             std::io::Write::write_all(&mut out, text.as_bytes())?;
             Ok(std::io::Write::flush(&mut out)?)
         }
+    }
+}
+
+/// `status`: 0 nothing failed, 1 something did, 2 cannot tell.
+fn status(args: &StatusArgs) -> ExitCode {
+    let snapshot = load(&args.config.config)
+        .map_err(|e| format!("{e:#}"))
+        .and_then(|config| crate::status::snapshot(&config));
+    let snapshot = match snapshot {
+        Ok(snapshot) => snapshot,
+        Err(e) => {
+            eprintln!("s3drop: error: cannot tell: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let printed = if args.json {
+        serde_json::to_writer_pretty(&mut out, &snapshot)
+            .map_err(std::io::Error::other)
+            .and_then(|()| std::io::Write::write_all(&mut out, b"\n"))
+    } else {
+        crate::status::print(&snapshot, &mut out)
+    };
+    match printed {
+        Err(_) => ExitCode::from(2),
+        Ok(()) if snapshot.failed_total > 0 => ExitCode::from(1),
+        Ok(()) => ExitCode::SUCCESS,
     }
 }
 

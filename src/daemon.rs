@@ -26,6 +26,7 @@ use crate::ledger::Ledger;
 use crate::queue::Queue;
 use crate::s3::S3;
 use crate::supervise::{Fatal, Supervisor};
+use crate::upload::progress::Progress;
 use crate::upload::{AfterUploadAction, Context, Sender, Worker};
 use crate::watch::{DirWatcher, Intake, IntakeConfig};
 
@@ -72,6 +73,8 @@ struct Running {
     waiting_for: Arc<std::sync::Mutex<String>>,
     /// The workers, once the session is there.
     worker: Option<Arc<Worker>>,
+    /// What the workers did and what is stuck (STATUS, metrics, `s3drop status`).
+    progress: Arc<Progress>,
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -203,7 +206,16 @@ fn start(
         cancel: cancel.clone(),
         fatal: supervisor.reporter(),
     };
+    let progress = Arc::new(Progress::default());
+    crate::status::serve(
+        &config.state_dir,
+        queue.clone(),
+        progress.clone(),
+        cancel,
+        tracker,
+    )?;
     Ok(Running {
+        progress,
         config,
         ledger,
         queue,
@@ -245,6 +257,7 @@ fn start_workers(r: &mut Running, session: Session) {
         r.ledger.clone(),
         Sender::new(config, s3, r.ledger.clone()),
         r.queue.clone(),
+        r.progress.clone(),
     ));
     for _ in 0..config.concurrency {
         r.supervisor
@@ -262,16 +275,14 @@ fn set_gauges(r: &Running) {
             .oldest_pending()
             .map_or(0.0, |age| age.as_secs_f64()),
     );
-    if let Some(worker) = &r.worker {
-        m.failed_files.set(worker.progress.failed_count() as i64);
-    }
+    m.failed_files.set(r.progress.failed_count() as i64);
 }
 
 /// The line systemd shows (`systemctl status`).
 fn status_line(r: &Running) -> String {
     let depth = r.queue.depth();
     match &r.worker {
-        Some(worker) => format!("queue {depth}; {}", worker.progress.summary()),
+        Some(_) => format!("queue {depth}; {}", r.progress.summary()),
         None => format!(
             "queue {depth}; waiting for credentials: {}",
             r.waiting_for.lock().expect("status lock")

@@ -23,6 +23,7 @@ pub mod message;
 pub mod metrics;
 pub mod queue;
 pub mod s3;
+pub mod status;
 pub mod supervise;
 pub mod upload;
 pub mod watch;

@@ -123,7 +123,7 @@ async fn metrics_health_and_the_textfile_tell_what_happened() {
     assert_eq!(value("s3drop_rescans_total{reason=\"startup\"}"), 1.0);
     assert_eq!(value("s3drop_queue_files"), 0.0);
     assert_eq!(value("s3drop_oldest_pending_seconds"), 0.0);
-    assert_eq!(value("s3drop_failed_files"), 0.0);
+    assert_eq!(value("s3drop_failed_files"), 1.0, "the conflict waits on an operator");
     assert_eq!(
         value(&format!(
             "s3drop_build_info{{version=\"{}\"}}",
@@ -141,9 +141,57 @@ async fn metrics_health_and_the_textfile_tell_what_happened() {
     })
     .await;
 
+    // `s3drop status` while it runs: the failed file and why, exit 1.
+    let status = |json: bool| {
+        let mut cmd = std::process::Command::new(s3drop());
+        cmd.args(["status", "--config"]).arg(&site.config);
+        if json {
+            cmd.arg("--json");
+        }
+        cmd.output().unwrap()
+    };
+    let taken = site.watch.join("taken.txt").display().to_string();
+    let out = status(false);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.starts_with("s3drop: running since"), "{text}");
+    assert!(
+        text.contains("uploaded: 3 files, 13 bytes (this run)"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "failed: 1 (newest first)\n  {taken}: an object with key"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("already exists (overwrite = false)"),
+        "{text}"
+    );
+    println!("status, running:\n{text}");
+    let doc: serde_json::Value = serde_json::from_slice(&status(true).stdout).unwrap();
+    assert_eq!(doc["running"], true);
+    assert_eq!(doc["failed"][0]["path"], taken.as_str());
+
     // The textfile: there (written at start, then every 15 s and at stop), parseable,
     // and replaced whole (no temporary file left beside it).
     assert!(daemon.stop().unwrap().success());
+
+    // And stopped: the ledger tells the same failed file.
+    let out = status(false);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.starts_with("s3drop: not running"), "{text}");
+    assert!(
+        text.contains("uploaded: 3 files, 13 bytes (recorded)"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("  {taken}: an object with key")),
+        "{text}"
+    );
+    println!("status, stopped:\n{text}");
     let written = std::fs::read_to_string(&textfile).unwrap();
     let t = samples(&written);
     assert_eq!(
@@ -195,5 +243,22 @@ fn a_public_metrics_listener_needs_the_opt_in() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn status_cannot_tell_without_a_ledger_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = offline_config(dir.path(), "");
+    let out = std::process::Command::new(s3drop())
+        .args(["status", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot tell") && err.contains("no ledger"),
+        "{err}"
     );
 }

@@ -57,6 +57,18 @@ pub struct Ledger {
 }
 
 impl Ledger {
+    /// Opens the ledger in `state_dir` only if there is one (for reading it: `status`).
+    pub fn open_existing(state_dir: &Path) -> Result<Ledger, LedgerError> {
+        let path = state_dir.join(LEDGER_FILE);
+        if !path.exists() {
+            return Err(LedgerError::Open {
+                path,
+                message: "no ledger here (has s3drop run with this config?)".into(),
+            });
+        }
+        Ledger::open(state_dir)
+    }
+
     /// Opens (or creates) the ledger in `state_dir`. The store holds an exclusive lock, so a
     /// second daemon on the same state fails here instead of racing.
     pub fn open(state_dir: &Path) -> Result<Ledger, LedgerError> {
@@ -182,6 +194,24 @@ impl Ledger {
             })?;
             txn.commit()?;
             Ok(removed)
+        })
+    }
+
+    /// Every record, for `s3drop status` (undecodable records are skipped).
+    pub fn records(&self) -> Result<Vec<(PathBuf, FileRecord)>, LedgerError> {
+        use redb::ReadableTable;
+        use std::ffi::OsStr;
+        self.with_db("read", |db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(FILES)?;
+            let mut out = Vec::new();
+            for entry in table.iter()? {
+                let (path, value) = entry?;
+                if let Ok(record) = record::decode(value.value()) {
+                    out.push((PathBuf::from(OsStr::from_bytes(path.value())), record));
+                }
+            }
+            Ok(out)
         })
     }
 

@@ -35,6 +35,17 @@ impl Progress {
         }
     }
 
+    /// The files waiting on a failure, newest first: (path, seconds since, error).
+    pub fn failures(&self) -> Vec<(PathBuf, u64, String)> {
+        let failed = self.failed.lock().expect("progress lock");
+        let mut list: Vec<_> = failed
+            .iter()
+            .map(|(path, (at, error))| (path.clone(), at.elapsed().as_secs(), error.clone()))
+            .collect();
+        list.sort_by_key(|(_, ago, _)| *ago);
+        list
+    }
+
     /// How many files wait on a failure an operator must fix.
     pub fn failed_count(&self) -> usize {
         self.failed.lock().expect("progress lock").len()

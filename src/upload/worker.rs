@@ -34,6 +34,8 @@ enum Outcome {
     Retry {
         permanent: bool,
     },
+    /// Left alone until SIGHUP or a change (a conflict): not retried, still failed.
+    Held,
     /// Nothing more can be recorded: the daemon must stop.
     Fatal(Fatal),
 }
@@ -89,6 +91,7 @@ impl Worker {
         ledger: Arc<Ledger>,
         sender: Sender,
         queue: Arc<Queue>,
+        progress: Arc<Progress>,
     ) -> Self {
         Worker {
             root,
@@ -97,7 +100,7 @@ impl Worker {
             ledger,
             sender,
             queue,
-            progress: Arc::default(),
+            progress,
             backoff: Backoff::default(),
             warned_unverified: AtomicBool::new(false),
             conflicts: Default::default(),
@@ -143,11 +146,19 @@ impl Worker {
 
     /// Schedules the next attempt, or forgets the file's attempts.
     fn conclude(&self, path: PathBuf, outcome: Outcome, cx: &Context) {
-        let Outcome::Retry { permanent } = outcome else {
-            self.backoff.forget(&path);
-            self.progress.settled(&path);
-            self.queue.settled(&path);
-            return;
+        let permanent = match outcome {
+            Outcome::Retry { permanent } => permanent,
+            Outcome::Held => {
+                self.backoff.forget(&path);
+                self.queue.settled(&path);
+                return;
+            }
+            _ => {
+                self.backoff.forget(&path);
+                self.progress.settled(&path);
+                self.queue.settled(&path);
+                return;
+            }
         };
         let delay = self.backoff.next_delay(&path, permanent);
         let (queue, cx2) = (self.queue.clone(), cx.clone());
@@ -173,12 +184,21 @@ impl Worker {
             tracing::warn!(error = %e, "ledger lookup failed; uploading anyway");
             None
         });
-        if let Some(record) = &record
-            && self
-                .nothing_to_send(path, relative, &file, record, hangups)
-                .await
-        {
-            return Outcome::Done;
+        if let Some(record) = &record {
+            if record.is_conflict_as(&file.identity) && self.conflict_stands(relative, hangups) {
+                tracing::debug!(path = %path.display(), "its key exists (overwrite = false); left alone until SIGHUP or a change");
+                self.progress.failed(
+                    path,
+                    format!(
+                        "an object with key {} already exists (overwrite = false)",
+                        record.state.key()
+                    ),
+                );
+                return Outcome::Held;
+            }
+            if self.nothing_to_send(path, relative, &file, record).await {
+                return Outcome::Done;
+            }
         }
         let Some(key) = self.key_for(path, relative, &file, record.as_ref()) else {
             return Outcome::Done;
@@ -244,20 +264,15 @@ impl Worker {
     }
 
     /// What the ledger says makes sending unnecessary: this version is uploaded (then the
-    /// after-upload action runs, in case it did not), only touched since with the same
-    /// content, or a conflict still standing.
+    /// after-upload action runs, in case it did not), or only touched since with the same
+    /// content.
     async fn nothing_to_send(
         &self,
         path: &Path,
         relative: &Path,
         file: &OpenedFile,
         record: &FileRecord,
-        hangups: u64,
     ) -> bool {
-        if record.is_conflict_as(&file.identity) && self.conflict_stands(relative, hangups) {
-            tracing::debug!(path = %path.display(), "its key exists (overwrite = false); left alone until SIGHUP or a change");
-            return true;
-        }
         let uploaded = record.is_uploaded_as(&file.identity);
         if uploaded {
             tracing::debug!(path = %path.display(), "already uploaded");
@@ -413,6 +428,13 @@ impl Worker {
     /// moved; it is recorded as a conflict and left alone until SIGHUP or a change.
     async fn conflict(&self, item: &Item<'_>, hangups: u64) -> Outcome {
         crate::metrics::get().failed("conflict");
+        self.progress.failed(
+            item.path,
+            format!(
+                "an object with key {} already exists (overwrite = false)",
+                item.key
+            ),
+        );
         tracing::error!(
             path = %item.path.display(), key = item.key, bucket = self.sender.bucket(),
             "an object with this key already exists and overwrite = false: the file is not \
@@ -432,9 +454,9 @@ impl Worker {
             Err(e) if e.is_fatal() => Outcome::Fatal(e.into()),
             Err(e) => {
                 tracing::warn!(error = %e, "could not record the conflict in the ledger");
-                Outcome::Done
+                Outcome::Held
             }
-            Ok(()) => Outcome::Done,
+            Ok(()) => Outcome::Held,
         }
     }
 
