@@ -123,7 +123,11 @@ async fn metrics_health_and_the_textfile_tell_what_happened() {
     assert_eq!(value("s3drop_rescans_total{reason=\"startup\"}"), 1.0);
     assert_eq!(value("s3drop_queue_files"), 0.0);
     assert_eq!(value("s3drop_oldest_pending_seconds"), 0.0);
-    assert_eq!(value("s3drop_failed_files"), 1.0, "the conflict waits on an operator");
+    assert_eq!(
+        value("s3drop_failed_files"),
+        1.0,
+        "the conflict waits on an operator"
+    );
     assert_eq!(
         value(&format!(
             "s3drop_build_info{{version=\"{}\"}}",

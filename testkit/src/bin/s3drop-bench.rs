@@ -504,6 +504,10 @@ struct Options {
     /// Measure s3drop alone in P1 and P2 (A/B runs of two builds; no peer figures).
     #[arg(long)]
     s3drop_only: bool,
+    /// Run s3drop with its metrics on (a listener on a free loopback port), to compare
+    /// with the default (off).
+    #[arg(long)]
+    metrics: bool,
     #[command(subcommand)]
     client: Option<RawClient>,
 }
@@ -548,6 +552,8 @@ struct Bench {
     runs: usize,
     s3drop: PathBuf,
     s3drop_only: bool,
+    /// Config lines every measured s3drop gets (`--metrics`).
+    s3drop_config: String,
     peers: Peers,
     table: String,
     notes: Vec<String>,
@@ -645,7 +651,7 @@ impl Bench {
         let target = format!("p1-{i}/");
         let usage = match client {
             P1Client::S3drop => {
-                let (site, daemon) = start_s3drop(&self.s3drop, &server.fc, "")?;
+                let (site, daemon) = start_s3drop(&self.s3drop, &server.fc, &self.s3drop_config)?;
                 let mut counter = UploadCounter::new(&daemon)?;
                 let (cpu0, _) = proc_cpu_and_rss(daemon.pid())?;
                 let started = Instant::now();
@@ -756,7 +762,7 @@ impl Bench {
         let key = format!("p2-{i}/big.bin");
         Ok(match client {
             P2Client::S3drop => {
-                let (site, daemon) = start_s3drop(&self.s3drop, &server.fc, "")?;
+                let (site, daemon) = start_s3drop(&self.s3drop, &server.fc, &self.s3drop_config)?;
                 let dir = site.watch.join(format!("p2-{i}"));
                 std::fs::create_dir(&dir)?;
                 // A hard link, so every client reads the same bytes (already in the page cache).
@@ -1033,6 +1039,11 @@ async fn main() -> Result<()> {
         runs: options.runs.into(),
         s3drop: s3drop.clone(),
         s3drop_only: options.s3drop_only,
+        s3drop_config: if options.metrics {
+            "metrics_listen = \"127.0.0.1:0\"".to_string()
+        } else {
+            String::new()
+        },
         peers: Peers {
             work: work.path().to_owned(),
             aws: which("aws"),
