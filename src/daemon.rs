@@ -273,7 +273,7 @@ fn set_gauges(r: &Running) {
     m.oldest_pending.set(
         r.queue
             .oldest_pending()
-            .map_or(0.0, |age| age.as_secs_f64()),
+            .map_or(0.0, |(_, age)| age.as_secs_f64()),
     );
     m.failed_files.set(r.progress.failed_count() as i64);
 }

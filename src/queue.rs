@@ -92,10 +92,14 @@ impl Queue {
         }
     }
 
-    /// How long the oldest file not yet settled has been pending.
-    pub fn oldest_pending(&self) -> Option<Duration> {
+    /// The oldest file not yet settled, and how long it has been pending.
+    pub fn oldest_pending(&self) -> Option<(PathBuf, Duration)> {
         let state = self.state.lock().expect("queue lock");
-        state.since.values().min().map(Instant::elapsed)
+        state
+            .since
+            .iter()
+            .min_by_key(|(_, since)| **since)
+            .map(|(path, since)| (path.clone(), since.elapsed()))
     }
 
     /// Waiting plus in flight.

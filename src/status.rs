@@ -51,6 +51,8 @@ pub struct Snapshot {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oldest_pending_seconds: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub oldest_pending_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub session_expires: Option<String>,
     pub failed_total: usize,
     pub failed: Vec<Failed>,
@@ -98,6 +100,7 @@ fn running(since: &str, queue: &Queue, progress: &Progress) -> Snapshot {
     let m = crate::metrics::get();
     let failures = progress.failures();
     let expiry = m.session_expiry.get();
+    let oldest = queue.oldest_pending();
     Snapshot {
         running: true,
         pid: Some(std::process::id()),
@@ -105,7 +108,8 @@ fn running(since: &str, queue: &Queue, progress: &Progress) -> Snapshot {
         uploaded_files: m.uploaded_files.get(),
         uploaded_bytes: m.uploaded_bytes.get(),
         queue: Some(queue.depth() as u64),
-        oldest_pending_seconds: Some(queue.oldest_pending().map_or(0, |age| age.as_secs())),
+        oldest_pending_seconds: Some(oldest.as_ref().map_or(0, |(_, age)| age.as_secs())),
+        oldest_pending_path: oldest.map(|(path, _)| path.display().to_string()),
         session_expires: (expiry > 0)
             .then(|| rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(expiry as u64))),
         failed_total: failures.len(),
@@ -152,6 +156,7 @@ fn recorded(config: &Config) -> Result<Snapshot, String> {
         uploaded_bytes: bytes,
         queue: None,
         oldest_pending_seconds: None,
+        oldest_pending_path: None,
         session_expires: None,
         failed_total: failed.len(),
         failed: failed
@@ -200,8 +205,16 @@ pub fn print(snapshot: &Snapshot, out: &mut impl Write) -> std::io::Result<()> {
         "uploaded: {} files, {} bytes ({scope})",
         snapshot.uploaded_files, snapshot.uploaded_bytes
     )?;
-    if let (Some(queue), Some(oldest)) = (snapshot.queue, snapshot.oldest_pending_seconds) {
-        writeln!(out, "queue: {queue}; oldest pending: {oldest} s")?;
+    if let Some(queue) = snapshot.queue {
+        match (
+            &snapshot.oldest_pending_path,
+            snapshot.oldest_pending_seconds,
+        ) {
+            (Some(path), Some(age)) => {
+                writeln!(out, "queue: {queue}; oldest pending: {path} ({age} s)")?
+            }
+            _ => writeln!(out, "queue: {queue}; oldest pending: none")?,
+        }
     }
     if let Some(expires) = &snapshot.session_expires {
         writeln!(out, "session expires: {expires}")?;

@@ -12,9 +12,11 @@ use common::*;
 use s3drop_testkit::proxy::FaultProxy;
 use s3drop_testkit::{Daemon, object_key as key, setup};
 
-/// A plain HTTP GET: (status, body).
+/// A plain HTTP GET: (status, body); status 0 when nothing listens (yet).
 fn get(addr: &str, path: &str) -> (u16, String) {
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
@@ -265,4 +267,29 @@ fn status_cannot_tell_without_a_ledger_and_says_so() {
         err.contains("cannot tell") && err.contains("no ledger"),
         "{err}"
     );
+}
+
+/// `/health` goes 503 once the session has expired and STS cannot be reached to renew it,
+/// and back to 200 with the next session. fakecloud's sessions last 15 minutes at least, so
+/// the testkit's proxy shortens the expiry STS answers with to 30 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn health_fails_when_the_session_expired_unrenewed_and_recovers() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let (fc, world, site) = setup(BUCKET, &format!("metrics_listen = \"{addr}\"")).await;
+    let proxy = FaultProxy::start(&fc.endpoint, 0).await.unwrap();
+    proxy.shorten_sessions(Duration::from_secs(30));
+    let mut daemon =
+        Daemon::start_with_env(&site, s3drop(), &fc.sdk_env_via(&proxy.endpoint)).unwrap();
+    wait_until("healthy", ARRIVAL, || get(&addr, "/health").0 == 200).await;
+    proxy.set_down(true);
+    wait_until("unhealthy", Duration::from_secs(60), || {
+        get(&addr, "/health").0 == 503
+    })
+    .await;
+    let (_, body) = get(&addr, "/health");
+    assert!(body.contains("expired and could not be renewed"), "{body}");
+    proxy.set_down(false);
+    drop_file(&world, &site, "renewed.txt", b"a new session").await;
+    wait_until("healthy again", ARRIVAL, || get(&addr, "/health").0 == 200).await;
+    assert!(daemon.stop().unwrap().success());
 }

@@ -201,7 +201,7 @@ impl Worker {
             }
         }
         let Some(key) = self.key_for(path, relative, &file, record.as_ref()) else {
-            return Outcome::Done;
+            return Outcome::Held;
         };
         let item = Item {
             file: &file,
@@ -312,6 +312,7 @@ impl Worker {
             Ok(key) => key,
             Err(e) => {
                 tracing::error!(path = %path.display(), error = %e, "not uploaded; the file is kept");
+                self.progress.failed(path, e.to_string());
                 return None;
             }
         };
@@ -325,6 +326,13 @@ impl Worker {
                     path = %path.display(), key, other = %owner.display(),
                     "another file already has this key (key_template maps both to it): not \
                      uploaded, so nothing is overwritten; the file is kept"
+                );
+                self.progress.failed(
+                    path,
+                    format!(
+                        "{} already has the key {key} (key_template)",
+                        owner.display()
+                    ),
                 );
                 return None;
             }

@@ -4,7 +4,8 @@
 //! share is exact, not left to chance: of every 20 requests, `percent / 5` fail, spread
 //! out by a fixed permutation. It can also be "down" (every connection dropped), e.g. to
 //! play an unreachable IMDS. It can record the bodies of POST requests (STS's form-encoded
-//! calls), so a test can read what a client really asked for.
+//! calls), so a test can read what a client really asked for, and shorten the sessions STS
+//! hands out (fakecloud's shortest is 15 minutes), so a test can see one expire.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -55,6 +56,8 @@ struct State {
     dropped: AtomicU64,
     record_posts: AtomicBool,
     posts: Mutex<Vec<String>>,
+    /// Seconds: STS answers get an `<Expiration>` this far from now (0: unchanged).
+    session_seconds: AtomicU64,
 }
 
 pub struct FaultProxy {
@@ -147,6 +150,13 @@ impl FaultProxy {
         self.state.record_posts.store(true, Ordering::SeqCst);
     }
 
+    /// From now on, every session STS hands out expires `lifetime` after it passes here.
+    pub fn shorten_sessions(&self, lifetime: std::time::Duration) {
+        self.state
+            .session_seconds
+            .store(lifetime.as_secs().max(1), Ordering::SeqCst);
+    }
+
     /// The POST bodies recorded, in order.
     pub fn posts(&self) -> Vec<String> {
         self.state.posts.lock().unwrap().clone()
@@ -171,6 +181,35 @@ impl Drop for FaultProxy {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Rewrites an STS answer's `<Expiration>` to `seconds` from now.
+async fn shorten(response: hyper::Response<Incoming>, seconds: u64) -> Response<Body> {
+    let (mut parts, body) = response.into_parts();
+    let Ok(collected) = body.collect().await else {
+        return Response::from_parts(
+            parts,
+            Full::new(Bytes::new()).map_err(|n| match n {}).boxed(),
+        );
+    };
+    let text = String::from_utf8_lossy(&collected.to_bytes()).into_owned();
+    let text = match (text.find("<Expiration>"), text.find("</Expiration>")) {
+        (Some(start), Some(end)) if start < end => {
+            let at = std::time::SystemTime::now() + std::time::Duration::from_secs(seconds);
+            format!(
+                "{}<Expiration>{}</Expiration>{}",
+                &text[..start],
+                humantime::format_rfc3339_seconds(at),
+                &text[end + "</Expiration>".len()..]
+            )
+        }
+        _ => text,
+    };
+    parts.headers.remove(hyper::header::CONTENT_LENGTH);
+    Response::from_parts(
+        parts,
+        Full::new(Bytes::from(text)).map_err(|n| match n {}).boxed(),
+    )
 }
 
 async fn handle(
@@ -238,7 +277,11 @@ async fn handle(
     match client.request(Request::from_parts(parts, body)).await {
         Ok(response) => {
             state.forwarded.fetch_add(1, Ordering::SeqCst);
-            Ok(response.map(|b| b.boxed()))
+            let seconds = state.session_seconds.load(Ordering::SeqCst);
+            if seconds == 0 {
+                return Ok(response.map(|b| b.boxed()));
+            }
+            Ok(shorten(response, seconds).await)
         }
         Err(_) => {
             state.dropped.fetch_add(1, Ordering::SeqCst);
