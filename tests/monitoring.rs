@@ -46,6 +46,16 @@ fn samples(text: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
+/// `status` exited 1 (a file failed) and said each of `needles`; returns what it said.
+fn status_says(out: std::process::Output, needles: &[&str]) -> String {
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for needle in needles {
+        assert!(text.contains(needle), "{needle:?} missing:\n{text}");
+    }
+    text
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -157,23 +167,14 @@ async fn metrics_health_and_the_textfile_tell_what_happened() {
         cmd.output().unwrap()
     };
     let taken = site.watch.join("taken.txt").display().to_string();
-    let out = status(false);
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(text.starts_with("s3drop: running since"), "{text}");
-    assert!(
-        text.contains("uploaded: 3 files, 13 bytes (this run)"),
-        "{text}"
-    );
-    assert!(
-        text.contains(&format!(
-            "failed: 1 (newest first)\n  {taken}: an object with key"
-        )),
-        "{text}"
-    );
-    assert!(
-        text.contains("already exists (overwrite = false)"),
-        "{text}"
+    let text = status_says(
+        status(false),
+        &[
+            "s3drop: running since",
+            "uploaded: 3 files, 13 bytes (this run)",
+            &format!("failed: 1 (newest first)\n  {taken}: an object with key"),
+            "already exists (overwrite = false)",
+        ],
     );
     println!("status, running:\n{text}");
     let doc: serde_json::Value = serde_json::from_slice(&status(true).stdout).unwrap();
@@ -185,17 +186,13 @@ async fn metrics_health_and_the_textfile_tell_what_happened() {
     assert!(daemon.stop().unwrap().success());
 
     // And stopped: the ledger tells the same failed file.
-    let out = status(false);
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(text.starts_with("s3drop: not running"), "{text}");
-    assert!(
-        text.contains("uploaded: 3 files, 13 bytes (recorded)"),
-        "{text}"
-    );
-    assert!(
-        text.contains(&format!("  {taken}: an object with key")),
-        "{text}"
+    let text = status_says(
+        status(false),
+        &[
+            "s3drop: not running",
+            "uploaded: 3 files, 13 bytes (recorded)",
+            &format!("  {taken}: an object with key"),
+        ],
     );
     println!("status, stopped:\n{text}");
     let written = std::fs::read_to_string(&textfile).unwrap();
@@ -221,15 +218,20 @@ async fn metrics_health_and_the_textfile_tell_what_happened() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
+/// `s3drop COMMAND --config CONFIG`, run to its end.
+fn offline(command: &str, config: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(s3drop())
+        .args([command, "--config"])
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn a_public_metrics_listener_needs_the_opt_in() {
     let dir = tempfile::tempdir().unwrap();
     let config = offline_config(dir.path(), "metrics_listen = \"0.0.0.0:9464\"");
-    let out = std::process::Command::new(s3drop())
-        .args(["validate", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = offline("validate", &config);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -240,11 +242,7 @@ fn a_public_metrics_listener_needs_the_opt_in() {
         dir.path(),
         "metrics_listen = \"0.0.0.0:9464\"\nmetrics_listen_public = true",
     );
-    let out = std::process::Command::new(s3drop())
-        .args(["validate", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = offline("validate", &config);
     assert!(
         out.status.success(),
         "{}",
@@ -256,11 +254,7 @@ fn a_public_metrics_listener_needs_the_opt_in() {
 fn status_cannot_tell_without_a_ledger_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let config = offline_config(dir.path(), "");
-    let out = std::process::Command::new(s3drop())
-        .args(["status", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = offline("status", &config);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
