@@ -11,8 +11,8 @@ use aws_credential_types::provider::{self, ProvideCredentials, SharedCredentials
 
 use super::AuthError;
 
-/// Refresh this long before the session's expiry, so no request (or long upload) starts
-/// with credentials about to lapse.
+/// Refresh at least this long before the session's expiry, so no request (or long upload)
+/// starts with credentials about to lapse.
 const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(5 * 60);
 
 /// Caches the session credentials and refreshes them [`REFRESH_BEFORE_EXPIRY`] before they
@@ -35,6 +35,9 @@ struct Inner {
 #[derive(Debug)]
 struct Cached {
     credentials: Credentials,
+    /// When to mint the next session: a point drawn at random in a window before expiry,
+    /// so instances started together do not refresh together for ever after.
+    refresh_at: Option<SystemTime>,
 }
 
 impl SessionCredentials {
@@ -55,7 +58,7 @@ impl SessionCredentials {
         let mut cached = self.inner.cached.lock().await;
         let now = SystemTime::now();
         if let Some(c) = cached.as_ref()
-            && !needs_refresh(&c.credentials, now)
+            && c.refresh_at.is_none_or(|at| now < at)
         {
             return Ok(c.credentials.clone());
         }
@@ -74,6 +77,9 @@ impl SessionCredentials {
                     "upload session minted with the session policy"
                 );
                 *cached = Some(Cached {
+                    refresh_at: credentials
+                        .expiry()
+                        .map(|expiry| refresh_point(now, expiry, fastrand::f64())),
                     credentials: credentials.clone(),
                 });
                 Ok(credentials)
@@ -126,10 +132,16 @@ impl SessionCredentials {
     }
 }
 
-fn needs_refresh(credentials: &Credentials, now: SystemTime) -> bool {
-    credentials
-        .expiry()
-        .is_some_and(|expiry| expiry <= now + REFRESH_BEFORE_EXPIRY)
+/// When a session minted at `minted` and expiring at `expiry` is refreshed: at the point
+/// `draw` (0..1) of a window a tenth of its lifetime wide that ends 5 % of the lifetime,
+/// but at least [`REFRESH_BEFORE_EXPIRY`], before expiry (15 % to 5 % for long sessions).
+/// A session shorter than the margin is refreshed at once.
+pub fn refresh_point(minted: SystemTime, expiry: SystemTime, draw: f64) -> SystemTime {
+    let lifetime = expiry.duration_since(minted).unwrap_or_default();
+    let late = lifetime.mul_f64(0.05).max(REFRESH_BEFORE_EXPIRY);
+    let early = late + lifetime.mul_f64(0.10);
+    let before = late + (early - late).mul_f64(draw.clamp(0.0, 1.0));
+    expiry.checked_sub(before).unwrap_or(minted).max(minted)
 }
 
 #[cfg(test)]
@@ -137,6 +149,59 @@ mod tests {
     use super::*;
     use aws_credential_types::provider::future;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn refreshes_are_spread_over_a_window_always_before_the_margin() {
+        let minted = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let hour = minted + Duration::from_secs(3600);
+        // One hour: between 660 s and 300 s before expiry (the 5-minute margin is later
+        // than 5 %; the window is a tenth of the hour wide).
+        assert_eq!(
+            refresh_point(minted, hour, 0.0),
+            hour - Duration::from_secs(300)
+        );
+        assert_eq!(
+            refresh_point(minted, hour, 1.0),
+            hour - Duration::from_secs(660)
+        );
+        let draws: Vec<SystemTime> = (0..2000)
+            .map(|_| refresh_point(minted, hour, fastrand::f64()))
+            .collect();
+        assert!(draws.iter().all(|at| *at <= hour - REFRESH_BEFORE_EXPIRY));
+        assert!(
+            draws
+                .iter()
+                .all(|at| *at >= hour - Duration::from_secs(660))
+        );
+        let spread = draws
+            .iter()
+            .max()
+            .unwrap()
+            .duration_since(*draws.iter().min().unwrap());
+        assert!(
+            spread.unwrap() > Duration::from_secs(200),
+            "draws cover the window"
+        );
+        // 36 hours (a federation token): 5 % and 15 % of the lifetime.
+        let long = minted + Duration::from_secs(129_600);
+        assert_eq!(
+            refresh_point(minted, long, 0.0),
+            long - Duration::from_secs(6480)
+        );
+        assert_eq!(
+            refresh_point(minted, long, 1.0),
+            long - Duration::from_secs(19_440)
+        );
+        // Fifteen minutes: the window moves earlier, a tenth of the lifetime wide.
+        let short = minted + Duration::from_secs(900);
+        assert_eq!(
+            refresh_point(minted, short, 1.0),
+            short - Duration::from_secs(390)
+        );
+        // Shorter than the margin: now.
+        let tiny = minted + Duration::from_secs(60);
+        assert_eq!(refresh_point(minted, tiny, 0.5), minted);
+    }
 
     /// Hands out credentials that expire `lifetime` after each call, counting calls.
     #[derive(Debug, Clone)]
