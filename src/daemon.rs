@@ -352,6 +352,16 @@ async fn establish(
     config: Config,
     waiting_for: Arc<std::sync::Mutex<String>>,
 ) -> Result<Session, AuthError> {
+    if !config.startup_jitter.is_zero() {
+        let wait = config.startup_jitter.mul_f64(fastrand::f64());
+        *waiting_for.lock().expect("status lock") =
+            format!("start-up jitter: {} s", wait.as_secs());
+        tracing::info!(
+            wait_s = wait.as_secs(),
+            "start-up jitter: asking STS after a random delay"
+        );
+        tokio::time::sleep(wait).await;
+    }
     let mut delay = Duration::from_secs(1);
     loop {
         match auth::establish(&config, &mut Quiet).await {

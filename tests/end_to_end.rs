@@ -606,3 +606,14 @@ fn under_systemd_logs_go_to_journald_with_priorities_and_fields() {
         "journald, not stderr: {stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn startup_jitter_delays_the_first_session_but_not_the_watch() {
+    let (fc, world, site) = setup(BUCKET, "startup_jitter_seconds = 3").await;
+    let mut daemon = start_ready(&site, &fc);
+    let jitter = daemon.events("start-up jitter: asking STS after a random delay");
+    assert_eq!(jitter.len(), 1, "{}", daemon.log());
+    assert!(jitter[0]["wait_s"].as_u64().unwrap() <= 3);
+    drop_file(&world, &site, "after-jitter.txt", b"x").await;
+    assert!(daemon.stop().unwrap().success());
+}

@@ -121,6 +121,8 @@ struct RawConfig {
     #[serde(default)]
     metrics_listen_public: bool,
     metrics_textfile: Option<PathBuf>,
+    #[serde(default)]
+    startup_jitter_seconds: u64,
 }
 
 fn default_key_template() -> String {
@@ -243,6 +245,8 @@ pub struct Config {
     pub force_path_style: bool,
     /// What every object is written with.
     pub object: ObjectOptions,
+    /// The first session is asked for after a random delay up to this long (fleets).
+    pub startup_jitter: Duration,
     /// Where `GET /metrics` and `GET /health` are served, if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// node_exporter's textfile, rewritten every 15 s, if wanted.
@@ -348,6 +352,7 @@ impl RawConfig {
             key_template,
             metrics_listen,
             metrics_textfile: self.metrics_textfile.clone(),
+            startup_jitter: Duration::from_secs(self.startup_jitter_seconds),
         })
     }
 
@@ -377,6 +382,9 @@ impl RawConfig {
                 "quiet_period_ms",
                 "must be at most 60000 (a minute)",
             ));
+        }
+        if self.startup_jitter_seconds > 3600 {
+            return Err(invalid("startup_jitter_seconds", "must be at most 3600"));
         }
         if self.settle_seconds > 3600 {
             return Err(invalid("settle_seconds", "must be at most 3600"));

@@ -93,6 +93,13 @@ pub const KEYS: &[KeyDoc] = &[
                   900–129600 (36 h) with `federation_token`",
     },
     KeyDoc {
+        name: "startup_jitter_seconds",
+        default: "`0`",
+        meaning: "for fleets: the first session is asked of STS after a random delay up to \
+                  this long (0–3600), so instances started together do not call STS \
+                  together; files are watched and queued meanwhile",
+    },
+    KeyDoc {
         name: "after_upload",
         default: "`\"keep\"`",
         meaning: "`\"keep\"`, `\"delete\"` or `\"move\"`; delete and move act only after S3 \
