@@ -118,7 +118,7 @@ impl Metrics {
             sts_requests: counter_vec(
                 &r,
                 "s3drop_sts_requests_total",
-                "Sessions asked of STS, by result (ok, error).",
+                "Sessions asked of STS, by result (ok, throttled, error).",
                 "result",
             ),
             session_expiry: gauge(

@@ -85,11 +85,14 @@ impl SessionCredentials {
                 Ok(credentials)
             }
             Err(e) => {
+                let message = crate::message::cause(&e);
+                let throttled = ["Throttling", "RequestLimitExceeded", "Rate exceeded"]
+                    .iter()
+                    .any(|needle| message.contains(needle));
                 crate::metrics::get()
                     .sts_requests
-                    .with_label_values(&["error"])
+                    .with_label_values(&[if throttled { "throttled" } else { "error" }])
                     .inc();
-                let message = crate::message::cause(&e);
                 if let Some(c) = cached.as_ref()
                     && c.credentials.expiry().is_none_or(|exp| exp > now)
                 {
