@@ -156,54 +156,27 @@ mod tests {
     #[test]
     fn refreshes_are_spread_over_a_window_always_before_the_margin() {
         let minted = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let hour = minted + Duration::from_secs(3600);
+        // (lifetime, draw) → seconds before expiry.
+        let before = |lifetime: u64, draw: f64| {
+            let expiry = minted + Duration::from_secs(lifetime);
+            expiry
+                .duration_since(refresh_point(minted, expiry, draw))
+                .unwrap()
+                .as_secs()
+        };
         // One hour: between 660 s and 300 s before expiry (the 5-minute margin is later
         // than 5 %; the window is a tenth of the hour wide).
-        assert_eq!(
-            refresh_point(minted, hour, 0.0),
-            hour - Duration::from_secs(300)
-        );
-        assert_eq!(
-            refresh_point(minted, hour, 1.0),
-            hour - Duration::from_secs(660)
-        );
-        let draws: Vec<SystemTime> = (0..2000)
-            .map(|_| refresh_point(minted, hour, fastrand::f64()))
-            .collect();
-        assert!(draws.iter().all(|at| *at <= hour - REFRESH_BEFORE_EXPIRY));
-        assert!(
-            draws
-                .iter()
-                .all(|at| *at >= hour - Duration::from_secs(660))
-        );
-        let spread = draws
-            .iter()
-            .max()
-            .unwrap()
-            .duration_since(*draws.iter().min().unwrap());
-        assert!(
-            spread.unwrap() > Duration::from_secs(200),
-            "draws cover the window"
-        );
+        assert_eq!((before(3600, 0.0), before(3600, 1.0)), (300, 660));
+        let draws: Vec<u64> = (0..2000).map(|_| before(3600, fastrand::f64())).collect();
+        assert!(draws.iter().all(|s| (300..=660).contains(s)), "{draws:?}");
+        let spread = draws.iter().max().unwrap() - draws.iter().min().unwrap();
+        assert!(spread > 200, "draws cover the window: {spread}");
         // 36 hours (a federation token): 5 % and 15 % of the lifetime.
-        let long = minted + Duration::from_secs(129_600);
-        assert_eq!(
-            refresh_point(minted, long, 0.0),
-            long - Duration::from_secs(6480)
-        );
-        assert_eq!(
-            refresh_point(minted, long, 1.0),
-            long - Duration::from_secs(19_440)
-        );
+        assert_eq!((before(129_600, 0.0), before(129_600, 1.0)), (6480, 19_440));
         // Fifteen minutes: the window moves earlier, a tenth of the lifetime wide.
-        let short = minted + Duration::from_secs(900);
-        assert_eq!(
-            refresh_point(minted, short, 1.0),
-            short - Duration::from_secs(390)
-        );
+        assert_eq!((before(900, 0.0), before(900, 1.0)), (300, 390));
         // Shorter than the margin: now.
-        let tiny = minted + Duration::from_secs(60);
-        assert_eq!(refresh_point(minted, tiny, 0.5), minted);
+        assert_eq!(before(60, 0.5), 60);
     }
 
     /// Hands out credentials that expire `lifetime` after each call, counting calls.
