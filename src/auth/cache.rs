@@ -36,8 +36,11 @@ struct Inner {
 struct Cached {
     credentials: Credentials,
     /// When to mint the next session: a point drawn at random in a window before expiry,
-    /// so instances started together do not refresh together for ever after.
+    /// so instances started together do not refresh together for ever after; after a
+    /// failed refresh, a backoff later.
     refresh_at: Option<SystemTime>,
+    /// Refreshes that failed in a row while this session stayed valid.
+    failed_refreshes: u32,
 }
 
 impl SessionCredentials {
@@ -81,6 +84,7 @@ impl SessionCredentials {
                         .expiry()
                         .map(|expiry| refresh_point(now, expiry, fastrand::f64())),
                     credentials: credentials.clone(),
+                    failed_refreshes: 0,
                 });
                 Ok(credentials)
             }
@@ -93,10 +97,16 @@ impl SessionCredentials {
                     .sts_requests
                     .with_label_values(&[if throttled { "throttled" } else { "error" }])
                     .inc();
-                if let Some(c) = cached.as_ref()
+                if let Some(c) = cached.as_mut()
                     && c.credentials.expiry().is_none_or(|exp| exp > now)
                 {
-                    tracing::warn!(error = %message, "refreshing credentials failed; using the current ones until they expire");
+                    // Not once per request while STS throttles or is down: back off, but
+                    // never past the session's end.
+                    c.failed_refreshes += 1;
+                    let delay = refresh_retry_delay(c.failed_refreshes, fastrand::f64());
+                    let next = now + delay;
+                    c.refresh_at = Some(c.credentials.expiry().map_or(next, |exp| next.min(exp)));
+                    tracing::warn!(error = %message, retry_in_s = delay.as_secs(), "refreshing credentials failed; using the current ones until they expire");
                     return Ok(c.credentials.clone());
                 }
                 let refused = matches!(
@@ -135,6 +145,17 @@ impl SessionCredentials {
     }
 }
 
+/// How long after the `failures`-th failed refresh in a row (the session still valid) the
+/// next is tried: 2 s doubling to a 60 s cap, with full jitter (`draw` in 0..1), at least
+/// one second.
+pub fn refresh_retry_delay(failures: u32, draw: f64) -> Duration {
+    let cap = Duration::from_secs(2)
+        .saturating_mul(1 << failures.saturating_sub(1).min(5))
+        .min(Duration::from_secs(60));
+    cap.mul_f64(draw.clamp(0.0, 1.0))
+        .max(Duration::from_secs(1))
+}
+
 /// When a session minted at `minted` and expiring at `expiry` is refreshed: at the point
 /// `draw` (0..1) of a window a tenth of its lifetime wide that ends 5 % of the lifetime,
 /// but at least [`REFRESH_BEFORE_EXPIRY`], before expiry (15 % to 5 % for long sessions).
@@ -152,6 +173,86 @@ mod tests {
     use super::*;
     use aws_credential_types::provider::future;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn a_failing_refresh_backs_off_and_keeps_the_valid_session() {
+        assert_eq!(refresh_retry_delay(1, 1.0), Duration::from_secs(2));
+        assert_eq!(refresh_retry_delay(3, 1.0), Duration::from_secs(8));
+        assert_eq!(
+            refresh_retry_delay(30, 1.0),
+            Duration::from_secs(60),
+            "capped"
+        );
+        assert_eq!(
+            refresh_retry_delay(30, 0.0),
+            Duration::from_secs(1),
+            "at least 1 s"
+        );
+        let draws: Vec<Duration> = (0..500)
+            .map(|_| refresh_retry_delay(6, fastrand::f64()))
+            .collect();
+        assert!(draws.iter().all(|d| *d <= Duration::from_secs(60)));
+        assert!(
+            *draws.iter().max().unwrap() - *draws.iter().min().unwrap() > Duration::from_secs(30),
+            "jittered"
+        );
+    }
+
+    /// A source that succeeds until told to fail, counting calls; its sessions last 200 s,
+    /// less than the refresh margin, so every `get` wants a new one.
+    #[derive(Debug, Clone, Default)]
+    struct Flaky {
+        calls: Arc<AtomicUsize>,
+        fail: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl ProvideCredentials for Flaky {
+        fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+        where
+            Self: 'a,
+        {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            let result = if self.fail.load(Ordering::SeqCst) {
+                Err(provider::error::CredentialsError::provider_error(
+                    "Throttling: Rate exceeded",
+                ))
+            } else {
+                Ok(Credentials::new(
+                    format!("AKID{n}"),
+                    "secret",
+                    Some("token".into()),
+                    Some(SystemTime::now() + Duration::from_secs(200)),
+                    "test",
+                ))
+            };
+            future::ProvideCredentials::ready(result)
+        }
+    }
+
+    #[tokio::test]
+    async fn while_refreshes_fail_sts_is_not_asked_once_per_request() {
+        let source = Flaky::default();
+        let creds = SessionCredentials::new(
+            SharedCredentialsProvider::new(source.clone()),
+            "test".into(),
+            "",
+        );
+        let first = creds.get().await.unwrap();
+        source.fail.store(true, Ordering::SeqCst);
+        for _ in 0..50 {
+            let again = creds.get().await.unwrap();
+            assert_eq!(
+                again.access_key_id(),
+                first.access_key_id(),
+                "the valid session is kept"
+            );
+        }
+        assert_eq!(
+            source.calls.load(Ordering::SeqCst),
+            2,
+            "one failed refresh, then a backoff instead of 49 more calls"
+        );
+    }
 
     #[test]
     fn refreshes_are_spread_over_a_window_always_before_the_margin() {
