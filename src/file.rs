@@ -142,6 +142,25 @@ impl OpenedFile {
     }
 }
 
+/// Writes `bytes` to `path` whole or not at all: a temporary file (named `prefix…`) in the
+/// same directory, with `mode`, synced, then renamed over `path`. A reader sees the old
+/// file or the new one, never half of one, and never a readable secret in between.
+pub fn replace_atomically(path: &Path, bytes: &[u8], mode: u32, prefix: &str) -> io::Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let mut file = tempfile::Builder::new()
+        .prefix(prefix)
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .tempfile_in(dir)?;
+    file.write_all(bytes)?;
+    file.as_file().sync_all()?;
+    file.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
 /// Renames `from` to `to`, or to `to.1`, `to.2`, … if taken: an earlier file of the same
 /// name in the destination is never overwritten (`renameat2(RENAME_NOREPLACE)`).
 pub fn move_without_replacing(from: &Path, to: &Path) -> io::Result<PathBuf> {

@@ -6,11 +6,8 @@
 //! file (0600) or the child's environment only: never to a log line or an error.
 
 use aws_credential_types::Credentials;
-use aws_smithy_types::DateTime;
-use aws_smithy_types::date_time::Format as DateFormat;
 use std::ffi::OsString;
 use std::fmt::Display;
-use std::io::Write;
 use std::path::Path;
 
 use crate::auth::{self, Reach, Request};
@@ -122,7 +119,7 @@ pub async fn mint(
 pub fn render(handed: &Handed, format: Format, profile_name: &str) -> String {
     let c = &handed.credentials;
     let token = c.session_token().unwrap_or_default();
-    let expiration = c.expiry().map(rfc3339);
+    let expiration = c.expiry().map(crate::message::rfc3339);
     match format {
         Format::Json => {
             let mut doc = serde_json::json!({
@@ -161,18 +158,12 @@ fn environment(handed: &Handed) -> Vec<(&'static str, String)> {
         ),
     ];
     if let Some(expiry) = c.expiry() {
-        vars.push(("AWS_CREDENTIAL_EXPIRATION", rfc3339(expiry)));
+        vars.push(("AWS_CREDENTIAL_EXPIRATION", crate::message::rfc3339(expiry)));
     }
     // AWS_DEFAULT_REGION too: aws-cli v1 reads only that one.
     vars.push(("AWS_REGION", handed.region.clone()));
     vars.push(("AWS_DEFAULT_REGION", handed.region.clone()));
     vars
-}
-
-fn rfc3339(time: std::time::SystemTime) -> String {
-    DateTime::from(time)
-        .fmt(DateFormat::DateTime)
-        .unwrap_or_default()
 }
 
 /// Single quotes, with `'` written as `'\''`: nothing inside is expanded by a shell.
@@ -190,21 +181,9 @@ pub fn check_profile_name(name: &str) -> Result<(), HandoffError> {
     Ok(())
 }
 
-/// Writes `text` to `path` atomically (a temporary file in the same directory, renamed
-/// over it) with mode 0600, so no reader ever sees half a file or a readable secret.
+/// Writes `text` to `path` atomically with mode 0600 (see [`crate::file::replace_atomically`]).
 pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let mut file = tempfile::Builder::new()
-        .prefix(".s3drop-credentials")
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .tempfile_in(dir)?;
-    file.write_all(text.as_bytes())?;
-    file.as_file().sync_all()?;
-    file.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    crate::file::replace_atomically(path, text.as_bytes(), 0o600, ".s3drop-credentials")
 }
 
 /// Replaces this process with `command`, the session in its environment. Returns only if

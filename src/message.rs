@@ -1,4 +1,4 @@
-//! Error text for people: the cause in one readable sentence. The SDK's error chains can
+//! Text for people: an error's cause in one readable sentence, and times as RFC 3339. The SDK's error chains can
 //! carry a whole HTTP response (`Debug` of headers, body and extensions) or an encoded
 //! authorization blob of hundreds of characters; neither helps in a log line.
 
@@ -36,6 +36,13 @@ pub fn tidy(text: &str) -> String {
         text = text.chars().take(MAX_CHARS).collect::<String>() + "…";
     }
     text
+}
+
+/// `time` as RFC 3339 in UTC (`2026-11-25T19:30:31Z`), as AWS writes times.
+pub fn rfc3339(time: std::time::SystemTime) -> String {
+    aws_smithy_types::DateTime::from(time)
+        .fmt(aws_smithy_types::date_time::Format::DateTime)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -243,12 +243,5 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
 /// Writes the metrics to `path` through a temporary file renamed over it, so
 /// node_exporter never reads half a file.
 pub fn write_textfile(path: &Path) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut file = tempfile::Builder::new()
-        .prefix(".s3drop-metrics")
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
-        .tempfile_in(dir)?;
-    std::io::Write::write_all(&mut file, get().render().as_bytes())?;
-    file.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    crate::file::replace_atomically(path, get().render().as_bytes(), 0o644, ".s3drop-metrics")
 }

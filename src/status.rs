@@ -58,12 +58,6 @@ pub struct Snapshot {
     pub failed: Vec<Failed>,
 }
 
-fn rfc3339(time: SystemTime) -> String {
-    aws_smithy_types::DateTime::from(time)
-        .fmt(aws_smithy_types::date_time::Format::DateTime)
-        .unwrap_or_default()
-}
-
 /// Listens on [`socket_path`] and answers each connection with a [`Snapshot`] until
 /// `cancel`. A stale socket of an earlier run is replaced (the ledger's lock already
 /// guarantees one daemon per state_dir).
@@ -77,7 +71,7 @@ pub fn serve(
     let path = socket_path(state_dir);
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path)?;
-    let since = rfc3339(SystemTime::now());
+    let since = crate::message::rfc3339(SystemTime::now());
     let cancel = cancel.clone();
     tracker.spawn(async move {
         loop {
@@ -110,8 +104,9 @@ fn running(since: &str, queue: &Queue, progress: &Progress) -> Snapshot {
         queue: Some(queue.depth() as u64),
         oldest_pending_seconds: Some(oldest.as_ref().map_or(0, |(_, age)| age.as_secs())),
         oldest_pending_path: oldest.map(|(path, _)| path.display().to_string()),
-        session_expires: (expiry > 0)
-            .then(|| rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(expiry as u64))),
+        session_expires: (expiry > 0).then(|| {
+            crate::message::rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(expiry as u64))
+        }),
         failed_total: failures.len(),
         failed: failures
             .into_iter()
@@ -138,13 +133,11 @@ fn recorded(config: &Config) -> Result<Snapshot, String> {
                 files += 1;
                 bytes += record.identity.size;
             }
-            FileState::Failed { error, .. } => failed.push((record.updated_unix, path, error)),
-            FileState::Conflict { key } => failed.push((
-                record.updated_unix,
-                path,
-                format!("an object with key {key} already exists (overwrite = false)"),
-            )),
-            FileState::Uploading { .. } => {}
+            ref state => {
+                if let Some(error) = state.failure() {
+                    failed.push((record.updated_unix, path, error));
+                }
+            }
         }
     }
     failed.sort_by_key(|f| std::cmp::Reverse(f.0));

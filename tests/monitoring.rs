@@ -56,17 +56,9 @@ fn status_says(out: std::process::Output, needles: &[&str]) -> String {
     text
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_health_and_the_textfile_tell_what_happened() {
-    let addr = format!("127.0.0.1:{}", free_port());
+    let addr = format!("127.0.0.1:{}", s3drop_testkit::free_port().unwrap());
     let (fc, world, site) = setup(BUCKET, "").await;
     let textfile = site.dir.path().join("s3drop.prom");
     site.write_config(
@@ -268,7 +260,7 @@ fn status_cannot_tell_without_a_ledger_and_says_so() {
 /// the testkit's proxy shortens the expiry STS answers with to 30 s.
 #[tokio::test(flavor = "multi_thread")]
 async fn health_fails_when_the_session_expired_unrenewed_and_recovers() {
-    let addr = format!("127.0.0.1:{}", free_port());
+    let addr = format!("127.0.0.1:{}", s3drop_testkit::free_port().unwrap());
     let (fc, world, site) = setup(BUCKET, &format!("metrics_listen = \"{addr}\"")).await;
     let proxy = FaultProxy::start(&fc.endpoint, 0).await.unwrap();
     proxy.shorten_sessions(Duration::from_secs(30));

@@ -110,21 +110,21 @@ impl Template {
         out
     }
 
+    /// The facts filled in; other placeholders (a key template's) stay.
     pub fn expand(&self, facts: &PrefixFacts<'_>) -> Result<String, ConfigError> {
-        let mut expanded = self.text.clone();
-        if self.uses("instance_id") {
-            let Some(id) = facts.instance_id else {
-                return Err(invalid(
-                    self.key,
-                    "uses {instance_id}, but there is no instance id here (the instance \
-                     metadata service did not answer): off EC2, use {hostname} instead",
-                ));
-            };
-            expanded = expanded.replace("{instance_id}", id);
+        if self.uses("instance_id") && facts.instance_id.is_none() {
+            return Err(invalid(
+                self.key,
+                "uses {instance_id}, but there is no instance id here (the instance \
+                 metadata service did not answer): off EC2, use {hostname} instead",
+            ));
         }
-        Ok(expanded
-            .replace("{region}", facts.region)
-            .replace("{hostname}", facts.hostname))
+        Ok(self.render(|name| match name {
+            "instance_id" => facts.instance_id.map(String::from),
+            "region" => Some(facts.region.to_string()),
+            "hostname" => Some(facts.hostname.to_string()),
+            _ => None,
+        }))
     }
 }
 

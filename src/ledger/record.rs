@@ -34,6 +34,17 @@ pub enum FileState {
 }
 
 impl FileState {
+    /// Why a file in this state waits on an operator, if it does (STATUS, `s3drop status`).
+    pub fn failure(&self) -> Option<String> {
+        match self {
+            FileState::Failed { error, .. } => Some(error.clone()),
+            FileState::Conflict { key } => Some(format!(
+                "an object with key {key} already exists (overwrite = false)"
+            )),
+            FileState::Uploading { .. } | FileState::Uploaded { .. } => None,
+        }
+    }
+
     /// The object key this state is about.
     pub fn key(&self) -> &str {
         match self {

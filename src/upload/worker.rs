@@ -187,13 +187,8 @@ impl Worker {
         if let Some(record) = &record {
             if record.is_conflict_as(&file.identity) && self.conflict_stands(relative, hangups) {
                 tracing::debug!(path = %path.display(), "its key exists (overwrite = false); left alone until SIGHUP or a change");
-                self.progress.failed(
-                    path,
-                    format!(
-                        "an object with key {} already exists (overwrite = false)",
-                        record.state.key()
-                    ),
-                );
+                self.progress
+                    .failed(path, record.state.failure().unwrap_or_default());
                 return Outcome::Held;
             }
             if self.nothing_to_send(path, relative, &file, record).await {
@@ -436,13 +431,7 @@ impl Worker {
     /// moved; it is recorded as a conflict and left alone until SIGHUP or a change.
     async fn conflict(&self, item: &Item<'_>, hangups: u64) -> Outcome {
         crate::metrics::get().failed("conflict");
-        self.progress.failed(
-            item.path,
-            format!(
-                "an object with key {} already exists (overwrite = false)",
-                item.key
-            ),
-        );
+
         tracing::error!(
             path = %item.path.display(), key = item.key, bucket = self.sender.bucket(),
             "an object with this key already exists and overwrite = false: the file is not \
@@ -458,6 +447,8 @@ impl Worker {
                 key: item.key.to_string(),
             },
         );
+        self.progress
+            .failed(item.path, record.state.failure().unwrap_or_default());
         match self.ledger.put_later(item.relative, &record).await {
             Err(e) if e.is_fatal() => Outcome::Fatal(e.into()),
             Err(e) => {

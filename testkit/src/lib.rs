@@ -65,7 +65,8 @@ pub fn fakecloud_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("fakecloud"))
 }
 
-fn free_port() -> Result<u16> {
+/// A loopback port free at the moment of asking.
+pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
