@@ -10,7 +10,7 @@
 //! with the cause.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -19,7 +19,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{self, AuthError, Session};
+use crate::auth::schedule::Schedule;
+use crate::auth::{self, AuthError, Session, SessionCredentials};
 use crate::chain::{self, Quiet};
 use crate::config::{AfterUpload, Config};
 use crate::ledger::Ledger;
@@ -30,7 +31,6 @@ use crate::upload::progress::Progress;
 use crate::upload::{AfterUploadAction, Context, Sender, Worker};
 use crate::watch::{DirWatcher, Intake, IntakeConfig};
 
-const STARTUP_RETRY_CAP: Duration = Duration::from_secs(60);
 /// How often STATUS is compared with what systemd was last told.
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -264,6 +264,14 @@ fn start_workers(r: &mut Running, session: Session) {
             .spawn("upload worker", worker.clone().run(r.cx.clone()));
     }
     r.worker = Some(worker);
+    r.supervisor.spawn(
+        "session refresher",
+        refresh(
+            session.credentials.clone(),
+            r.cx.retry_now.clone(),
+            r.cx.cancel.clone(),
+        ),
+    );
 }
 
 /// The metrics that describe a state, as of now.
@@ -345,34 +353,69 @@ fn notify(states: &[sd_notify::NotifyState<'_>]) {
     }
 }
 
-/// Mints the session, retrying with backoff while IMDS or STS are unreachable (at boot the
-/// network or the instance profile may not be ready), saying why in `waiting_for`. A
-/// refusal is final.
+/// Mints the session, retrying while IMDS or STS are unreachable or throttle (at boot the
+/// network or the instance profile may not be ready), saying why in `waiting_for`. The
+/// first try waits a random part of `startup_jitter_seconds` and retries back off as
+/// [`Schedule`] says, so a fleet booted together does not storm STS. A refusal is final.
 async fn establish(
     config: Config,
     waiting_for: Arc<std::sync::Mutex<String>>,
 ) -> Result<Session, AuthError> {
-    if !config.startup_jitter.is_zero() {
-        let wait = config.startup_jitter.mul_f64(fastrand::f64());
+    let mut schedule =
+        Schedule::starting(SystemTime::now(), config.startup_jitter, fastrand::f64());
+    if let Some(wait) = until(schedule.next_call())
+        && !wait.is_zero()
+    {
         *waiting_for.lock().expect("status lock") =
             format!("start-up jitter: {} s", wait.as_secs());
         tracing::info!(
             wait_s = wait.as_secs(),
             "start-up jitter: asking STS after a random delay"
         );
-        tokio::time::sleep(wait).await;
     }
-    let mut delay = Duration::from_secs(1);
     loop {
+        if let Some(wait) = until(schedule.next_call()) {
+            tokio::time::sleep(wait).await;
+        }
         match auth::establish(&config, &mut Quiet).await {
             Ok(session) => return Ok(session),
             Err(e) if e.is_permanent() => return Err(e),
             Err(e) => {
+                let delay = schedule.failed(SystemTime::now(), fastrand::f64());
                 tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "cannot establish the upload session yet; files are kept and queued; retrying");
                 *waiting_for.lock().expect("status lock") = e.to_string();
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(STARTUP_RETRY_CAP);
             }
+        }
+    }
+}
+
+/// How long from now until `at` (zero if past).
+fn until(at: Option<SystemTime>) -> Option<Duration> {
+    at.map(|at| at.duration_since(SystemTime::now()).unwrap_or_default())
+}
+
+/// Refreshes the session when its schedule says, whether files arrive or not: the session
+/// held stays fresh, and STS sees the fleet's calls spread as the schedule draws them. A
+/// failure is logged, counted and backed off by the cache (uploads report a refusal).
+/// Files that waited for a lapsed session are retried as soon as a new one is minted.
+async fn refresh(
+    credentials: SessionCredentials,
+    retry_now: Arc<Notify>,
+    cancel: CancellationToken,
+) -> Result<(), Fatal> {
+    loop {
+        // At least a second apart, should a session ever come back already due.
+        let wait = match until(credentials.next_call().await) {
+            Some(wait) => wait.max(Duration::from_secs(1)),
+            None => Duration::MAX,
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let lapsed = !credentials.usable().await;
+        if credentials.get().await.is_ok() && lapsed {
+            retry_now.notify_waiters();
         }
     }
 }

@@ -103,7 +103,7 @@ impl Metrics {
             upload_failures: counter_vec(
                 &r,
                 "s3drop_upload_failures_total",
-                "Failed upload attempts, by kind (transient, denied, expired_token, conflict, \
+                "Failed upload attempts, by kind (transient, throttled, denied, expired_token, conflict, \
                  unreadable, changed, rejected).",
                 "kind",
             ),
@@ -118,7 +118,7 @@ impl Metrics {
             sts_requests: counter_vec(
                 &r,
                 "s3drop_sts_requests_total",
-                "Sessions asked of STS, by result (ok, throttled, error).",
+                "Sessions asked of STS, by result (ok, throttled, refused, error).",
                 "result",
             ),
             session_expiry: gauge(

@@ -275,7 +275,15 @@ async fn health_fails_when_the_session_expired_unrenewed_and_recovers() {
     let (_, body) = get(&addr, "/health");
     assert!(body.contains("expired and could not be renewed"), "{body}");
     proxy.set_down(false);
-    drop_file(&world, &site, "renewed.txt", b"a new session").await;
-    wait_until("healthy again", ARRIVAL, || get(&addr, "/health").0 == 200).await;
+    // STS is asked again once the refresher's backoff has passed (at most 60 s after the
+    // last failure), then the waiting file goes at once.
+    let renewal = Duration::from_secs(60) + ARRIVAL;
+    std::fs::write(site.watch.join("renewed.txt"), b"a new session").unwrap();
+    wait_until("healthy again", renewal, || get(&addr, "/health").0 == 200).await;
+    let stored = world
+        .wait_for_object(&key("renewed.txt"), ARRIVAL)
+        .await
+        .unwrap();
+    assert_eq!(stored, b"a new session");
     assert!(daemon.stop().unwrap().success());
 }

@@ -6,6 +6,10 @@ use std::time::Duration;
 use aws_config::environment::region::EnvironmentVariableRegionProvider;
 use aws_config::imds;
 use aws_config::meta::region::ProvideRegion;
+use aws_smithy_runtime_api::client::interceptors::context::InterceptorContext;
+use aws_smithy_runtime_api::client::retries::classifiers::{
+    ClassifyRetry, RetryAction, SharedRetryClassifier,
+};
 
 use super::AuthError;
 
@@ -72,8 +76,28 @@ impl RegionSource {
     }
 }
 
+/// IMDS answers 429 when an instance asks too fast (it is throttled per instance); the
+/// SDK's IMDS client retries only 5xx and 401. This classifier retries 429 too, with the
+/// SDK's throttling backoff, and leaves the rest to the SDK's own.
+#[derive(Debug, Default)]
+struct ImdsThrottling(imds::client::ImdsResponseRetryClassifier);
+
+impl ClassifyRetry for ImdsThrottling {
+    fn name(&self) -> &'static str {
+        "s3drop IMDS throttling"
+    }
+
+    fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {
+        match ctx.response().map(|r| r.status().as_u16()) {
+            Some(429) => RetryAction::throttling_error(),
+            _ => self.0.classify_retry(ctx),
+        }
+    }
+}
+
 pub fn client() -> imds::Client {
     imds::Client::builder()
+        .retry_classifier(SharedRetryClassifier::new(ImdsThrottling::default()))
         .max_attempts(4)
         .connect_timeout(Duration::from_secs(2))
         .read_timeout(Duration::from_secs(2))
@@ -119,6 +143,25 @@ pub async fn region(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use aws_smithy_runtime_api::client::interceptors::context::Input;
+    use aws_smithy_runtime_api::http::Response;
+    use aws_smithy_types::body::SdkBody;
+
+    fn classify(status: u16) -> RetryAction {
+        let mut ctx = InterceptorContext::new(Input::doesnt_matter());
+        ctx.set_response(Response::new(status.try_into().unwrap(), SdkBody::empty()));
+        ImdsThrottling::default().classify_retry(&ctx)
+    }
+
+    #[test]
+    fn imds_429_is_retried_as_throttling_and_the_rest_as_the_sdk_says() {
+        assert_eq!(classify(429), RetryAction::throttling_error());
+        assert_eq!(classify(500), RetryAction::server_error());
+        assert_eq!(classify(401), RetryAction::server_error());
+        assert_eq!(classify(404), RetryAction::NoActionIndicated);
+    }
+
     #[test]
     fn hostname_is_the_kernels() {
         let kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();

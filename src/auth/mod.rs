@@ -8,6 +8,7 @@ mod cache;
 pub mod imds;
 pub mod mint;
 pub mod policy;
+pub mod schedule;
 pub mod scope;
 pub mod source;
 
@@ -174,7 +175,7 @@ pub async fn establish_for(
         .credentials_provider(base.provider)
         .load()
         .await;
-    let provider = minter.provider(&sdk, &name, scope.policy.clone()).await;
+    let provider = minter.provider(&sdk, &name, scope.policy.clone());
     let credentials = SessionCredentials::new(provider, minter.call(&name), minter.hint());
     step(observer, minter.link(), credentials.get().await, |_| {
         format!("{} with the session policy", minter.call(&name))
