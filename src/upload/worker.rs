@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use super::after::AfterUploadAction;
 use super::progress::Progress;
-use super::retry::{Backoff, Verdict, verdict};
+use super::retry::{Backoff, Verdict, Wait, verdict};
 use super::send::{Item, SendError, Sender};
 use crate::file::{OpenError, OpenedFile};
 use crate::keys::KeyRule;
@@ -31,9 +31,8 @@ enum Outcome {
     /// Nothing (more) to do: recorded, or already uploaded before, or dropped with a log
     /// line.
     Done,
-    Retry {
-        permanent: bool,
-    },
+    /// Tried again after the wait the failure calls for.
+    Retry(Wait),
     /// Left alone until SIGHUP or a change (a conflict): not retried, still failed.
     Held,
     /// Nothing more can be recorded: the daemon must stop.
@@ -124,7 +123,7 @@ impl Worker {
                         let outcome = match worker.record(&path, *recording).await {
                             Outcome::Fatal(fatal) => {
                                 cx2.fatal.report(fatal);
-                                Outcome::Retry { permanent: true }
+                                Outcome::Retry(Wait::Permanent)
                             }
                             outcome => outcome,
                         };
@@ -146,8 +145,8 @@ impl Worker {
 
     /// Schedules the next attempt, or forgets the file's attempts.
     fn conclude(&self, path: PathBuf, outcome: Outcome, cx: &Context) {
-        let permanent = match outcome {
-            Outcome::Retry { permanent } => permanent,
+        let wait = match outcome {
+            Outcome::Retry(wait) => wait,
             Outcome::Held => {
                 self.backoff.forget(&path);
                 self.queue.settled(&path);
@@ -160,7 +159,7 @@ impl Worker {
                 return;
             }
         };
-        let delay = self.backoff.next_delay(&path, permanent);
+        let delay = self.backoff.next_delay(&path, wait);
         let (queue, cx2) = (self.queue.clone(), cx.clone());
         tracing::info!(path = %path.display(), retry_in_s = delay.as_secs_f32(), "will retry");
         cx.tracker.spawn(async move {
@@ -353,11 +352,11 @@ impl Worker {
                 crate::metrics::get().failed("unreadable");
                 tracing::error!(path = %path.display(), error = %e, "cannot read the file; retried later (or at SIGHUP)");
                 self.progress.failed(path, e.to_string());
-                Err(Outcome::Retry { permanent: true })
+                Err(Outcome::Retry(Wait::Permanent))
             }
             e @ OpenError::Io(_) => {
                 tracing::warn!(path = %path.display(), error = %e, "cannot open; will retry");
-                Err(Outcome::Retry { permanent: false })
+                Err(Outcome::Retry(Wait::Transient))
             }
         }
     }
@@ -387,7 +386,7 @@ impl Worker {
     fn changed(&self, item: &Item<'_>) -> Outcome {
         crate::metrics::get().failed("changed");
         tracing::info!(path = %item.path.display(), key = item.key, "file changed during upload; uploading it again");
-        Outcome::Retry { permanent: false }
+        Outcome::Retry(Wait::Transient)
     }
 
     async fn failed(&self, item: &Item<'_>, error: SendError, unchanged: bool) -> Outcome {
@@ -396,7 +395,12 @@ impl Worker {
             Verdict::Transient => {
                 crate::metrics::get().failed("transient");
                 tracing::warn!(path = %item.path.display(), key = item.key, %error, "upload failed; will retry");
-                Outcome::Retry { permanent: false }
+                Outcome::Retry(Wait::Transient)
+            }
+            Verdict::Throttled => {
+                crate::metrics::get().failed("throttled");
+                tracing::warn!(path = %item.path.display(), key = item.key, %error, "S3 asks to slow down; will retry after a throttling backoff");
+                Outcome::Retry(Wait::Throttled)
             }
             Verdict::Permanent => {
                 crate::metrics::get().failed(match &error {
@@ -419,9 +423,9 @@ impl Worker {
                     Err(e) if e.is_fatal() => Outcome::Fatal(e.into()),
                     Err(e) => {
                         tracing::warn!(error = %e, "could not record the failure in the ledger");
-                        Outcome::Retry { permanent: true }
+                        Outcome::Retry(Wait::Permanent)
                     }
-                    Ok(()) => Outcome::Retry { permanent: true },
+                    Ok(()) => Outcome::Retry(Wait::Permanent),
                 }
             }
         }
@@ -491,7 +495,7 @@ impl Worker {
             // The object is safe in S3; the file stays where it is and is sent again later
             // (or at SIGHUP), when the record can be written.
             tracing::error!(path = %path.display(), key, error = %e, "uploaded but could not record it; retried later");
-            return Outcome::Retry { permanent: true };
+            return Outcome::Retry(Wait::Permanent);
         }
         self.after_upload
             .run(path, &relative, &file, &self.ledger)
