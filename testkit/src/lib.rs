@@ -14,6 +14,7 @@ use aws_config::BehaviorVersion;
 use aws_credential_types::Credentials;
 use serde_json::json;
 
+pub mod fleet;
 pub mod proxy;
 
 pub const ACCOUNT: &str = "123456789012";

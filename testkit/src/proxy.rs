@@ -5,7 +5,9 @@
 //! out by a fixed permutation. It can also be "down" (every connection dropped), e.g. to
 //! play an unreachable IMDS. It can record the bodies of POST requests (STS's form-encoded
 //! calls), so a test can read what a client really asked for, and shorten the sessions STS
-//! hands out (fakecloud's shortest is 15 minutes), so a test can see one expire.
+//! hands out (fakecloud's shortest is 15 minutes), so a test can see one expire. And it can
+//! answer every STS call with AWS's `Throttling` error for a while, as an account over its
+//! STS request quota sees (fakecloud never throttles).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -31,11 +33,19 @@ pub struct ProxyStats {
     pub internal_error: u64,
     pub slow_down: u64,
     pub dropped: u64,
+    /// STS calls answered with `Throttling`.
+    pub sts_throttled: u64,
+    /// IMDS requests answered 429.
+    pub imds_throttled: u64,
 }
 
 impl ProxyStats {
     pub fn injected(&self) -> u64 {
-        self.internal_error + self.slow_down + self.dropped
+        self.internal_error
+            + self.slow_down
+            + self.dropped
+            + self.sts_throttled
+            + self.imds_throttled
     }
     pub fn total(&self) -> u64 {
         self.forwarded + self.injected()
@@ -56,6 +66,11 @@ struct State {
     dropped: AtomicU64,
     record_posts: AtomicBool,
     posts: Mutex<Vec<String>>,
+    throttle_sts: AtomicBool,
+    sts_throttled: AtomicU64,
+    /// The next this many IMDS requests are answered 429.
+    imds_429: AtomicU64,
+    imds_throttled: AtomicU64,
     /// Seconds: STS answers get an `<Expiration>` this far from now (0: unchanged).
     session_seconds: AtomicU64,
 }
@@ -83,6 +98,22 @@ fn error_response(status: StatusCode, code: &str, message: &str) -> Response<Bod
     Response::builder()
         .status(status)
         .header("content-type", "application/xml")
+        .body(
+            Full::new(Bytes::from(xml))
+                .map_err(|never: Infallible| match never {})
+                .boxed(),
+        )
+        .expect("static response")
+}
+
+/// STS's answer to an account over its request quota (a query-protocol error).
+fn sts_throttling() -> Response<Body> {
+    let xml = "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">\
+               <Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded\
+               </Message></Error><RequestId>fault-proxy</RequestId></ErrorResponse>";
+    Response::builder()
+        .status(StatusCode::BAD_REQUEST)
+        .header("content-type", "text/xml")
         .body(
             Full::new(Bytes::from(xml))
                 .map_err(|never: Infallible| match never {})
@@ -162,6 +193,18 @@ impl FaultProxy {
         self.state.posts.lock().unwrap().clone()
     }
 
+    /// While on, every STS call (a form POST with an `Action`) is answered 400 `Throttling`
+    /// without reaching fakecloud.
+    pub fn throttle_sts(&self, on: bool) {
+        self.state.throttle_sts.store(on, Ordering::SeqCst);
+    }
+
+    /// Answers the next `n` IMDS requests (`/latest/...`) 429 Too Many Requests, as IMDS
+    /// does when an instance asks too fast.
+    pub fn throttle_imds(&self, n: u64) {
+        self.state.imds_429.store(n, Ordering::SeqCst);
+    }
+
     pub fn set_down(&self, down: bool) {
         self.state.down.store(down, Ordering::SeqCst);
     }
@@ -173,6 +216,8 @@ impl FaultProxy {
             internal_error: s.internal_error.load(Ordering::SeqCst),
             slow_down: s.slow_down.load(Ordering::SeqCst),
             dropped: s.dropped.load(Ordering::SeqCst),
+            sts_throttled: s.sts_throttled.load(Ordering::SeqCst),
+            imds_throttled: s.imds_throttled.load(Ordering::SeqCst),
         }
     }
 }
@@ -248,6 +293,22 @@ async fn handle(
             }
         };
     }
+    if req.uri().path().starts_with("/latest/")
+        && state
+            .imds_429
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    {
+        state.imds_throttled.fetch_add(1, Ordering::SeqCst);
+        return Ok(Response::builder()
+            .status(StatusCode::TOO_MANY_REQUESTS)
+            .body(
+                Full::new(Bytes::new())
+                    .map_err(|never| match never {})
+                    .boxed(),
+            )
+            .expect("static response"));
+    }
     let delay = state.put_delay_ms.load(Ordering::SeqCst);
     if delay > 0 && req.method() == hyper::Method::PUT && !req.uri().path().starts_with("/latest/")
     {
@@ -262,18 +323,23 @@ async fn handle(
     parts.uri = format!("{}{path}", state.upstream)
         .parse()
         .map_err(|_| Dropped)?;
-    let body: Body =
-        if state.record_posts.load(Ordering::SeqCst) && parts.method == hyper::Method::POST {
-            let bytes = body.collect().await.map_err(|_| Dropped)?.to_bytes();
-            state
-                .posts
-                .lock()
-                .unwrap()
-                .push(String::from_utf8_lossy(&bytes).into_owned());
-            Full::new(bytes).map_err(|never| match never {}).boxed()
-        } else {
-            body.boxed()
-        };
+    let throttling = state.throttle_sts.load(Ordering::SeqCst);
+    let body: Body = if (throttling || state.record_posts.load(Ordering::SeqCst))
+        && parts.method == hyper::Method::POST
+    {
+        let bytes = body.collect().await.map_err(|_| Dropped)?.to_bytes();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        if throttling && text.contains("Action=") {
+            state.sts_throttled.fetch_add(1, Ordering::SeqCst);
+            return Ok(sts_throttling());
+        }
+        if state.record_posts.load(Ordering::SeqCst) {
+            state.posts.lock().unwrap().push(text);
+        }
+        Full::new(bytes).map_err(|never| match never {}).boxed()
+    } else {
+        body.boxed()
+    };
     match client.request(Request::from_parts(parts, body)).await {
         Ok(response) => {
             state.forwarded.fetch_add(1, Ordering::SeqCst);
