@@ -67,6 +67,18 @@ pub struct Report {
 }
 
 impl Report {
+    /// An instance was `gap` without a session (`first`: before its first) and `files`
+    /// appeared meanwhile.
+    fn without_session(&mut self, first: bool, gap: Duration, files: u64) {
+        self.files_delayed += files;
+        if first {
+            self.first_wait = self.first_wait.max(gap);
+        } else {
+            self.longest_lapse = self.longest_lapse.max(gap);
+            self.lapses += 1;
+        }
+    }
+
     pub fn peak(&self) -> u32 {
         self.per_second.iter().copied().max().unwrap_or(0)
     }
@@ -246,14 +258,11 @@ pub fn simulate(fleet: &Fleet, rule: Rule) -> Report {
                 Some(_) => None,
             };
             if let Some(from) = gap_from {
-                let gap = now.duration_since(from).unwrap_or_default();
-                report.files_delayed += files_in(inst.file_phase, secs(from), t);
-                if inst.expiry.is_none() {
-                    report.first_wait = report.first_wait.max(gap);
-                } else {
-                    report.longest_lapse = report.longest_lapse.max(gap);
-                    report.lapses += 1;
-                }
+                report.without_session(
+                    inst.expiry.is_none(),
+                    now.duration_since(from).unwrap_or_default(),
+                    files_in(inst.file_phase, secs(from), t),
+                );
             }
             let expiry = now + fleet.session;
             inst.expiry = Some(expiry);
@@ -273,14 +282,11 @@ pub fn simulate(fleet: &Fleet, rule: Rule) -> Report {
             Some(expiry) if secs(expiry) < end => expiry,
             Some(_) => continue,
         };
-        let gap = Duration::from_secs_f64((end - secs(from)).max(0.0));
-        report.files_delayed += files_in(inst.file_phase, secs(from), end);
-        if inst.expiry.is_none() {
-            report.first_wait = report.first_wait.max(gap);
-        } else {
-            report.longest_lapse = report.longest_lapse.max(gap);
-            report.lapses += 1;
-        }
+        report.without_session(
+            inst.expiry.is_none(),
+            Duration::from_secs_f64((end - secs(from)).max(0.0)),
+            files_in(inst.file_phase, secs(from), end),
+        );
     }
     report
 }
