@@ -144,6 +144,14 @@ async fn sts_throttling_during_a_refresh_loses_nothing() {
     );
     let metrics = std::fs::read_to_string(&textfile).unwrap();
     let total = proxy.stats().sts_throttled;
+    println!(
+        "sts throttling test: {total} throttled STS calls, {} sessions minted, {} upload \
+         attempts that waited for a session",
+        daemon
+            .events("upload session minted with the session policy")
+            .len(),
+        daemon.events("upload failed; will retry").len()
+    );
     let line = format!("s3drop_sts_requests_total{{result=\"throttled\"}} {total}\n");
     assert!(
         metrics.contains(&line),
