@@ -103,8 +103,8 @@ impl Metrics {
             upload_failures: counter_vec(
                 &r,
                 "s3drop_upload_failures_total",
-                "Failed upload attempts, by kind (transient, throttled, denied, expired_token, conflict, \
-                 unreadable, changed, rejected).",
+                "Failed upload attempts, by kind (transient, throttled, no_session, denied, \
+                 expired_token, conflict, unreadable, changed, rejected).",
                 "kind",
             ),
             upload_duration,

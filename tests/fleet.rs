@@ -144,13 +144,23 @@ async fn sts_throttling_during_a_refresh_loses_nothing() {
     );
     let metrics = std::fs::read_to_string(&textfile).unwrap();
     let total = proxy.stats().sts_throttled;
+    let waited = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("s3drop_upload_failures_total{kind=\"no_session\"} "))
+        .unwrap_or("0");
     println!(
-        "sts throttling test: {total} throttled STS calls, {} sessions minted, {} upload \
-         attempts that waited for a session",
+        "sts throttling test: {total} throttled STS calls, {} sessions minted, {waited} \
+         upload attempts that waited for a session",
         daemon
             .events("upload session minted with the session policy")
             .len(),
-        daemon.events("upload failed; will retry").len()
+    );
+    assert_ne!(waited, "0", "after.txt met the lapsed session: {metrics}");
+    // Waiting files do not flood the journal: the cause is logged once per STS call.
+    assert!(
+        daemon.events("upload failed; will retry").is_empty(),
+        "{}",
+        daemon.log()
     );
     let line = format!("s3drop_sts_requests_total{{result=\"throttled\"}} {total}\n");
     assert!(

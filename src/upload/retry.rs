@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::send::SendError;
-use crate::s3::ErrorClass;
+use crate::s3::{ErrorClass, S3Error};
 
 const RETRY_BASE: Duration = Duration::from_secs(1);
 const RETRY_CAP: Duration = Duration::from_secs(60);
@@ -28,6 +28,9 @@ pub enum Verdict {
     Transient,
     /// S3 asks to slow down (`SlowDown`, 503, 429): back off longer, fully jittered.
     Throttled,
+    /// No session to sign with (it lapsed and STS has not minted the next yet): wait for
+    /// the refresher to mint one, which wakes every waiting file.
+    NoSession,
     /// An operator must act (denied, no bucket, rejected request): record it, try again
     /// much later or at SIGHUP.
     Permanent,
@@ -42,6 +45,7 @@ pub fn verdict(error: &SendError, unchanged: bool) -> Verdict {
         SendError::Changed => Verdict::Changed,
         SendError::S3(e) if e.is_truncated_body() => Verdict::Changed,
         SendError::S3(e) if e.is_permanent() => Verdict::Permanent,
+        SendError::S3(S3Error::Credentials { refused: false, .. }) => Verdict::NoSession,
         SendError::S3(e) if e.class() == ErrorClass::Throttled => Verdict::Throttled,
         SendError::S3(_) => Verdict::Transient,
     }
@@ -57,6 +61,9 @@ pub enum Wait {
     Throttled,
     /// [`RETRY_PERMANENT`] (or until SIGHUP).
     Permanent,
+    /// Until the next session is minted (the refresher wakes waiting files), or
+    /// [`RETRY_CAP`] should that wake-up be missed.
+    Session,
 }
 
 /// Per-file exponential backoff, counting failures in a row per file.
@@ -67,8 +74,10 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn next_delay(&self, path: &Path, wait: Wait) -> Duration {
-        if wait == Wait::Permanent {
-            return RETRY_PERMANENT;
+        match wait {
+            Wait::Permanent => return RETRY_PERMANENT,
+            Wait::Session => return RETRY_CAP,
+            Wait::Transient | Wait::Throttled => {}
         }
         let mut attempts = self.attempts.lock().expect("attempts lock");
         let n = attempts.entry(path.to_owned()).or_insert(0);
@@ -91,7 +100,7 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::s3::{S3Error, classify};
+    use crate::s3::classify;
 
     fn service(status: u16, code: &str) -> SendError {
         SendError::S3(S3Error::Service {
@@ -112,6 +121,19 @@ mod tests {
         assert_eq!(verdict(&SendError::Changed, true), Verdict::Changed);
         let truncated = SendError::S3(S3Error::Body(std::io::ErrorKind::UnexpectedEof.into()));
         assert_eq!(verdict(&truncated, true), Verdict::Changed);
+    }
+
+    #[test]
+    fn without_a_session_files_wait_for_the_next_unless_it_was_refused() {
+        let no_session = |refused| {
+            SendError::S3(S3Error::Credentials {
+                op: "PutObject",
+                message: String::new(),
+                refused,
+            })
+        };
+        assert_eq!(verdict(&no_session(false), true), Verdict::NoSession);
+        assert_eq!(verdict(&no_session(true), true), Verdict::Permanent);
     }
 
     #[test]

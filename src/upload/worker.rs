@@ -161,7 +161,11 @@ impl Worker {
         };
         let delay = self.backoff.next_delay(&path, wait);
         let (queue, cx2) = (self.queue.clone(), cx.clone());
-        tracing::info!(path = %path.display(), retry_in_s = delay.as_secs_f32(), "will retry");
+        if wait == Wait::Session {
+            tracing::debug!(path = %path.display(), "will retry with the next session");
+        } else {
+            tracing::info!(path = %path.display(), retry_in_s = delay.as_secs_f32(), "will retry");
+        }
         cx.tracker.spawn(async move {
             tokio::select! {
                 _ = cx2.cancel.cancelled() => {}
@@ -396,6 +400,13 @@ impl Worker {
                 crate::metrics::get().failed("transient");
                 tracing::warn!(path = %item.path.display(), key = item.key, %error, "upload failed; will retry");
                 Outcome::Retry(Wait::Transient)
+            }
+            Verdict::NoSession => {
+                // The session cache logs the cause once per STS call; one line per waiting
+                // file would flood the journal during an STS outage.
+                crate::metrics::get().failed("no_session");
+                tracing::debug!(path = %item.path.display(), key = item.key, %error, "no upload session; the file waits for the next");
+                Outcome::Retry(Wait::Session)
             }
             Verdict::Throttled => {
                 crate::metrics::get().failed("throttled");
