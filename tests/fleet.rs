@@ -171,20 +171,51 @@ async fn sts_throttling_during_a_refresh_loses_nothing() {
 
 /// IMDS answers 429 when an instance asks too fast; s3drop's IMDS client retries it with
 /// backoff (the SDK's alone would not), so start-up goes through without a failed attempt.
+/// And IMDS is asked at start only: not per file, not per session refresh (the instance
+/// role's credentials stay in the SDK's cache until near their expiry).
 #[tokio::test(flavor = "multi_thread")]
-async fn imds_throttling_at_start_is_retried() {
+async fn imds_is_asked_at_start_only_and_its_429_is_retried() {
     let (fc, world, site) = setup(BUCKET, "").await;
     let proxy = FaultProxy::start(&fc.endpoint, 0).await.unwrap();
     proxy.throttle_imds(2);
+    // Sessions of 20 s: refreshed every 10 s or so.
+    proxy.shorten_sessions(Duration::from_secs(20));
     let env = vec![
         ("AWS_EC2_METADATA_SERVICE_ENDPOINT", proxy.endpoint.clone()),
-        ("AWS_ENDPOINT_URL", fc.endpoint.clone()),
+        ("AWS_ENDPOINT_URL", proxy.endpoint.clone()),
         ("AWS_REGION", s3drop_testkit::REGION.to_string()),
     ];
     let mut daemon = Daemon::start_with_env(&site, s3drop(), &env).unwrap();
     drop_file(&world, &site, "a.txt", b"through a throttled IMDS").await;
+    let at_start = proxy.stats().imds_requests;
+    for i in 0..10 {
+        std::fs::write(site.watch.join(format!("f{i}.txt")), b"more").unwrap();
+    }
+    wait_until("three more sessions", Duration::from_secs(60), || {
+        daemon
+            .events("upload session minted with the session policy")
+            .len()
+            >= 4
+    })
+    .await;
+    for i in 0..10 {
+        world
+            .wait_for_object(&key(&format!("f{i}.txt")), ARRIVAL)
+            .await
+            .unwrap();
+    }
     assert!(daemon.stop().unwrap().success());
-    assert_eq!(proxy.stats().imds_throttled, 2);
+    let stats = proxy.stats();
+    println!(
+        "imds test: {at_start} IMDS requests at start (2 answered 429), {} after it over 3 \
+         session refreshes and 10 files",
+        stats.imds_requests - at_start
+    );
+    assert_eq!(stats.imds_throttled, 2);
+    assert_eq!(
+        stats.imds_requests, at_start,
+        "no IMDS call per file or per refresh"
+    );
     assert!(
         daemon
             .events("cannot establish the upload session yet; files are kept and queued; retrying")

@@ -37,6 +37,8 @@ pub struct ProxyStats {
     pub sts_throttled: u64,
     /// IMDS requests answered 429.
     pub imds_throttled: u64,
+    /// IMDS requests (`/latest/...`) seen, answered or not.
+    pub imds_requests: u64,
 }
 
 impl ProxyStats {
@@ -71,6 +73,7 @@ struct State {
     /// The next this many IMDS requests are answered 429.
     imds_429: AtomicU64,
     imds_throttled: AtomicU64,
+    imds_requests: AtomicU64,
     /// Seconds: STS answers get an `<Expiration>` this far from now (0: unchanged).
     session_seconds: AtomicU64,
 }
@@ -218,6 +221,7 @@ impl FaultProxy {
             dropped: s.dropped.load(Ordering::SeqCst),
             sts_throttled: s.sts_throttled.load(Ordering::SeqCst),
             imds_throttled: s.imds_throttled.load(Ordering::SeqCst),
+            imds_requests: s.imds_requests.load(Ordering::SeqCst),
         }
     }
 }
@@ -293,7 +297,11 @@ async fn handle(
             }
         };
     }
-    if req.uri().path().starts_with("/latest/")
+    let imds = req.uri().path().starts_with("/latest/");
+    if imds {
+        state.imds_requests.fetch_add(1, Ordering::SeqCst);
+    }
+    if imds
         && state
             .imds_429
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
