@@ -27,15 +27,8 @@ fn text(out: &Output) -> String {
 /// `aws` with the emulator's endpoint and nothing of the caller's AWS settings, plus `env`.
 fn aws(fc: &FakeCloud, env: &[(&str, &str)], args: &[&str]) -> Output {
     let mut cmd = Command::new("aws");
-    for var in [
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-        "AWS_PROFILE",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.envs(fc.sdk_env())
+    s3drop_testkit::without_callers_aws(&mut cmd)
+        .envs(fc.sdk_env())
         .env("AWS_CONFIG_FILE", "/dev/null")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
         .env(s3drop_testkit::EMULATOR_ENV, "1")
@@ -586,12 +579,8 @@ fn off_ec2(fc: &FakeCloud, site: &Site, args: &[&str]) -> Command {
 
 /// aws-cli children see the emulator and no shared files of the caller's.
 fn with_aws_env<'a>(fc: &FakeCloud, cmd: &'a mut Command) -> &'a mut Command {
-    cmd.envs(fc.sdk_env())
+    s3drop_testkit::without_callers_aws(cmd)
+        .envs(fc.sdk_env())
         .env(s3drop_testkit::EMULATOR_ENV, "1")
-        .env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_SECRET_ACCESS_KEY")
-        .env_remove("AWS_SESSION_TOKEN")
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_DEFAULT_REGION")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
 }

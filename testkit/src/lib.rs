@@ -711,20 +711,27 @@ impl Site {
             None => Command::new(s3drop),
         };
         cmd.args(args).arg("--config").arg(&self.config);
-        for var in [
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-            "AWS_SESSION_TOKEN",
-            "AWS_PROFILE",
-            "AWS_DEFAULT_REGION",
-        ] {
-            cmd.env_remove(var);
-        }
-        cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        without_callers_aws(&mut cmd)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env(EMULATOR_ENV, "1")
             .stdin(Stdio::null());
         cmd
     }
+}
+
+/// Takes the caller's AWS credentials, profile and default region out of `cmd`'s
+/// environment, so a test's child sees only what the test gives it.
+pub fn without_callers_aws(cmd: &mut Command) -> &mut Command {
+    for var in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_DEFAULT_REGION",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
 }
 
 /// A running `s3drop run`, its stderr (JSON logs) collected to a file. Killed on drop.
