@@ -40,14 +40,7 @@ impl Writers {
 
     /// A new name appeared (created, or linked).
     pub fn created(&mut self, path: PathBuf) {
-        self.created.insert(path.clone(), self.settle);
-        self.files.insert(
-            path,
-            Writer {
-                written: false,
-                last_event: Instant::now(),
-            },
-        );
+        self.recheck(path, self.settle);
     }
 
     pub fn written(&mut self, path: PathBuf) {
@@ -85,7 +78,8 @@ impl Writers {
         Poll::Pending
     }
 
-    /// Waits again for a created file that is still being modified (its mtime is recent).
+    /// Waits (again) `after` for a created file: one just created, or one still being
+    /// modified (its mtime is recent).
     pub fn recheck(&mut self, path: PathBuf, after: Duration) {
         self.created.insert(path.clone(), after);
         self.files.insert(
