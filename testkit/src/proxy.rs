@@ -98,15 +98,7 @@ fn error_response(status: StatusCode, code: &str, message: &str) -> Response<Bod
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>\
          <Message>{message}</Message><RequestId>fault-proxy</RequestId></Error>"
     );
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/xml")
-        .body(
-            Full::new(Bytes::from(xml))
-                .map_err(|never: Infallible| match never {})
-                .boxed(),
-        )
-        .expect("static response")
+    answer(status, "application/xml", xml)
 }
 
 /// STS's answer to an account over its request quota (a query-protocol error).
@@ -114,15 +106,23 @@ fn sts_throttling() -> Response<Body> {
     let xml = "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">\
                <Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded\
                </Message></Error><RequestId>fault-proxy</RequestId></ErrorResponse>";
+    answer(StatusCode::BAD_REQUEST, "text/xml", xml)
+}
+
+/// An answer made here rather than forwarded.
+fn answer(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
     Response::builder()
-        .status(StatusCode::BAD_REQUEST)
-        .header("content-type", "text/xml")
-        .body(
-            Full::new(Bytes::from(xml))
-                .map_err(|never: Infallible| match never {})
-                .boxed(),
-        )
+        .status(status)
+        .header("content-type", content_type)
+        .body(full(body))
         .expect("static response")
+}
+
+/// A body held in memory.
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
 }
 
 impl FaultProxy {
@@ -236,10 +236,7 @@ impl Drop for FaultProxy {
 async fn shorten(response: hyper::Response<Incoming>, seconds: u64) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
     let Ok(collected) = body.collect().await else {
-        return Response::from_parts(
-            parts,
-            Full::new(Bytes::new()).map_err(|n| match n {}).boxed(),
-        );
+        return Response::from_parts(parts, full(Bytes::new()));
     };
     let text = String::from_utf8_lossy(&collected.to_bytes()).into_owned();
     let text = match (text.find("<Expiration>"), text.find("</Expiration>")) {
@@ -255,10 +252,7 @@ async fn shorten(response: hyper::Response<Incoming>, seconds: u64) -> Response<
         _ => text,
     };
     parts.headers.remove(hyper::header::CONTENT_LENGTH);
-    Response::from_parts(
-        parts,
-        Full::new(Bytes::from(text)).map_err(|n| match n {}).boxed(),
-    )
+    Response::from_parts(parts, full(text))
 }
 
 async fn handle(
@@ -308,14 +302,11 @@ async fn handle(
             .is_ok()
     {
         state.imds_throttled.fetch_add(1, Ordering::SeqCst);
-        return Ok(Response::builder()
-            .status(StatusCode::TOO_MANY_REQUESTS)
-            .body(
-                Full::new(Bytes::new())
-                    .map_err(|never| match never {})
-                    .boxed(),
-            )
-            .expect("static response"));
+        return Ok(answer(
+            StatusCode::TOO_MANY_REQUESTS,
+            "text/plain",
+            Bytes::new(),
+        ));
     }
     let delay = state.put_delay_ms.load(Ordering::SeqCst);
     if delay > 0 && req.method() == hyper::Method::PUT && !req.uri().path().starts_with("/latest/")
@@ -344,7 +335,7 @@ async fn handle(
         if state.record_posts.load(Ordering::SeqCst) {
             state.posts.lock().unwrap().push(text);
         }
-        Full::new(bytes).map_err(|never| match never {}).boxed()
+        full(bytes)
     } else {
         body.boxed()
     };
