@@ -199,15 +199,29 @@ fn directory(path: &Path) -> Result<std::fs::Metadata, String> {
     }
 }
 
-/// `root` is a directory s3drop can list.
+/// `root` is a directory s3drop can list, not a symlink (see [`crate::tree`]).
 pub fn check_watch_dir(root: &Path) -> Result<(), LocalError> {
-    directory(root)
+    crate::tree::Tree::open(root)
+        .map_err(|e| e.to_string())
         .and_then(|_| std::fs::read_dir(root).map_err(|e| e.to_string()))
         .map(drop)
         .map_err(|message| LocalError::WatchDir {
             path: root.to_owned(),
             message,
         })
+}
+
+/// Is `inner` inside `outer` (or the same directory) on the filesystem, whatever the paths'
+/// text says (links, `..`, bind mounts of a parent)? Then `why` is the error.
+fn refuse_within(inner: &Path, outer: &Path, why: &str) -> Result<(), String> {
+    match crate::tree::is_within(inner, outer) {
+        Ok(true) => Err(format!(
+            "it is inside {} on the filesystem: {why}",
+            outer.display()
+        )),
+        Ok(false) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn check_state_dir(config: &Config) -> Result<String, LocalError> {
@@ -219,9 +233,15 @@ fn check_state_dir(config: &Config) -> Result<String, LocalError> {
         .create(dir)
         .and_then(|()| std::fs::write(&probe, b"probe"))
         .and_then(|()| std::fs::remove_file(&probe))
-        .map_err(|e| LocalError::StateDir {
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            let why = "the ledger would upload itself";
+            refuse_within(dir, &config.watch_dir, why)?;
+            refuse_within(&config.watch_dir, dir, why)
+        })
+        .map_err(|message| LocalError::StateDir {
             path: dir.clone(),
-            message: e.to_string(),
+            message,
         })?;
     Ok(format!("{} is writable", dir.display()))
 }
@@ -236,6 +256,14 @@ fn check_move_to(config: &Config) -> Result<String, LocalError> {
         message,
     };
     let target = directory(dir).map_err(fail)?;
+    crate::tree::Tree::open(dir).map_err(|e| fail(e.to_string()))?;
+    refuse_within(
+        dir,
+        &config.watch_dir,
+        "moved files would be uploaded again",
+    )
+    .and_then(|()| refuse_within(dir, &config.state_dir, "it would fill s3drop's state"))
+    .map_err(fail)?;
     let source = std::fs::metadata(&config.watch_dir).map_err(|e| fail(e.to_string()))?;
     if target.dev() != source.dev() {
         return Err(fail(
@@ -309,6 +337,32 @@ mod tests {
         let (result, seen) = walk(dir.path(), &watch, &extra);
         result.unwrap();
         assert_eq!(seen.last(), Some(&(Link::MoveTo, true)));
+    }
+
+    #[test]
+    fn containment_is_judged_on_the_filesystem_not_the_text() {
+        let (dir, watch) = dirs();
+        std::fs::create_dir(watch.join("done")).unwrap();
+        std::os::unix::fs::symlink(&watch, dir.path().join("alias")).unwrap();
+        // move_to reached through a link into watch_dir.
+        let extra = format!(
+            "after_upload = \"move\"\nmove_to = {:?}",
+            dir.path().join("alias/done")
+        );
+        let (result, _) = walk(dir.path(), &watch, &extra);
+        let e = result.unwrap_err();
+        assert_eq!(e.link(), Link::MoveTo);
+        assert!(e.to_string().contains("inside"), "{e}");
+        // state_dir the same way.
+        let mut seen = Record::default();
+        let c = config(&watch, &dir.path().join("alias/.state"), "");
+        let e = local(&c, &mut seen).unwrap_err();
+        assert_eq!(e.link(), Link::StateDir, "{e}");
+        // watch_dir itself a link.
+        let (result, _) = walk(dir.path(), &dir.path().join("alias"), "");
+        let e = result.unwrap_err();
+        assert_eq!(e.link(), Link::WatchDir);
+        assert!(e.to_string().contains("symbolic link"), "{e}");
     }
 
     #[test]

@@ -27,6 +27,7 @@ use crate::ledger::Ledger;
 use crate::queue::Queue;
 use crate::s3::S3;
 use crate::supervise::{Fatal, Supervisor};
+use crate::tree::Tree;
 use crate::upload::progress::Progress;
 use crate::upload::{AfterUploadAction, Context, Sender, Worker};
 use crate::watch::{DirWatcher, Intake, IntakeConfig};
@@ -75,6 +76,10 @@ struct Running {
     worker: Option<Arc<Worker>>,
     /// What the workers did and what is stuck (STATUS, metrics, `s3drop status`).
     progress: Arc<Progress>,
+    /// `watch_dir`, held for the daemon's life: every name is resolved beneath it.
+    tree: Arc<Tree>,
+    /// The after-upload action, with `move_to` held.
+    after_upload: Option<AfterUploadAction>,
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -177,11 +182,17 @@ fn start(
     let queue = Arc::new(Queue::new());
     let mut supervisor = Supervisor::new(tracker.clone());
     let (rescan_now, retry_now) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let tree = Arc::new(
+        Tree::open(&config.watch_dir)
+            .with_context(|| format!("cannot open watch_dir {}", config.watch_dir.display()))?,
+    );
+    let after_upload =
+        AfterUploadAction::new(&config.after_upload).context("cannot open move_to")?;
     // Watch before the backlog scan, so nothing that lands during the scan is missed.
     let watcher = DirWatcher::start(&config.watch_dir)?;
     let intake = Intake::new(
         IntakeConfig {
-            root: config.watch_dir.clone(),
+            tree: tree.clone(),
             exclude: config.exclude.clone(),
             settle: config.settle,
             quiet_period: config.quiet_period,
@@ -226,6 +237,8 @@ fn start(
         session: Some(session),
         waiting_for,
         worker: None,
+        tree,
+        after_upload: Some(after_upload),
     })
 }
 
@@ -251,9 +264,9 @@ fn start_workers(r: &mut Running, session: Session) {
         session.write.clone(),
     );
     let worker = Arc::new(Worker::new(
-        config.watch_dir.clone(),
+        r.tree.clone(),
         session.keys.clone(),
-        AfterUploadAction(config.after_upload.clone()),
+        r.after_upload.take().expect("workers start once"),
         r.ledger.clone(),
         Sender::new(config, s3, r.ledger.clone()),
         r.queue.clone(),

@@ -1,13 +1,13 @@
 //! Filesystem facts that watch, upload and ledger all rely on: what identifies one version
-//! of a file, what kind of file an entry is, opening a file without following links or
-//! blocking on FIFOs, and renaming without replacing. A leaf module: it imports none of
-//! s3drop's own.
+//! of a file, what kind of file an entry is, a file opened for upload (by
+//! [`crate::tree::Tree::open_file`], the one place names are resolved), and replacing a
+//! file of s3drop's own atomically. It imports none of s3drop's own.
 
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -30,25 +30,53 @@ impl FileIdentity {
             mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
         }
     }
+
+    pub fn of_stat(stat: &rustix::fs::Stat) -> FileIdentity {
+        FileIdentity {
+            dev: stat.st_dev,
+            inode: stat.st_ino,
+            size: stat.st_size as u64,
+            mtime_ns: i128::from(stat.st_mtime) * 1_000_000_000 + i128::from(stat.st_mtime_nsec),
+        }
+    }
 }
 
-/// A word for an entry's type, for log lines about files s3drop will not upload.
-pub fn kind(file_type: &std::fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    if file_type.is_file() {
-        "regular file"
-    } else if file_type.is_dir() {
-        "directory"
-    } else if file_type.is_symlink() {
-        "symlink"
-    } else if file_type.is_fifo() {
-        "FIFO"
-    } else if file_type.is_socket() {
-        "socket"
-    } else if file_type.is_block_device() || file_type.is_char_device() {
-        "device"
-    } else {
-        "unknown file type"
+/// What kind of file an entry is, from its mode (never following it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Regular,
+    Directory,
+    Symlink,
+    Fifo,
+    Socket,
+    Device,
+    Unknown,
+}
+
+impl Kind {
+    pub fn of_mode(mode: u32) -> Kind {
+        match mode & libc::S_IFMT {
+            libc::S_IFREG => Kind::Regular,
+            libc::S_IFDIR => Kind::Directory,
+            libc::S_IFLNK => Kind::Symlink,
+            libc::S_IFIFO => Kind::Fifo,
+            libc::S_IFSOCK => Kind::Socket,
+            libc::S_IFBLK | libc::S_IFCHR => Kind::Device,
+            _ => Kind::Unknown,
+        }
+    }
+
+    /// A word for it, for log lines about files s3drop will not upload.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Regular => "regular file",
+            Kind::Directory => "directory",
+            Kind::Symlink => "symlink",
+            Kind::Fifo => "FIFO",
+            Kind::Socket => "socket",
+            Kind::Device => "device",
+            Kind::Unknown => "unknown file type",
+        }
     }
 }
 
@@ -57,6 +85,11 @@ pub fn kind(file_type: &std::fs::FileType) -> &'static str {
 pub enum OpenError {
     #[error("the file disappeared before it could be uploaded")]
     Vanished,
+    #[error(
+        "a directory on its path is a symbolic link (or was swapped for one); s3drop never \
+         follows links in the drop tree, so the file is not read"
+    )]
+    Linked,
     #[error("not a regular file ({kind}); s3drop never opens or uploads these")]
     NotRegular { kind: &'static str },
     #[error("no permission to read the file: {0}")]
@@ -84,18 +117,14 @@ pub struct OpenedFile {
 }
 
 impl OpenedFile {
-    /// `O_NOFOLLOW` refuses a symlink even if one is swapped in after the scan, and
-    /// `O_NONBLOCK` keeps a FIFO from blocking the open; the type is then checked on the
-    /// descriptor itself.
-    pub fn open(path: &Path) -> Result<OpenedFile, OpenError> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-            .open(path)?;
+    /// The file behind `fd` (opened by [`crate::tree::Tree::open_file`]), if it is a
+    /// regular file: the type is checked on the descriptor itself.
+    pub fn from_fd(fd: std::os::fd::OwnedFd) -> Result<OpenedFile, OpenError> {
+        let file = File::from(fd);
         let meta = file.metadata()?;
         if !meta.is_file() {
             return Err(OpenError::NotRegular {
-                kind: kind(&meta.file_type()),
+                kind: Kind::of_mode(std::os::unix::fs::MetadataExt::mode(&meta)).name(),
             });
         }
         Ok(OpenedFile {
@@ -117,22 +146,9 @@ impl OpenedFile {
         self.file.read_at(buf, offset)
     }
 
-    /// Has the file changed (on its descriptor, or the path now names another file) since
-    /// it was opened?
-    pub fn changed_since_open(&self, path: &Path) -> io::Result<bool> {
-        let now_fd = FileIdentity::of(&self.file.metadata()?);
-        let now_path = match std::fs::symlink_metadata(path) {
-            Ok(meta) => Some(FileIdentity::of(&meta)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e),
-        };
-        Ok(now_fd != self.identity || now_path.is_some_and(|p| p != self.identity))
-    }
-
-    /// Like [`OpenedFile::changed_since_open`], with an error counting as a change: the
-    /// safe answer before acting on "this very version".
-    pub fn unchanged(&self, path: &Path) -> bool {
-        matches!(self.changed_since_open(path), Ok(false))
+    /// The identity its descriptor has now.
+    pub fn identity_now(&self) -> io::Result<FileIdentity> {
+        Ok(FileIdentity::of(&self.file.metadata()?))
     }
 
     /// A path that reopens this very inode (not whatever the name points to now), so a
@@ -161,72 +177,28 @@ pub fn replace_atomically(path: &Path, bytes: &[u8], mode: u32, prefix: &str) ->
     Ok(())
 }
 
-/// Renames `from` to `to`, or to `to.1`, `to.2`, … if taken: an earlier file of the same
-/// name in the destination is never overwritten (`renameat2(RENAME_NOREPLACE)`).
-pub fn move_without_replacing(from: &Path, to: &Path) -> io::Result<PathBuf> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    if let Some(parent) = to.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let c = |p: &Path| {
-        CString::new(p.as_os_str().as_bytes()).map_err(|e| io::Error::other(e.to_string()))
-    };
-    let from_c = c(from)?;
-    for n in 0u32.. {
-        let candidate = if n == 0 {
-            to.to_owned()
-        } else {
-            let mut name = to.as_os_str().to_owned();
-            name.push(format!(".{n}"));
-            PathBuf::from(name)
-        };
-        let to_c = c(&candidate)?;
-        // SAFETY: both are valid NUL-terminated paths; AT_FDCWD resolves them as given.
-        let rc = unsafe {
-            libc::renameat2(
-                libc::AT_FDCWD,
-                from_c.as_ptr(),
-                libc::AT_FDCWD,
-                to_c.as_ptr(),
-                libc::RENAME_NOREPLACE,
-            )
-        };
-        if rc == 0 {
-            return Ok(candidate);
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EEXIST) {
-            return Err(err);
-        }
-    }
-    unreachable!("u32 suffixes exhausted")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tree::Tree;
 
     #[test]
-    fn symlinks_fifos_and_dirs_are_refused_without_blocking() {
+    fn fifos_and_dirs_are_refused_without_blocking() {
         let dir = tempfile::tempdir().unwrap();
-        let target = dir.path().join("target");
-        std::fs::write(&target, b"x").unwrap();
-        let link = dir.path().join("link");
-        std::os::unix::fs::symlink(&target, &link).unwrap();
         let fifo = dir.path().join("fifo");
         let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let tree = Tree::open(dir.path()).unwrap();
 
-        let kind = |p: &Path| match OpenedFile::open(p) {
+        let kind = |p: &str| match tree.open_file(Path::new(p)) {
             Err(OpenError::NotRegular { kind }) => kind,
             other => panic!("{p:?}: {other:?}"),
         };
-        assert_eq!(kind(&link), "symlink");
-        assert_eq!(kind(&fifo), "FIFO");
-        assert_eq!(kind(dir.path()), "directory");
+        assert_eq!(kind("fifo"), "FIFO");
+        assert_eq!(kind("sub"), "directory");
         assert!(matches!(
-            OpenedFile::open(&dir.path().join("gone")),
+            tree.open_file(Path::new("gone")),
             Err(OpenError::Vanished)
         ));
     }
@@ -234,28 +206,12 @@ mod tests {
     #[test]
     fn changes_after_open_are_noticed() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        std::fs::write(&path, b"first").unwrap();
-        let file = OpenedFile::open(&path).unwrap();
-        assert!(file.unchanged(&path));
-        std::fs::write(&path, b"second, longer").unwrap();
-        assert!(file.changed_since_open(&path).unwrap());
-        assert!(!file.unchanged(&path));
-    }
-
-    #[test]
-    fn moving_never_overwrites_an_earlier_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let target = dir.path().join("done/sub/report.csv");
-        for (i, body) in ["first", "second", "third"].iter().enumerate() {
-            let src = dir.path().join(format!("in{i}"));
-            std::fs::write(&src, body).unwrap();
-            move_without_replacing(&src, &target).unwrap();
-            assert!(!src.exists());
-        }
-        let read = |p: &str| std::fs::read_to_string(dir.path().join(p)).unwrap();
-        assert_eq!(read("done/sub/report.csv"), "first");
-        assert_eq!(read("done/sub/report.csv.1"), "second");
-        assert_eq!(read("done/sub/report.csv.2"), "third");
+        let tree = Tree::open(dir.path()).unwrap();
+        let rel = Path::new("f");
+        std::fs::write(dir.path().join(rel), b"first").unwrap();
+        let file = tree.open_file(rel).unwrap();
+        assert!(tree.unchanged(rel, &file));
+        std::fs::write(dir.path().join(rel), b"second, longer").unwrap();
+        assert!(!tree.unchanged(rel, &file));
     }
 }

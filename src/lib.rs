@@ -25,5 +25,6 @@ pub mod queue;
 pub mod s3;
 pub mod status;
 pub mod supervise;
+pub mod tree;
 pub mod upload;
 pub mod watch;

@@ -363,6 +363,25 @@ impl RawConfig {
         if !self.state_dir.is_absolute() {
             return Err(invalid("state_dir", "must be an absolute path"));
         }
+        // `..` would make the text checks below (and any reader's) wrong; chain::local
+        // also checks containment on the filesystem, where links are seen.
+        for (key, dir) in [
+            ("watch_dir", &self.watch_dir),
+            ("state_dir", &self.state_dir),
+        ]
+        .into_iter()
+        .chain(self.move_to.iter().map(|d| ("move_to", d)))
+        {
+            if dir
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+            {
+                return Err(invalid(
+                    key,
+                    "must not contain `..`; name the directory directly",
+                ));
+            }
+        }
         if self.state_dir.starts_with(&self.watch_dir)
             || self.watch_dir.starts_with(&self.state_dir)
         {
@@ -759,6 +778,9 @@ mod tests {
         assert!(err_of("after_upload = \"shred\"").contains("after_upload"));
         assert!(err_of("after_upload = \"move\"").contains("move_to"));
         assert!(err_of("move_to = \"/srv/done\"").contains("only used"));
+        assert!(
+            err_of("after_upload = \"move\"\nmove_to = \"/srv/x/../drop/done\"").contains("`..`")
+        );
         assert!(
             err_of("after_upload = \"move\"\nmove_to = \"/srv/drop/done\"")
                 .contains("inside watch_dir")

@@ -18,6 +18,7 @@ use crate::config::{Config, MAX_SINGLE_PUT};
 use crate::file::OpenedFile;
 use crate::ledger::{FileRecord, FileState, Ledger, PartRecord};
 use crate::s3::{Checksum, CompletedPart, ErrorClass, S3, S3Error};
+use crate::tree::Tree;
 
 /// S3 allows at most this many parts.
 const MAX_PARTS: u64 = 10_000;
@@ -67,6 +68,8 @@ impl PartPlan {
 /// One file to send: where it is, what it is called in the ledger and in S3.
 pub struct Item<'a> {
     pub file: &'a OpenedFile,
+    /// Where it is resolved (never by `path`, which names it in messages).
+    pub tree: &'a Tree,
     pub path: &'a Path,
     pub relative: &'a Path,
     pub key: &'a str,
@@ -139,7 +142,7 @@ impl Sender {
             Ok(parts) => parts,
             Err(e) => return Err(self.failed(item, e).await),
         };
-        if !item.file.unchanged(item.path) {
+        if !item.tree.unchanged(item.relative, item.file) {
             // Its parts are a mix of versions: throw them away and start over later.
             self.abandon(item.relative, item.key, &upload_id).await;
             return Err(SendError::Changed);

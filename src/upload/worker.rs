@@ -23,6 +23,7 @@ use crate::ledger::{FileRecord, FileState, Ledger, LedgerError};
 use crate::queue::Queue;
 use crate::s3::Checksum;
 use crate::supervise::{Fatal, FatalReporter};
+use crate::tree::Tree;
 
 /// What happened to one file.
 enum Outcome {
@@ -51,7 +52,8 @@ struct Recording {
 
 /// What the workers share: settings, the pipeline's parts, and how to reach the daemon.
 pub struct Worker {
-    pub root: PathBuf,
+    /// `watch_dir`, held: every file is opened and acted on beneath it.
+    pub tree: Arc<Tree>,
     /// How each file's key is made (prefix and key template).
     pub keys: KeyRule,
     pub after_upload: AfterUploadAction,
@@ -84,7 +86,7 @@ pub struct Context {
 
 impl Worker {
     pub fn new(
-        root: PathBuf,
+        tree: Arc<Tree>,
         keys: KeyRule,
         after_upload: AfterUploadAction,
         ledger: Arc<Ledger>,
@@ -93,7 +95,7 @@ impl Worker {
         progress: Arc<Progress>,
     ) -> Self {
         Worker {
-            root,
+            tree,
             keys,
             after_upload,
             ledger,
@@ -179,7 +181,7 @@ impl Worker {
         let Some(relative) = self.relative(path) else {
             return Outcome::Done;
         };
-        let file = match self.open(path) {
+        let file = match self.open(path, relative) {
             Ok(file) => file,
             Err(outcome) => return outcome,
         };
@@ -203,13 +205,14 @@ impl Worker {
         };
         let item = Item {
             file: &file,
+            tree: &self.tree,
             path,
             relative,
             key: &key,
         };
         let started = Instant::now();
         let sent = self.sender.send(&item).await;
-        let unchanged = file.unchanged(path);
+        let unchanged = self.tree.unchanged(relative, &file);
         let checksum = match sent {
             Ok(checksum) if unchanged => checksum,
             Ok(_) => return self.changed(&item),
@@ -250,7 +253,8 @@ impl Worker {
             return false;
         };
         let computed = tokio::task::block_in_place(|| crate::s3::crc32c_of_file(file));
-        if computed.as_deref().ok() != Some(stored.as_str()) || !file.unchanged(path) {
+        if computed.as_deref().ok() != Some(stored.as_str()) || !self.tree.unchanged(relative, file)
+        {
             return false;
         }
         tracing::debug!(path = %path.display(), key, "touched since its upload, same content; not sent again");
@@ -279,16 +283,18 @@ impl Worker {
             || (only_touched(record, file) && self.same_content(path, relative, file, record).await)
         {
             self.after_upload
-                .run(path, relative, file, &self.ledger)
+                .run(&self.tree, relative, file, &self.ledger)
                 .await;
             return true;
         }
         false
     }
 
-    /// The path relative to `watch_dir`.
+    /// The path relative to `watch_dir` (none for `watch_dir` itself).
     fn relative<'a>(&self, path: &'a Path) -> Option<&'a Path> {
-        path.strip_prefix(&self.root).ok()
+        self.tree
+            .relative(path)
+            .filter(|r| !r.as_os_str().is_empty())
     }
 
     /// The file's key, decided once per version of the file: the key recorded for this
@@ -338,8 +344,8 @@ impl Worker {
         Some(key)
     }
 
-    fn open(&self, path: &Path) -> Result<OpenedFile, Outcome> {
-        let error = match OpenedFile::open(path) {
+    fn open(&self, path: &Path, relative: &Path) -> Result<OpenedFile, Outcome> {
+        let error = match self.tree.open_file(relative) {
             Ok(file) => return Ok(file),
             Err(e) => e,
         };
@@ -348,7 +354,7 @@ impl Worker {
                 tracing::info!(path = %path.display(), "file deleted before upload; nothing to do");
                 Err(Outcome::Done)
             }
-            e @ OpenError::NotRegular { .. } => {
+            e @ (OpenError::NotRegular { .. } | OpenError::Linked) => {
                 tracing::warn!(path = %path.display(), error = %e, "skipped");
                 Err(Outcome::Done)
             }
@@ -509,7 +515,7 @@ impl Worker {
             return Outcome::Retry(Wait::Permanent);
         }
         self.after_upload
-            .run(path, &relative, &file, &self.ledger)
+            .run(&self.tree, &relative, &file, &self.ledger)
             .await;
         Outcome::Done
     }

@@ -23,10 +23,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 
 use crate::config::Exclude;
-use crate::file::{FileIdentity, kind as file_kind};
+use crate::file::Kind;
 use crate::ledger::Ledger;
 use crate::queue::Queue;
 use crate::supervise::Fatal;
+use crate::tree::{Entry, Tree};
 
 use events::Change;
 pub use events::{DirWatcher, SLOW_EVENTS_VAR, WatchError};
@@ -35,7 +36,8 @@ use writers::Writers;
 
 /// Settings for [`Intake`].
 pub struct IntakeConfig {
-    pub root: PathBuf,
+    /// `watch_dir`, held: every name is resolved beneath it.
+    pub tree: Arc<Tree>,
     pub exclude: Exclude,
     pub settle: Duration,
     /// A closed or renamed-in file must stay untouched this long before it is taken.
@@ -77,24 +79,19 @@ pub struct Intake {
     reported: HashSet<PathBuf>,
     /// The watch on `root`, absent while `root` is missing.
     watcher: Option<DirWatcher>,
-    /// (dev, inode) of `root` when it was last watched.
+    /// (dev, inode) of `root` when it was last watched; `None` while it is missing or
+    /// refused.
     root_identity: Option<(u64, u64)>,
+    /// What was last said about a missing or refused `watch_dir` (said once).
+    root_problem: Option<&'static str>,
 }
 
-/// How long ago the file was last modified (zero if in the future or unknown).
-fn age_of(meta: &std::fs::Metadata) -> Duration {
-    meta.modified()
-        .ok()
-        .and_then(|m| SystemTime::now().duration_since(m).ok())
-        .unwrap_or(Duration::ZERO)
-}
-
-fn dir_identity(path: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path)
-        .ok()
-        .filter(|m| m.is_dir())
-        .map(|m| (m.dev(), m.ino()))
+/// How long ago the file was last modified (zero if in the future).
+fn age_of(entry: &Entry) -> Duration {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128);
+    Duration::from_nanos((now - entry.identity.mtime_ns).clamp(0, u64::MAX as i128) as u64)
 }
 
 /// The next change; `Some(Rescan)` if events were dropped; `None` if the watch ended.
@@ -118,7 +115,8 @@ impl Intake {
     ) -> Self {
         let settle = config.settle;
         Intake {
-            root_identity: dir_identity(&config.root),
+            root_identity: config.tree.identity().ok(),
+            root_problem: None,
             config,
             queue,
             ledger,
@@ -179,29 +177,69 @@ impl Intake {
         }
     }
 
-    /// Notices `watch_dir` disappearing (the watch dies with it) and coming back (watch it
-    /// again and scan it).
+    /// Notices `watch_dir` disappearing (the watch dies with it), replaced by something
+    /// that is not a directory (a symlink is never followed: nothing is scanned until a
+    /// directory is back), and recreated (hold it, watch it again and scan it).
     async fn check_root(&mut self) {
-        let now = dir_identity(&self.config.root);
-        if now == self.root_identity && (now.is_none() || self.watcher.is_some()) {
-            return;
-        }
-        let root = self.config.root.clone();
-        if now.is_none() {
-            tracing::warn!(watch_dir = %root.display(), "watch_dir disappeared; waiting for it to be recreated");
+        let tree = self.config.tree.clone();
+        let problem = match tree.path_now() {
+            Ok(None) => Some("watch_dir disappeared; waiting for it to be recreated"),
+            Ok(Some(entry)) if entry.kind != Kind::Directory => Some(
+                "watch_dir was replaced by something that is not a directory (a symlink is \
+                 never followed); nothing is scanned until a directory is back in its place",
+            ),
+            Ok(Some(entry)) => {
+                let now = (entry.identity.dev, entry.identity.inode);
+                if Some(now) == self.root_identity && self.watcher.is_some() {
+                    return;
+                }
+                None
+            }
+            Err(e) => {
+                tracing::warn!(watch_dir = %tree.path().display(), error = %e, "cannot look at watch_dir; will retry");
+                return;
+            }
+        };
+        if let Some(problem) = problem {
+            if self.root_problem != Some(problem) {
+                if problem.starts_with("watch_dir disappeared") {
+                    tracing::warn!(watch_dir = %tree.path().display(), "{problem}");
+                } else {
+                    tracing::error!(watch_dir = %tree.path().display(), "{problem}");
+                }
+            }
+            self.root_problem = Some(problem);
             self.watcher = None;
             self.writing.clear();
             self.root_identity = None;
             return;
         }
-        match DirWatcher::start(&root) {
+        let watched = tree
+            .reopen()
+            .map_err(|e| e.to_string())
+            .and_then(|()| DirWatcher::start(tree.path()).map_err(|e| e.to_string()));
+        match watched {
             Ok(watcher) => {
-                tracing::info!(watch_dir = %root.display(), "watch_dir is (back) in place; watching it again");
+                tracing::info!(watch_dir = %tree.path().display(), "watch_dir is (back) in place; watching it again");
                 self.watcher = Some(watcher);
-                self.root_identity = now;
+                self.root_identity = tree.identity().ok();
+                self.root_problem = None;
                 self.full_scan("watch_dir recreated").await;
             }
             Err(e) => tracing::error!(error = %e, "cannot watch watch_dir again; will retry"),
+        }
+    }
+
+    /// What `path` (below `watch_dir`) is, never following a link; `None` if it cannot be
+    /// reached that way (gone, or a link on its path).
+    fn stat(&self, path: &Path) -> Option<Entry> {
+        let relative = self.relative(path)?;
+        match self.config.tree.stat(relative) {
+            Ok(entry) => Some(entry),
+            Err(e) => {
+                tracing::debug!(path = %path.display(), error = %e, "cannot be reached beneath watch_dir");
+                None
+            }
         }
     }
 
@@ -227,7 +265,7 @@ impl Intake {
             Change::Gone(path) => {
                 self.release(&path);
                 self.writing.finished(&path);
-                if path == self.config.root {
+                if path == self.config.tree.path() {
                     self.check_root().await;
                 }
             }
@@ -252,9 +290,7 @@ impl Intake {
     /// held.
     async fn hold(&mut self, path: PathBuf) {
         // A directory moved in brings finished files: walked at once, not held.
-        let is_dir = tokio::fs::symlink_metadata(&path)
-            .await
-            .is_ok_and(|m| m.is_dir());
+        let is_dir = self.stat(&path).is_some_and(|e| e.kind == Kind::Directory);
         if self.config.quiet_period.is_zero() || is_dir {
             return self.consider_complete(path).await;
         }
@@ -293,10 +329,10 @@ impl Intake {
     /// A file created (or linked) `settle` ago and never written since: no close will come
     /// for it. Taken once unmodified for `settle`.
     async fn consider_unwritten(&mut self, path: PathBuf) {
-        let Ok(meta) = tokio::fs::symlink_metadata(&path).await else {
+        let Some(entry) = self.stat(&path) else {
             return;
         };
-        let age = age_of(&meta);
+        let age = age_of(&entry);
         if age < self.config.settle {
             self.writing.recheck(path, self.config.settle - age);
             return;
@@ -329,8 +365,9 @@ impl Intake {
     }
 
     fn relative<'a>(&self, path: &'a Path) -> Option<&'a Path> {
-        path.strip_prefix(&self.config.root)
-            .ok()
+        self.config
+            .tree
+            .relative(path)
             .filter(|r| !r.as_os_str().is_empty())
     }
 
@@ -351,54 +388,44 @@ impl Intake {
             tracing::debug!(path = %path.display(), "excluded");
             return;
         }
-        let meta = match tokio::fs::symlink_metadata(&path).await {
-            Ok(meta) => meta,
-            Err(e) => {
-                tracing::debug!(path = %path.display(), error = %e, "gone before it could be queued");
-                return;
-            }
+        let Some(entry) = self.stat(&path) else {
+            return; // gone before it could be queued
         };
-        let file_type = meta.file_type();
-        if file_type.is_dir() {
-            self.watch_new_dir(&path);
-            Box::pin(self.walk(path, MOVED_IN, true)).await;
-        } else if file_type.is_file() {
-            self.queue.push(path);
-        } else {
-            self.report_skip(&path, file_kind(&file_type));
+        match entry.kind {
+            Kind::Directory => {
+                self.watch_new_dir(&path);
+                Box::pin(self.walk(path, MOVED_IN, true)).await;
+            }
+            Kind::Regular => self.queue.push(path),
+            kind => self.report_skip(&path, kind.name()),
         }
     }
 
     /// A deferred scanned file: take it once it has settled.
     async fn consider_settling(&mut self, path: PathBuf) {
-        if let Ok(meta) = tokio::fs::symlink_metadata(&path).await {
-            self.take_found(Found {
-                path,
-                file_type: meta.file_type(),
-                meta: Some(meta),
-            });
+        if let Some(entry) = self.stat(&path) {
+            self.take_found(Found { path, entry });
         }
     }
 
     fn already_recorded(&self, found: &Found) -> bool {
-        let (Some(meta), Some(relative)) = (&found.meta, self.relative(&found.path)) else {
+        let Some(relative) = self.relative(&found.path) else {
             return false;
         };
         self.config.skip_recorded
-            && matches!(self.ledger.get(relative), Ok(Some(r)) if r.is_uploaded_as(&FileIdentity::of(meta)))
+            && matches!(self.ledger.get(relative), Ok(Some(r)) if r.is_uploaded_as(&found.entry.identity))
     }
 
     /// Queues a scanned file that has settled, or defers it; true if it was queued.
     fn take_found(&mut self, found: Found) -> bool {
-        if !found.file_type.is_file() {
-            let kind = file_kind(&found.file_type);
-            self.report_skip(&found.path, kind);
+        if found.entry.kind != Kind::Regular {
+            self.report_skip(&found.path, found.entry.kind.name());
             return false;
         }
         if self.writing.contains(&found.path) || self.already_recorded(&found) {
             return false; // a close event will queue it, or there is nothing to do
         }
-        let age = found.meta.as_ref().map_or(Duration::ZERO, age_of);
+        let age = age_of(&found.entry);
         if age >= self.config.settle {
             self.queue.push(found.path);
             return true;
@@ -415,14 +442,14 @@ impl Intake {
             .rescans
             .with_label_values(&[rescan_label(reason)])
             .inc();
-        if dir_identity(&self.config.root).is_none() {
-            return; // check_root reports it
+        if self.root_identity.is_none() {
+            return; // missing or refused: check_root reports it
         }
-        self.scan(self.config.root.clone(), reason).await;
-        let root = self.config.root.clone();
+        self.scan(self.config.tree.path().to_owned(), reason).await;
+        let tree = self.config.tree.clone();
         let ledger = self.ledger.clone();
         let pruned = tokio::task::spawn_blocking(move || {
-            ledger.prune(|relative| std::fs::symlink_metadata(root.join(relative)).is_ok())
+            ledger.prune(|relative| tree.stat(relative).is_ok())
         })
         .await;
         match pruned {
@@ -446,17 +473,19 @@ impl Intake {
     /// been read to the end.
     async fn walk(&mut self, dir: PathBuf, reason: &'static str, moved_in: bool) {
         let started = std::time::Instant::now();
+        let Some(relative) = self.config.tree.relative(&dir) else {
+            return;
+        };
         let (mut found, walker) = scan::start(
-            dir,
-            self.config.root.clone(),
+            self.config.tree.clone(),
+            relative.to_owned(),
             self.config.exclude.clone(),
-            moved_in,
         );
         let (mut files, mut queued) = (0usize, 0usize);
         while let Some(chunk) = found.recv().await {
             files += chunk.len();
             for f in chunk {
-                if moved_in && f.file_type.is_file() && !self.writing.contains(&f.path) {
+                if moved_in && f.entry.kind == Kind::Regular && !self.writing.contains(&f.path) {
                     self.queue.push(f.path);
                     queued += 1;
                 } else {
@@ -520,7 +549,7 @@ mod tests {
         let state = tempfile::tempdir().unwrap();
         let ledger = Arc::new(Ledger::open(state.path()).unwrap());
         let config = IntakeConfig {
-            root: root.to_owned(),
+            tree: Arc::new(Tree::open(root).unwrap()),
             exclude: Exclude::new(&crate::config::default_exclude()).unwrap(),
             settle,
             quiet_period: Duration::ZERO,
@@ -630,7 +659,9 @@ mod tests {
         let root = dir.path();
         let mut f = intake(root, Duration::ZERO);
         let record = |path: &str| FileRecord {
-            identity: FileIdentity::of(&std::fs::symlink_metadata(root.join(path)).unwrap()),
+            identity: crate::file::FileIdentity::of(
+                &std::fs::symlink_metadata(root.join(path)).unwrap(),
+            ),
             state: FileState::Uploaded {
                 key: "k".into(),
                 crc32c: Some("c".into()),
