@@ -83,6 +83,7 @@ struct Running {
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    raise_descriptor_limit();
     chain::local(&config, &mut Quiet)?;
     let ledger = Arc::new(Ledger::open(&config.state_dir)?);
     let mut signals = Signals::new()?;
@@ -137,11 +138,7 @@ async fn start_monitoring(
             .with_context(|| format!("cannot listen on metrics_listen {addr}"))?;
         tracing::info!(%addr, "serving /metrics and /health");
         let cancel = cancel.clone();
-        tracker.spawn(async move {
-            if let Err(e) = crate::metrics::serve(listener, cancel).await {
-                tracing::warn!(error = %e, "the metrics listener stopped");
-            }
-        });
+        tracker.spawn(crate::metrics::serve(listener, cancel));
     }
     if let Some(path) = config.metrics_textfile.clone() {
         let cancel = cancel.clone();
@@ -171,6 +168,23 @@ async fn start_monitoring(
 
 /// How often `metrics_textfile` is rewritten.
 const TEXTFILE_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Raises the soft limit on open descriptors to the hard one (systemd's default soft limit
+/// is 1,024, kept low only for programs that use select(2)). Refused under a seccomp filter
+/// that denies setrlimit: the unit's `LimitNOFILE=` has set it already.
+fn raise_descriptor_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::debug!(error = %e, soft = ?limit.current, "cannot raise the open-files limit");
+        }
+    }
+}
 
 /// Starts the watch, the intake and the minting of the session.
 fn start(

@@ -41,6 +41,12 @@ pub enum KeyError {
     TooLong { len: usize },
     #[error("the path has no usable components")]
     Empty,
+    #[error(
+        "key_template {} (this file's key would have {})",
+        crate::config::SEGMENT_RULE,
+        crate::config::describe_segment(segment)
+    )]
+    Segment { segment: String },
 }
 
 /// How each file's key is made: the expanded prefix, then the key template with this
@@ -98,6 +104,11 @@ impl KeyRule {
                 _ => return None,
             })
         });
+        if let Some(segment) = crate::config::unsafe_segment(&rest) {
+            return Err(KeyError::Segment {
+                segment: segment.to_string(),
+            });
+        }
         let key = format!("{}{rest}", self.prefix);
         if key.len() > MAX_KEY_BYTES {
             return Err(KeyError::TooLong { len: key.len() });
@@ -278,5 +289,36 @@ mod tests {
             names.key(Path::new("d/line\nbreak.txt"), 0).unwrap(),
             "p/line\u{240A}break-txt"
         );
+    }
+
+    #[test]
+    fn no_template_makes_a_dot_dotdot_or_empty_segment() {
+        use crate::config::parse_key_template as parse;
+        // Refused as written: what the template itself adds.
+        for bad in [
+            "../{path}",
+            "./{name}",
+            "a//{name}",
+            "{name}/..",
+            "{name}/",
+            "x/./{stem}",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        // Refused per file: a placeholder that comes out empty or as a dot.
+        let rule = KeyRule::new("p/".into(), parse("{ext}/{name}").unwrap());
+        assert_eq!(
+            rule.key(Path::new("d/README"), 0),
+            Err(KeyError::Segment {
+                segment: String::new()
+            })
+        );
+        assert_eq!(rule.key(Path::new("d/a.txt"), 0).unwrap(), "p/txt/a.txt");
+        let stems = KeyRule::new("p/".into(), parse("{stem}/{ext}").unwrap());
+        // "..x": stem "." (the first dot is not the extension's) would be a dot segment.
+        assert!(matches!(
+            stems.key(Path::new("..x"), 0),
+            Err(KeyError::Segment { .. })
+        ));
     }
 }

@@ -183,21 +183,85 @@ pub fn unix(time: SystemTime) -> i64 {
 }
 
 /// Answers `GET /metrics` and `GET /health` on `addr` until `cancel`.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    cancel: CancellationToken,
-) -> std::io::Result<()> {
+pub async fn serve(listener: tokio::net::TcpListener, cancel: CancellationToken) {
+    let open = Connections::default();
+    let mut failing_since: Option<std::time::Instant> = None;
     loop {
         let stream = tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            accepted = listener.accept() => accepted?.0,
+            _ = cancel.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors (EMFILE) or a connection reset before it was
+                    // taken: say so once per burst, make room, and go on.
+                    if failing_since.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                        tracing::warn!(error = %e, "the metrics listener cannot take a connection; it closes its oldest and goes on");
+                        failing_since = Some(std::time::Instant::now());
+                    }
+                    open.close_oldest();
+                    tokio::time::sleep(ACCEPT_PAUSE).await;
+                    continue;
+                }
+            },
         };
+        let (id, closed) = open.admit();
+        let open = open.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(answer);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = connection => {}
+                _ = closed.cancelled() => {}
+                _ = tokio::time::sleep(CONNECTION_LIFETIME) => {}
+            }
+            open.forget(id);
         });
+    }
+}
+
+/// At most this many connections at once: a new one closes the oldest, so idle or slow
+/// clients cannot take every descriptor or shut out a scrape.
+const MAX_CONNECTIONS: usize = 64;
+/// A request's headers must arrive this soon (slowloris), also on a kept-alive connection.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// No connection lives longer (Prometheus simply opens the next).
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+/// After a failed accept (no descriptor left), before the next try.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// The open connections, oldest first, each with the token that closes it.
+#[derive(Clone, Default)]
+struct Connections(
+    std::sync::Arc<std::sync::Mutex<(u64, std::collections::BTreeMap<u64, CancellationToken>)>>,
+);
+
+impl Connections {
+    /// Registers a new connection, closing the oldest if there are too many.
+    fn admit(&self) -> (u64, CancellationToken) {
+        let mut guard = self.0.lock().expect("connections lock");
+        let (next, open) = &mut *guard;
+        while open.len() >= MAX_CONNECTIONS {
+            if let Some((_, oldest)) = open.pop_first() {
+                oldest.cancel();
+            }
+        }
+        *next += 1;
+        let token = CancellationToken::new();
+        open.insert(*next, token.clone());
+        (*next, token)
+    }
+
+    fn close_oldest(&self) {
+        if let Some((_, oldest)) = self.0.lock().expect("connections lock").1.pop_first() {
+            oldest.cancel();
+        }
+    }
+
+    fn forget(&self, id: u64) {
+        self.0.lock().expect("connections lock").1.remove(&id);
     }
 }
 

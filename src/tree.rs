@@ -105,19 +105,19 @@ fn open_root(path: &Path) -> io::Result<OwnedFd> {
         Mode::empty(),
     )
     .map_err(|e| match e {
-        rustix::io::Errno::LOOP => io::Error::other(format!(
-            "{} is a symbolic link; name the directory itself (s3drop never follows links in \
-             the drop tree)",
-            path.display()
-        )),
-        rustix::io::Errno::NOTDIR if is_symlink(path) => io::Error::other(format!(
-            "{} is a symbolic link; name the directory itself (s3drop never follows links in \
-             the drop tree)",
-            path.display()
-        )),
+        rustix::io::Errno::LOOP => is_a_link(path),
+        rustix::io::Errno::NOTDIR if is_symlink(path) => is_a_link(path),
         rustix::io::Errno::NOTDIR => io::Error::other("it is not a directory"),
         e => e.into(),
     })
+}
+
+fn is_a_link(path: &Path) -> io::Error {
+    let target = std::fs::read_link(path).map_or_else(|_| "?".into(), |t| t.display().to_string());
+    io::Error::other(format!(
+        "it is a symbolic link (to {target}); name the directory itself, since s3drop never \
+         follows links in the drop tree"
+    ))
 }
 
 fn is_symlink(path: &Path) -> bool {
@@ -685,7 +685,7 @@ mod tests {
         let f = Fixture::new();
         symlink(f.p("drop"), f.p("link")).unwrap();
         let e = Tree::open(&f.p("link")).unwrap_err();
-        assert!(e.to_string().contains("is a symbolic link"), "{e}");
+        assert!(e.to_string().contains("is a symbolic link (to "), "{e}");
         let before = f.tree.identity().unwrap();
         std::fs::rename(f.p("drop"), f.p("drop.old")).unwrap();
         assert_eq!(f.tree.path_now().unwrap(), None);

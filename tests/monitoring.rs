@@ -287,3 +287,65 @@ async fn health_fails_when_the_session_expired_unrenewed_and_recovers() {
     assert_eq!(stored, b"a new session");
     assert!(daemon.stop().unwrap().success());
 }
+
+/// Any local user can connect to the metrics listener. 2,000 idle connections and a client
+/// that sends its headers a byte at a time, against s3drop held to 1,024 descriptors:
+/// uploads go on and `/health` answers throughout (the listener keeps at most 64
+/// connections, closing the oldest, and times out slow headers).
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_and_slow_clients_cannot_starve_the_daemon_of_descriptors() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    // This test itself holds 2,000 sockets.
+    let mut limit = getrlimit(Resource::Nofile);
+    limit.current = limit.maximum;
+    setrlimit(Resource::Nofile, limit).unwrap();
+
+    let addr = format!("127.0.0.1:{}", s3drop_testkit::free_port().unwrap());
+    let (fc, world, site) = setup(BUCKET, &format!("metrics_listen = \"{addr}\"")).await;
+    let cmd = site.command_with(
+        &["prlimit", "--nofile=1024:1024"],
+        s3drop(),
+        &fc.sdk_env(),
+        &["run", "--log-format", "json"],
+    );
+    let mut daemon = Daemon::spawn(&site, cmd).unwrap();
+    daemon
+        .wait_for_log("ready: backlog queued", ARRIVAL)
+        .unwrap();
+    wait_until("healthy", ARRIVAL, || get(&addr, "/health").0 == 200).await;
+
+    let socket: std::net::SocketAddr = addr.parse().unwrap();
+    let slowloris = std::thread::spawn(move || {
+        let Ok(mut stream) = std::net::TcpStream::connect(socket) else {
+            return;
+        };
+        let request =
+            b"GET /metrics HTTP/1.1\r\nHost: slow\r\nX-Slow: aaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+        for byte in request {
+            if stream.write_all(&[*byte]).is_err() {
+                return; // closed by the server: what it should do
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    let mut idle = Vec::new();
+    for _ in 0..2_000 {
+        if let Ok(stream) =
+            std::net::TcpStream::connect_timeout(&socket, Duration::from_millis(500))
+        {
+            idle.push(stream);
+        }
+    }
+    assert!(idle.len() >= 1_900, "only {} connections made", idle.len());
+    for i in 0..10 {
+        let name = format!("during-{i}.txt");
+        drop_file(&world, &site, &name, name.as_bytes()).await;
+        let (status, body) = get(&addr, "/health");
+        assert_eq!(status, 200, "{body}");
+    }
+    drop(idle);
+    slowloris.join().unwrap();
+    let log = daemon.log();
+    assert!(!log.contains("Too many open files"), "{log}");
+    assert!(daemon.stop().unwrap().success());
+}

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
-use super::{ConfigError, invalid};
+use super::{ConfigError, invalid, quoted};
 
 /// Exclusion globs. A pattern without `/` is matched against every component of the path
 /// relative to `watch_dir` (so `.*` excludes dotfiles and everything under dot-directories);
@@ -20,8 +20,9 @@ impl Exclude {
         let mut by_component = GlobSetBuilder::new();
         let mut by_path = GlobSetBuilder::new();
         for pattern in patterns {
-            let glob = Glob::new(pattern.trim_start_matches('/'))
-                .map_err(|e| invalid("exclude", format!("pattern {pattern:?}: {e}")))?;
+            let glob = Glob::new(pattern.trim_start_matches('/')).map_err(|e| {
+                invalid("exclude", format!("pattern {q}: {e}", q = quoted(pattern)))
+            })?;
             if pattern.contains('/') {
                 by_path.add(glob);
             } else {

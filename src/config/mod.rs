@@ -19,7 +19,9 @@ pub use credentials::{CredentialSource, MAX_FEDERATION_SECONDS, SessionType, par
 pub use exclude::Exclude;
 pub use object::{ContentType, ObjectOptions, Sse};
 pub use prefix::KeyPrefixTemplate;
-pub use template::{PrefixFacts, Template, parse_key_template};
+pub use template::{
+    PrefixFacts, SEGMENT_RULE, Template, describe_segment, parse_key_template, unsafe_segment,
+};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/s3drop/s3drop.toml";
 
@@ -34,6 +36,16 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("config key `{key}`: {message}")]
     Invalid { key: &'static str, message: String },
+}
+
+/// A value as errors quote it: `Debug`-quoted, at most 64 characters of it (a config value
+/// can be a megabyte).
+pub(crate) fn quoted(value: &str) -> String {
+    const MAX_CHARS: usize = 64;
+    match value.char_indices().nth(MAX_CHARS) {
+        None => format!("{value:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &value[..cut], value.len()),
+    }
 }
 
 pub(crate) fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
@@ -426,7 +438,10 @@ impl RawConfig {
         let addr: std::net::SocketAddr = text.parse().map_err(|_| {
             invalid(
                 "metrics_listen",
-                format!("{text:?} is not an address and port like \"127.0.0.1:9464\""),
+                format!(
+                    "{q} is not an address and port like \"127.0.0.1:9464\"",
+                    q = quoted(text)
+                ),
             )
         })?;
         if !addr.ip().is_loopback() && !self.metrics_listen_public {
@@ -451,7 +466,10 @@ impl RawConfig {
         {
             return Err(invalid(
                 "region",
-                format!("{region:?} is not a region name like \"us-east-1\""),
+                format!(
+                    "{q} is not a region name like \"us-east-1\"",
+                    q = quoted(region)
+                ),
             ));
         }
         Ok(())
@@ -575,8 +593,9 @@ fn validate_bucket(bucket: &str) -> Result<(), ConfigError> {
         return Err(invalid(
             "bucket",
             format!(
-                "{bucket:?} is not a valid S3 bucket name (3-63 characters: lowercase letters, \
-                 digits, dots, hyphens; starting and ending with a letter or digit)"
+                "{q} is not a valid S3 bucket name (3-63 characters: lowercase letters, \
+                 digits, dots, hyphens; starting and ending with a letter or digit)",
+                q = quoted(bucket)
             ),
         ));
     }
@@ -596,8 +615,9 @@ impl RoleArn {
             invalid(
                 "role_arn",
                 format!(
-                    "{arn:?} is not an IAM role ARN like \
-                     \"arn:aws:iam::123456789012:role/s3drop-upload\""
+                    "{q} is not an IAM role ARN like \
+                     \"arn:aws:iam::123456789012:role/s3drop-upload\"",
+                    q = quoted(arn)
                 ),
             )
         };
@@ -653,6 +673,23 @@ mod tests {
 
     fn err_of(extra: &str) -> String {
         with(extra).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_huge_value_is_quoted_short_in_its_error() {
+        let huge = "A".repeat(1 << 20);
+        let watch = "watch_dir = \"/srv/drop\"";
+        for config in [
+            format!("{watch}\nbucket = \"{huge}\""),
+            format!("{watch}\nbucket = \"b-1\"\nrole_arn = \"{huge}\""),
+            format!("{MINIMAL}\nregion = \"{huge}\""),
+            format!("{MINIMAL}\nstorage_class = \"{huge}\""),
+            format!("{MINIMAL}\nmetadata = {{ \"{huge}!\" = \"v\" }}"),
+        ] {
+            let e = Config::parse(&config).unwrap_err().to_string();
+            assert!(e.len() < 600, "{} bytes: {}", e.len(), &e[..200]);
+            assert!(e.contains("AAAA\"… ("), "{e}");
+        }
     }
 
     #[test]
@@ -821,7 +858,16 @@ mod tests {
 
     #[test]
     fn key_prefix_that_would_widen_the_policy_is_refused() {
-        for bad in ["logs/*", "a?b/", "${aws:username}/", "", "/abs/"] {
+        for bad in [
+            "logs/*",
+            "a?b/",
+            "${aws:username}/",
+            "",
+            "/abs/",
+            "a/../",
+            "a//b/",
+            "./",
+        ] {
             let e = err_of(&format!("key_prefix = {bad:?}"));
             assert!(e.contains("key_prefix"), "{bad}: {e}");
         }

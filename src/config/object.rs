@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use aws_sdk_s3::types::{ObjectCannedAcl, StorageClass};
 
 use super::template::Template;
-use super::{ConfigError, invalid};
+use super::{ConfigError, invalid, quoted};
 
 /// S3's limits on object tags and user metadata.
 const MAX_TAGS: usize = 10;
@@ -83,9 +83,10 @@ impl RawObject<'_> {
             Some(other) => Err(invalid(
                 "sse_kms_key_id",
                 format!(
-                    "{other:?} is not a KMS key ARN like \
+                    "{q} is not a KMS key ARN like \
                      \"arn:aws:kms:eu-west-1:123456789012:key/1234abcd-…\" (an alias or key id \
-                     cannot be named in the session policy)"
+                     cannot be named in the session policy)",
+                    q = quoted(other)
                 ),
             )),
             None => Err(invalid(
@@ -102,7 +103,10 @@ impl RawObject<'_> {
             Some(other) => {
                 return Err(invalid(
                     "sse",
-                    format!("{other:?} is not one of \"AES256\", \"aws:kms\", \"aws:kms:dsse\""),
+                    format!(
+                        "{q} is not one of \"AES256\", \"aws:kms\", \"aws:kms:dsse\"",
+                        q = quoted(other)
+                    ),
                 ));
             }
         };
@@ -135,7 +139,10 @@ impl RawObject<'_> {
             if key.is_empty() || key.chars().count() > MAX_TAG_KEY {
                 return Err(invalid(
                     "tags",
-                    format!("tag key {key:?} must be 1 to {MAX_TAG_KEY} characters"),
+                    format!(
+                        "tag key {q} must be 1 to {MAX_TAG_KEY} characters",
+                        q = quoted(key)
+                    ),
                 ));
             }
             let value = Template::parse("tags", value)?;
@@ -143,7 +150,10 @@ impl RawObject<'_> {
             if value.literal_len() > MAX_TAG_VALUE {
                 return Err(invalid(
                     "tags",
-                    format!("the value of {key:?} is over {MAX_TAG_VALUE} characters"),
+                    format!(
+                        "the value of {q} is over {MAX_TAG_VALUE} characters",
+                        q = quoted(key)
+                    ),
                 ));
             }
             tags.insert(key.clone(), value);
@@ -163,8 +173,9 @@ impl RawObject<'_> {
                 return Err(invalid(
                     "metadata",
                     format!(
-                        "key {key:?} must be ASCII letters, digits, `-` or `_` (it becomes the \
-                         header x-amz-meta-{key})"
+                        "key {q} must be ASCII letters, digits, `-` or `_` (it becomes the \
+                         header x-amz-meta-<key>)",
+                        q = quoted(key)
                     ),
                 ));
             }
@@ -172,7 +183,8 @@ impl RawObject<'_> {
                 return Err(invalid(
                     "metadata",
                     format!(
-                        "the value of {key:?} must be printable ASCII (it is sent as a header)"
+                        "the value of {q} must be printable ASCII (it is sent as a header)",
+                        q = quoted(key)
                     ),
                 ));
             }
@@ -196,7 +208,10 @@ impl RawObject<'_> {
                 Ok(_) => Ok(ContentType::Fixed(fixed.to_string())),
                 Err(e) => Err(invalid(
                     "content_type",
-                    format!("{fixed:?} is neither \"auto\" nor a media type: {e}"),
+                    format!(
+                        "{q} is neither \"auto\" nor a media type: {e}",
+                        q = quoted(fixed)
+                    ),
                 )),
             },
         }
@@ -212,7 +227,7 @@ fn one_of<'a>(
     match value {
         Some(v) if !valid.contains(&v) => Err(invalid(
             key,
-            format!("{v:?} is not one of {}", valid.join(", ")),
+            format!("{q} is not one of {}", valid.join(", "), q = quoted(v)),
         )),
         other => Ok(other),
     }

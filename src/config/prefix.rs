@@ -60,6 +60,17 @@ fn check_expanded_prefix(prefix: &str) -> Result<(), ConfigError> {
             ),
         ));
     }
+    // The prefix ends with `/`; every segment before it must be a plain name.
+    if let Some(segment) = super::unsafe_segment(prefix.strip_suffix('/').unwrap_or(prefix)) {
+        return Err(invalid(
+            "key_prefix",
+            format!(
+                "{} (it makes {})",
+                super::SEGMENT_RULE,
+                super::describe_segment(segment)
+            ),
+        ));
+    }
     if prefix.len() > 512 {
         return Err(invalid("key_prefix", "must be at most 512 bytes"));
     }

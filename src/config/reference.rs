@@ -72,8 +72,10 @@ pub const KEYS: &[KeyDoc] = &[
                   `{name}`, `{stem}`, `{ext}`, the file's modification time in UTC `{yyyy}`, \
                   `{mm}`, `{dd}`, `{hh}`, and `key_prefix`'s placeholders; e.g. \
                   `\"{yyyy}/{mm}/{dd}/{path}\"`. Must name the file (`{path}`, `{name}` or \
-                  `{stem}`). A file's key is decided once and kept for its retries; two files \
-                  of one run that map to one key: the second is refused, never overwrites",
+                  `{stem}`), and make no `.`, `..` or empty segment (checked as written and \
+                  per file: `{ext}` is empty for a name without one). A file's key is decided \
+                  once and kept for its retries; two files of one run that map to one key: \
+                  the second is refused, never overwrites",
     },
     KeyDoc {
         name: "region",

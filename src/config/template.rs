@@ -150,5 +150,33 @@ pub fn parse_key_template(text: &str) -> Result<Template, ConfigError> {
             "must not start with `/` or contain control characters",
         ));
     }
+    // With every placeholder filled, what the template itself adds must be plain segments.
+    let sample = template.render(|_| Some("x".to_string()));
+    if let Some(segment) = unsafe_segment(&sample) {
+        return Err(invalid(
+            "key_template",
+            format!("{SEGMENT_RULE} (it makes {})", describe_segment(segment)),
+        ));
+    }
     Ok(template)
+}
+
+/// Why `.`, `..` and empty key segments are refused.
+pub const SEGMENT_RULE: &str = "must not make `.`, `..` or empty path segments: tools that \
+     download keys as paths (aws s3 sync, rclone) would write them outside their target \
+     directory or lose them";
+
+/// A refused segment in words.
+pub fn describe_segment(segment: &str) -> &'static str {
+    match segment {
+        "" => "an empty segment, `//` or a `/` at an end",
+        "." => "a `.` segment",
+        _ => "a `..` segment",
+    }
+}
+
+/// The first `.`, `..` or empty `/`-separated segment of `key`, if any.
+pub fn unsafe_segment(key: &str) -> Option<&str> {
+    key.split('/')
+        .find(|segment| matches!(*segment, "" | "." | ".."))
 }
