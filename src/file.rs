@@ -80,15 +80,21 @@ impl Kind {
     }
 }
 
+/// A name below a tree could not be reached without following a link (or leaving the
+/// tree); see [`crate::tree`].
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "it, or a directory on its path, is a symbolic link (or was swapped for one); s3drop never \
+     follows links in the drop tree"
+)]
+pub struct Linked;
+
 /// Why a file could not be opened for upload.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error("the file disappeared before it could be uploaded")]
     Vanished,
-    #[error(
-        "a directory on its path is a symbolic link (or was swapped for one); s3drop never \
-         follows links in the drop tree, so the file is not read"
-    )]
+    #[error("{}, so the file is not read", Linked)]
     Linked,
     #[error("not a regular file ({kind}); s3drop never opens or uploads these")]
     NotRegular { kind: &'static str },

@@ -22,15 +22,7 @@ use std::sync::{Arc, RwLock};
 
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, ResolveFlags};
 
-use crate::file::{FileIdentity, Kind, OpenError, OpenedFile};
-
-/// A name below a tree could not be reached without following a link (or leaving the tree).
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "it, or a directory on its path, is a symbolic link (or was swapped for one); s3drop never \
-     follows links in the drop tree"
-)]
-pub struct Linked;
+use crate::file::{FileIdentity, Kind, Linked, OpenError, OpenedFile};
 
 fn linked() -> io::Error {
     io::Error::other(Linked)
