@@ -360,6 +360,25 @@ for _ in $(seq 100); do [ -e "$nested" ] || break; sleep 0.2; done
 [ "$(journal_count "status=31/SYS")" = 0 ] || fail "a filtered syscall killed s3drop"
 ok "delete mode (with the documented ReadWritePaths= drop-in) deleted a file in a subdirectory a producer made with umask 022; no filtered call with SystemCallErrorNumber= cleared"
 
+# A hostile producer (a member of the s3drop group, not s3drop) swaps a directory for a
+# link to a directory only the s3drop user may read, within the quiet period, 30 times,
+# with delete mode on: nothing of it is uploaded, nothing of it is deleted.
+in_box useradd --no-create-home --groups s3drop producer
+in_box install -d -o s3drop -g s3drop -m 0700 /srv/private
+echo "only s3drop may read this" > "$root/srv/private/x"
+in_box chown s3drop:s3drop /srv/private/x
+in_box chmod 0600 /srv/private/x
+in_box runuser -u producer -- sh -ec 'cd /var/spool/s3drop; for i in $(seq 1 30); do
+  mkdir swap$i; echo "inside $i" > swap$i/x; mv swap$i swap$i.old; ln -s /srv/private swap$i; done'
+echo "inside 30" > "$work/inside30"
+wait_object "${PREFIX}swap30.old/x" "$work/inside30" 30 || fail "the renamed directories did not arrive"
+sleep 1
+for i in $(seq 1 30); do
+  s3_get "${PREFIX}swap$i/x" > /dev/null 2>&1 && fail "swap$i/x was read through the link and uploaded"
+done
+[ -f "$root/srv/private/x" ] || fail "a file outside the drop directory was deleted through the link"
+ok "a producer swapping a directory for a link to s3drop-readable /srv/private (30 tries, delete mode): nothing read, nothing deleted; the real files arrived"
+
 clean_exits="$(journal_count "Deactivated successfully")"
 timeout 60 nsenter -t "$sd_pid" -a systemctl stop s3drop.service || fail "systemctl stop failed"
 [ "$(journal_count "Deactivated successfully")" -gt "$clean_exits" ] || fail "s3drop did not exit 0 on stop"
