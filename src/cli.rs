@@ -31,7 +31,11 @@ sub-prefix or a single key) to other programs: aws-cli, boto3, rclone, any SDK.
 The SDK's own variables apply: AWS_REGION, AWS_ENDPOINT_URL,
 AWS_EC2_METADATA_SERVICE_ENDPOINT, AWS_CONFIG_FILE, AWS_SHARED_CREDENTIALS_FILE. With the
 default source, access keys in the environment are ignored: credentials come only from
-IMDS. RUST_LOG sets the log filter (default: s3drop=info,warn).";
+IMDS. RUST_LOG sets the log filter (default: s3drop=info,warn).
+
+The config file must be owned by root or the user s3drop runs as and not writable by group
+or others (it chooses the role, the bucket and deletions); S3DROP_INSECURE_CONFIG=1
+accepts it anyway, for development.";
 
 const AFTER_HELP: &str = "\
 Minimal config (/etc/s3drop/s3drop.toml):

@@ -389,6 +389,31 @@ fn bad_config_exits_non_zero_naming_the_key() {
     }
 }
 
+#[test]
+fn a_config_others_may_write_is_refused_unless_development_says_so() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = offline_config(dir.path(), "");
+    std::fs::set_permissions(&config, PermissionsExt::from_mode(0o666)).unwrap();
+    let validate = |insecure: Option<&str>| {
+        let mut cmd = std::process::Command::new(s3drop());
+        cmd.args(["validate", "--config"]).arg(&config);
+        if let Some(value) = insecure {
+            cmd.env("S3DROP_INSECURE_CONFIG", value);
+        }
+        cmd.output().unwrap()
+    };
+    let out = validate(None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("not trusted"),
+        "{err}"
+    );
+    assert!(err.contains("chmod go-w"), "{err}");
+    assert!(!validate(Some("0")).status.success());
+    assert!(validate(Some("1")).status.success());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn systemd_hears_ready_after_the_backlog_then_watchdog_and_status() {
     let (fc, world, site) = setup(BUCKET, "").await;

@@ -34,8 +34,53 @@ pub enum ConfigError {
     },
     #[error("config file {path} is not valid: {message}")]
     Parse { path: PathBuf, message: String },
+    #[error(
+        "config file {path} is not trusted: {why}. It chooses the role, the bucket and whether \
+         files are deleted, so only root or the user s3drop runs as may change it (for \
+         development, {INSECURE_CONFIG_VAR}=1 accepts it)"
+    )]
+    Untrusted { path: PathBuf, why: String },
     #[error("config key `{key}`: {message}")]
     Invalid { key: &'static str, message: String },
+}
+
+/// Set to `1`, a config file that [`check_trusted`] refuses is accepted (development).
+pub const INSECURE_CONFIG_VAR: &str = "S3DROP_INSECURE_CONFIG";
+
+/// Like sshd's StrictModes: the config (opened as `file`) must be owned by root or the user
+/// s3drop runs as, and neither it nor its directory (unless sticky) writable by group or
+/// others.
+fn check_trusted(path: &Path, file: &std::fs::File) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let euid = rustix::process::geteuid().as_raw();
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if meta.uid() != 0 && meta.uid() != euid {
+        return Err(format!(
+            "it is owned by uid {}, neither root nor the user s3drop runs as (uid {euid})",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "group or others may write it (mode {:04o}; `chmod go-w {}`)",
+            meta.mode() & 0o7777,
+            path.display()
+        ));
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let dir_meta = std::fs::metadata(dir).map_err(|e| e.to_string())?;
+    if dir_meta.mode() & 0o022 != 0 && dir_meta.mode() & 0o1000 == 0 {
+        return Err(format!(
+            "its directory {} is writable by group or others, who could replace it (mode \
+             {:04o})",
+            dir.display(),
+            dir_meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
 }
 
 /// A value as errors quote it: `Debug`-quoted, at most 64 characters of it (a config value
@@ -279,11 +324,21 @@ impl Config {
         }
     }
 
+    /// Reads and validates the config file, which must be trusted ([`check_trusted`]).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let read = |source| ConfigError::Read {
             path: path.to_owned(),
             source,
-        })?;
+        };
+        let mut file = std::fs::File::open(path).map_err(read)?;
+        if std::env::var_os(INSECURE_CONFIG_VAR).is_none_or(|v| v != "1") {
+            check_trusted(path, &file).map_err(|why| ConfigError::Untrusted {
+                path: path.to_owned(),
+                why,
+            })?;
+        }
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut file, &mut text).map_err(read)?;
         Config::parse(&text).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
                 path: path.to_owned(),
@@ -673,6 +728,28 @@ mod tests {
 
     fn err_of(extra: &str) -> String {
         with(extra).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_config_others_may_write_is_not_trusted() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s3drop.toml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        let mode = |p: &Path, m| std::fs::set_permissions(p, PermissionsExt::from_mode(m));
+        let check = || check_trusted(&path, &std::fs::File::open(&path).unwrap());
+        mode(&path, 0o644).unwrap();
+        check().unwrap();
+        for bad in [0o664, 0o646, 0o666] {
+            mode(&path, bad).unwrap();
+            let why = check().unwrap_err();
+            assert!(why.contains("chmod go-w"), "{bad:o}: {why}");
+        }
+        mode(&path, 0o600).unwrap();
+        mode(dir.path(), 0o777).unwrap();
+        assert!(check().unwrap_err().contains("its directory"));
+        mode(dir.path(), 0o1777).unwrap();
+        check().unwrap();
     }
 
     #[test]
