@@ -94,6 +94,22 @@ conflict, unreadable, ...), newest first. The running daemon answers on a socket
 state_dir; when it does not run, the ledger tells what is recorded. Exit 0 when no file
 waits on a failure, 1 when one does, 2 when it cannot tell.")]
     Status(StatusArgs),
+    /// Look after the ledger (state_dir/ledger.redb).
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum LedgerCommand {
+    /// Move a damaged ledger aside so the next start builds a new one.
+    #[command(long_about = "\
+Move the ledger (state_dir/ledger.redb) aside, to ledger.redb.damaged-<unix time> in the same
+directory, so that the next start builds a new one. For a ledger s3drop says is damaged (a
+failing disk). What it costs: the new ledger knows nothing, so every file still in watch_dir
+is uploaded once more (each once), and multipart uploads in progress start over (their parts
+stay in S3 until the bucket's AbortIncompleteMultipartUpload lifecycle rule removes them).
+Refused while s3drop runs with this state_dir: stop it first (systemctl stop s3drop).")]
+    Reset(ConfigArg),
 }
 
 #[derive(Debug, clap::Args)]
@@ -217,7 +233,8 @@ pub fn main() -> ExitCode {
         | Command::Validate(_)
         | Command::Credentials(_)
         | Command::Exec(_)
-        | Command::Status(_) => logging::QUIET_FILTER,
+        | Command::Status(_)
+        | Command::Ledger(_) => logging::QUIET_FILTER,
     };
     logging::init(cli.log_format, filter);
     match cli.command {
@@ -242,6 +259,21 @@ pub fn main() -> ExitCode {
         },
         Command::Exec(args) => exec(args),
         Command::Status(args) => status(&args),
+        Command::Ledger(LedgerCommand::Reset(args)) => {
+            let reset = load(&args.config)
+                .and_then(|config| Ok(crate::ledger::Ledger::reset(&config.state_dir)?));
+            match reset {
+                Ok(aside) => {
+                    println!(
+                        "moved the ledger aside to {}; the next start builds a new one, and \
+                         every file still in watch_dir is uploaded once more",
+                        aside.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
         Command::Check(args) => {
             let format = if args.json {
                 crate::check::Format::Json

@@ -127,3 +127,84 @@ async fn sigkill_at_random_moments_loses_and_corrupts_nothing() {
     assert_eq!(extra_keys, 0);
     assert!(duplicates <= bound, "{duplicates} duplicates > {bound}");
 }
+
+/// A ledger damaged as a failing disk leaves it: `run` stops with one sentence naming
+/// `s3drop ledger reset` (no panic, no crash loop), `status` says the same, the reset moves
+/// it aside, and the next start uploads every file still there once more: at most once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_ledger_stops_with_a_sentence_and_reset_costs_one_upload_per_file() {
+    let (fc, world, site) = s3drop_testkit::setup(BUCKET, "").await;
+    let names: Vec<String> = (0..40).map(|i| format!("d{}/f{i}.txt", i % 4)).collect();
+    for name in &names {
+        let path = site.watch.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, name.as_bytes()).unwrap();
+    }
+    let mut daemon = start_ready(&site, &fc);
+    for name in &names {
+        world
+            .wait_for_object(&s3drop_testkit::object_key(name), ARRIVAL)
+            .await
+            .unwrap();
+    }
+    assert!(daemon.stop().unwrap().success());
+
+    // Random bytes over part of the ledger (seeded), until s3drop finds it damaged.
+    let ledger = site.state.join("ledger.redb");
+    let pristine = std::fs::read(&ledger).unwrap();
+    let mut rng = fastrand::Rng::with_seed(7);
+    let offline = |args: &[&str]| {
+        site.command(s3drop(), &fc, args)
+            .output()
+            .map(|o| (o.status, String::from_utf8_lossy(&o.stderr).into_owned()))
+            .unwrap()
+    };
+    let damaged = (0..200).any(|_| {
+        let mut bytes = pristine.clone();
+        let at = rng.usize(0..bytes.len());
+        let len = rng.usize(16..2048).min(bytes.len() - at);
+        rng.fill(&mut bytes[at..at + len]);
+        std::fs::write(&ledger, &bytes).unwrap();
+        offline(&["status"]).1.contains("is damaged")
+    });
+    assert!(damaged, "no damage was noticed in 200 tries");
+
+    let started = Instant::now();
+    let (status, stderr) = offline(&["run"]);
+    assert!(!status.success(), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("s3drop ledger reset"), "{stderr}");
+    let errors: Vec<_> = stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "one sentence: {stderr}");
+
+    let (status, out) = {
+        let o = site
+            .command(s3drop(), &fc, &["ledger", "reset"])
+            .output()
+            .unwrap();
+        (o.status, String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    assert!(
+        status.success() && out.contains("moved the ledger aside"),
+        "{out}"
+    );
+    let before = fc.objects_stored(BUCKET);
+    let mut daemon = start_ready(&site, &fc);
+    wait_until("every file uploaded once more", ARRIVAL, || {
+        let now = fc.objects_stored(BUCKET);
+        names.iter().all(|n| {
+            let key = s3drop_testkit::object_key(n);
+            now.get(&key) > before.get(&key)
+        })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = fc.objects_stored(BUCKET);
+    for name in &names {
+        let key = s3drop_testkit::object_key(name);
+        let more = after.get(&key).unwrap_or(&0) - before.get(&key).unwrap_or(&0);
+        assert_eq!(more, 1, "{name}: uploaded {more} more times");
+    }
+    assert!(daemon.stop().unwrap().success());
+}

@@ -27,6 +27,12 @@ pub enum LedgerError {
     InUse { path: PathBuf },
     #[error("cannot open the ledger {path}: {message}")]
     Open { path: PathBuf, message: String },
+    #[error(
+        "the ledger {path} is damaged ({cause}), so s3drop cannot use it. Stop s3drop and run \
+         `s3drop ledger reset` (with the same --config) to move it aside; the next start builds \
+         a new ledger, and every file still in watch_dir is uploaded once more"
+    )]
+    Damaged { path: PathBuf, cause: String },
     #[error("ledger {op} failed: {message} (is state_dir full or read-only?)")]
     Store { op: &'static str, message: String },
     #[error("ledger record for {path:?} is unreadable: {message}")]
@@ -41,6 +47,45 @@ impl LedgerError {
     pub fn is_fatal(&self) -> bool {
         matches!(self, LedgerError::WriterStopped)
     }
+}
+
+fn damaged(path: &Path, e: impl std::fmt::Display) -> LedgerError {
+    LedgerError::Damaged {
+        path: path.to_owned(),
+        cause: e.to_string(),
+    }
+}
+
+/// Runs `f`; a panic in it (redb's on some damaged files) becomes [`LedgerError::Damaged`],
+/// without the panic's message on stderr.
+fn without_panicking<T>(
+    path: &Path,
+    f: impl FnOnce() -> Result<T, LedgerError>,
+) -> Result<T, LedgerError> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    result.unwrap_or_else(|payload| {
+        let cause = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "it made the database code fail".into());
+        Err(damaged(path, cause))
+    })
+}
+
+/// Reads every record once (the pages they are on, and their bytes).
+fn read_everything(db: &Database) -> Result<(), redb::Error> {
+    use redb::ReadableTable;
+    let txn = db.begin_read()?;
+    let table = txn.open_table(FILES)?;
+    for entry in table.iter()? {
+        let (key, value) = entry?;
+        std::hint::black_box((key.value().len(), value.value().len()));
+    }
+    Ok(())
 }
 
 fn writer_stopped() -> LedgerError {
@@ -70,10 +115,16 @@ impl Ledger {
     }
 
     /// Opens (or creates) the ledger in `state_dir`. The store holds an exclusive lock, so a
-    /// second daemon on the same state fails here instead of racing.
+    /// second daemon on the same state fails here instead of racing. Every record is read
+    /// once: a file a failing disk damaged is [`LedgerError::Damaged`] now, not a panic
+    /// later (redb panics on some damage).
     pub fn open(state_dir: &Path) -> Result<Ledger, LedgerError> {
         let path = state_dir.join(LEDGER_FILE);
-        let db = open_db(&path)?;
+        let db = without_panicking(&path, || {
+            let db = open_db(&path)?;
+            read_everything(&db).map_err(|e| damaged(&path, e))?;
+            Ok(db)
+        })?;
         let store = Arc::new(Store {
             path,
             db: std::sync::RwLock::new(Some(db)),
@@ -93,6 +144,37 @@ impl Ledger {
             writes: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
         })
+    }
+
+    /// Moves a (damaged) ledger in `state_dir` aside, to `ledger.redb.damaged-<unix time>`,
+    /// so the next start builds a new one. Refused while a daemon holds it.
+    pub fn reset(state_dir: &Path) -> Result<PathBuf, LedgerError> {
+        let path = state_dir.join(LEDGER_FILE);
+        if !path.exists() {
+            return Err(LedgerError::Open {
+                path,
+                message: "there is no ledger here to reset".into(),
+            });
+        }
+        // Only the lock matters here: a damaged file may fail or panic in any other way.
+        let held = without_panicking(&path, || match Database::create(&path) {
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                Err(LedgerError::InUse { path: path.clone() })
+            }
+            _ => Ok(()),
+        });
+        if let Err(e @ LedgerError::InUse { .. }) = held {
+            return Err(e);
+        }
+        let seconds = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let aside = state_dir.join(format!("{LEDGER_FILE}.damaged-{seconds}"));
+        std::fs::rename(&path, &aside).map_err(|e| LedgerError::Open {
+            path: path.clone(),
+            message: format!("cannot move it aside: {e}"),
+        })?;
+        Ok(aside)
     }
 
     fn with_db<T>(
@@ -265,6 +347,66 @@ mod tests {
             },
             updated_unix: 4,
         }
+    }
+
+    /// A ledger as a failing disk leaves it: truncated, or random bytes written over it, at
+    /// many offsets (seeded). Opening it never panics: it works, or says it is damaged (or
+    /// cannot be opened) in one sentence; and `reset` always gives a working ledger back.
+    #[test]
+    fn a_damaged_ledger_never_panics_and_reset_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let ledger = Ledger::open(dir.path()).unwrap();
+            for i in 0..300 {
+                ledger
+                    .put(Path::new(&format!("dir{}/file{i}", i % 7)), &record(i))
+                    .unwrap();
+            }
+        }
+        let path = dir.path().join(LEDGER_FILE);
+        let pristine = std::fs::read(&path).unwrap();
+        let mut rng = fastrand::Rng::with_seed(21);
+        let (mut refused, mut opened) = (0, 0);
+        for round in 0..60 {
+            let mut bytes = pristine.clone();
+            if round % 3 == 0 {
+                bytes.truncate(rng.usize(0..pristine.len()));
+            } else {
+                let at = rng.usize(0..pristine.len());
+                let len = rng.usize(1..4096).min(pristine.len() - at);
+                rng.fill(&mut bytes[at..at + len]);
+            }
+            std::fs::write(&path, &bytes).unwrap();
+            let outcome = std::panic::catch_unwind(|| Ledger::open(dir.path()).map(drop));
+            match outcome.expect("opening a damaged ledger panicked") {
+                Ok(()) => opened += 1,
+                Err(e) => {
+                    refused += 1;
+                    let message = e.to_string();
+                    assert!(!message.contains('\n'), "{message}");
+                    if matches!(e, LedgerError::Damaged { .. }) {
+                        assert!(message.contains("s3drop ledger reset"), "{message}");
+                    }
+                }
+            }
+            let aside = Ledger::reset(dir.path()).unwrap();
+            assert!(aside.exists() && !path.exists());
+            let fresh = Ledger::open(dir.path()).unwrap();
+            assert!(fresh.is_empty().unwrap());
+            drop(fresh);
+            std::fs::remove_file(&aside).unwrap();
+        }
+        assert!(refused > 0, "no damage was ever noticed ({opened} opened)");
+    }
+
+    #[test]
+    fn reset_is_refused_while_a_daemon_holds_the_ledger() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = Ledger::open(dir.path()).unwrap();
+        assert!(matches!(
+            Ledger::reset(dir.path()),
+            Err(LedgerError::InUse { .. })
+        ));
     }
 
     #[test]

@@ -48,6 +48,15 @@ pub(super) fn open_db(path: &Path) -> Result<Database, LedgerError> {
         redb::DatabaseError::DatabaseAlreadyOpen => LedgerError::InUse {
             path: path.to_owned(),
         },
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(cause)) => {
+            super::damaged(path, cause)
+        }
+        // Not a redb file any more (its header overwritten).
+        redb::DatabaseError::Storage(redb::StorageError::Io(e))
+            if e.kind() == std::io::ErrorKind::InvalidData =>
+        {
+            super::damaged(path, e)
+        }
         other => LedgerError::Open {
             path: path.to_owned(),
             message: other.to_string(),
