@@ -74,7 +74,21 @@ pub fn init(format: LogFormat, default_filter: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     if format == LogFormat::Text {
-        builder.with_ansi(std::io::stderr().is_terminal()).init();
+        // Every field and the message through `printable`: file names are a producer's
+        // text, and must not reach the operator's terminal raw.
+        let fields = tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+            let text = format!("{value:?}");
+            let text = crate::message::printable(&text);
+            match field.name() {
+                "message" => write!(w, "{text}"),
+                name => write!(w, "{name}={text}"),
+            }
+        });
+        let fields = tracing_subscriber::field::MakeExt::delimited(fields, " ");
+        builder
+            .fmt_fields(fields)
+            .with_ansi(std::io::stderr().is_terminal())
+            .init();
     } else {
         builder
             .json()

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::ledger::{FileState, Ledger};
+use crate::message::printable;
 use crate::queue::Queue;
 use crate::upload::progress::Progress;
 
@@ -180,7 +181,7 @@ pub fn snapshot(config: &Config) -> Result<Snapshot, String> {
     ask(&config.state_dir).unwrap_or_else(|| recorded(config))
 }
 
-/// Prints `snapshot` for people.
+/// Prints `snapshot` for people (file names escaped for the terminal).
 pub fn print(snapshot: &Snapshot, out: &mut impl Write) -> std::io::Result<()> {
     match (&snapshot.since, snapshot.pid) {
         (Some(since), Some(pid)) if snapshot.running => {
@@ -203,9 +204,11 @@ pub fn print(snapshot: &Snapshot, out: &mut impl Write) -> std::io::Result<()> {
             &snapshot.oldest_pending_path,
             snapshot.oldest_pending_seconds,
         ) {
-            (Some(path), Some(age)) => {
-                writeln!(out, "queue: {queue}; oldest pending: {path} ({age} s)")?
-            }
+            (Some(path), Some(age)) => writeln!(
+                out,
+                "queue: {queue}; oldest pending: {} ({age} s)",
+                printable(path)
+            )?,
             _ => writeln!(out, "queue: {queue}; oldest pending: none")?,
         }
     }
@@ -218,8 +221,13 @@ pub fn print(snapshot: &Snapshot, out: &mut impl Write) -> std::io::Result<()> {
     writeln!(out, "failed: {} (newest first)", snapshot.failed_total)?;
     for f in &snapshot.failed {
         match f.seconds_ago {
-            Some(ago) => writeln!(out, "  {}: {} ({ago} s ago)", f.path, f.error)?,
-            None => writeln!(out, "  {}: {}", f.path, f.error)?,
+            Some(ago) => writeln!(
+                out,
+                "  {}: {} ({ago} s ago)",
+                printable(&f.path),
+                printable(&f.error)
+            )?,
+            None => writeln!(out, "  {}: {}", printable(&f.path), printable(&f.error))?,
         }
     }
     if snapshot.failed_total > snapshot.failed.len() {

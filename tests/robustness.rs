@@ -623,3 +623,54 @@ async fn a_directory_s3drop_may_not_write_keeps_the_file_and_the_log_names_it_an
     assert!(sub.join("report.csv").exists(), "the file is kept");
     assert!(daemon.stop().unwrap().success());
 }
+
+/// File names are a producer's text: with ESC, BEL, CR and LF in them they must neither
+/// recolour the operator's terminal nor forge a line, in the text log or in `status`.
+#[tokio::test(flavor = "multi_thread")]
+async fn control_characters_in_names_are_escaped_in_the_text_log_and_status() {
+    let (fc, world, site) = setup(BUCKET, "").await;
+    let evil = "evil\u{1b}[31mred\u{7}\r\nINFO forged line\u{202E}txt";
+    let cmd = site.command(s3drop(), &fc, &["run", "--log-format", "text"]);
+    let mut daemon = Daemon::spawn(&site, cmd).unwrap();
+    daemon
+        .wait_for_log("ready: backlog queued", ARRIVAL)
+        .unwrap();
+    // One that uploads, and one that fails (its key would be over 1,024 bytes) and so is
+    // listed by `status`.
+    std::fs::write(site.watch.join(evil), b"uploaded").unwrap();
+    let deep: String = (0..150).map(|i| format!("dir{i:03}/")).collect();
+    std::fs::create_dir_all(site.watch.join(&deep)).unwrap();
+    std::fs::write(site.watch.join(format!("{deep}{evil}")), b"too long").unwrap();
+    // Its key has the control characters as control pictures (see README).
+    let stored = key("evil\u{241B}[31mred\u{2407}\u{240D}\u{240A}INFO forged line\u{202E}txt");
+    world.wait_for_object(&stored, ARRIVAL).await.unwrap();
+    let status = || {
+        site.command(s3drop(), &fc, &["status"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap()
+    };
+    wait_until("the failed file in status", ARRIVAL, || {
+        status().contains("failed: 1")
+    })
+    .await;
+    let shown = status();
+    let log = daemon.log();
+    for (what, text) in [("status", &shown), ("text log", &log)] {
+        assert!(
+            !text
+                .chars()
+                .any(|c| matches!(c, '\u{1b}' | '\u{7}' | '\r' | '\u{202E}')),
+            "{what} shows a raw control character: {text:?}"
+        );
+        assert!(
+            !text.lines().any(|l| l.starts_with("INFO forged")),
+            "{what} has a forged line: {text}"
+        );
+        assert!(
+            text.contains("evil\\u{1b}[31mred\\u{7}\\r\\nINFO forged line"),
+            "{what}: {text}"
+        );
+    }
+    assert!(daemon.stop().unwrap().success());
+}
