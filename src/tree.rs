@@ -71,6 +71,14 @@ const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
     .union(ResolveFlags::NO_SYMLINKS)
     .union(ResolveFlags::NO_MAGICLINKS);
 
+/// What became of a file opened for upload ([`Tree::now`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Now {
+    Same,
+    Changed,
+    Gone,
+}
+
 /// How a name was acted on.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Acted {
@@ -208,16 +216,24 @@ impl Tree {
         }
     }
 
-    /// Is the file at `rel` still the version `file` was opened as (on its descriptor, and
-    /// the name, if it is still there, naming that inode)? Any doubt counts as a change.
-    pub fn unchanged(&self, rel: &Path, file: &OpenedFile) -> bool {
+    /// What became of the file at `rel` since `file` was opened: the same version (on its
+    /// descriptor, and the name naming that inode), gone (the name deleted), or changed.
+    /// Any doubt counts as a change.
+    pub fn now(&self, rel: &Path, file: &OpenedFile) -> Now {
         if file.identity_now().ok() != Some(file.identity) {
-            return false;
+            return Now::Changed;
         }
         match self.stat(rel) {
-            Ok(entry) => entry.identity == file.identity,
-            Err(e) => e.kind() == io::ErrorKind::NotFound,
+            Ok(entry) if entry.identity == file.identity => Now::Same,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Now::Gone,
+            _ => Now::Changed,
         }
+    }
+
+    /// Not changed: the same version, or its name deleted (what was read is still that
+    /// version).
+    pub fn unchanged(&self, rel: &Path, file: &OpenedFile) -> bool {
+        self.now(rel, file) != Now::Changed
     }
 
     /// The parent of `rel` (held) and `rel`'s last name.

@@ -141,3 +141,82 @@ async fn a_file_changed_mid_upload_is_sent_again_whole() {
     assert!(total >= 2 + 7, "{total}");
     assert!(daemon.stop().unwrap().success());
 }
+
+/// Multipart uploads of `key` S3 still keeps (not completed, not aborted).
+async fn open_uploads(world: &s3drop_testkit::World, key: &str) -> usize {
+    let listed = world
+        .s3
+        .list_multipart_uploads()
+        .bucket(BUCKET)
+        .send()
+        .await
+        .unwrap();
+    listed
+        .uploads()
+        .iter()
+        .filter(|u| u.key() == Some(key))
+        .count()
+}
+
+/// A 50 GiB sparse file (no disk used: `truncate -s 50G`), deleted once its upload is under
+/// way: the upload stops within a few parts and its UploadId is aborted. With
+/// `max_file_size` it is not started at all, and `status` lists it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_huge_sparse_file_deleted_mid_upload_is_abandoned_and_max_file_size_refuses_it() {
+    const SPARSE: u64 = 50 << 30;
+    let (fc, world, site) = setup(BUCKET, "part_concurrency = 2").await;
+    let mut daemon = start_ready(&site, &fc);
+    let sparse = site.watch.join("sparse.bin");
+    std::fs::File::create(&sparse)
+        .unwrap()
+        .set_len(SPARSE)
+        .unwrap();
+    let k = key("sparse.bin");
+    wait_until("two parts stored", Duration::from_secs(120), || {
+        fc.parts_stored(BUCKET, &k) >= 2
+    })
+    .await;
+    assert_eq!(open_uploads(&world, &k).await, 1);
+    std::fs::remove_file(&sparse).unwrap();
+    let at_delete = fc.parts_stored(BUCKET, &k);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while open_uploads(&world, &k).await > 0 {
+        assert!(Instant::now() < deadline, "the upload was not aborted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let total = fc.parts_stored(BUCKET, &k);
+    // At most a check interval (4 parts) and the parts in flight (2) after the delete.
+    assert!(
+        total <= at_delete + 6,
+        "{total} parts, {at_delete} at the delete"
+    );
+    assert!(world.get_object(&k).await.unwrap().is_none());
+    assert!(daemon.stop().unwrap().success());
+
+    // With max_file_size: refused, kept, listed; no upload started.
+    site.write_config(BUCKET, "part_concurrency = 2\nmax_file_size = \"1GiB\"")
+        .unwrap();
+    let limited = site.watch.join("limited.bin");
+    std::fs::File::create(&limited)
+        .unwrap()
+        .set_len(SPARSE)
+        .unwrap();
+    let mut daemon = start_ready(&site, &fc);
+    let status = || {
+        site.command(s3drop(), &fc, &["status"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap()
+    };
+    wait_until("the refused file in status", ARRIVAL, || {
+        status().contains("over max_file_size")
+    })
+    .await;
+    assert!(limited.exists(), "the file is kept");
+    assert_eq!(open_uploads(&world, &key("limited.bin")).await, 0);
+    assert_eq!(fc.parts_stored(BUCKET, &key("limited.bin")), 0);
+    assert!(daemon.stop().unwrap().success());
+    // Recorded: `status` still lists it with the daemon stopped.
+    assert!(status().contains("over max_file_size"), "{}", status());
+}

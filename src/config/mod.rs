@@ -158,6 +158,7 @@ struct RawConfig {
     #[serde(default = "default_part_concurrency")]
     part_concurrency: usize,
     max_bandwidth: Option<ByteSize>,
+    max_file_size: Option<ByteSize>,
     #[serde(default)]
     force_path_style: bool,
     storage_class: Option<String>,
@@ -299,6 +300,8 @@ pub struct Config {
     pub part_concurrency: usize,
     /// Bytes per second over all uploads, if capped.
     pub max_bandwidth: Option<u64>,
+    /// A larger file is refused (kept, listed as failed), if set.
+    pub max_file_size: Option<u64>,
     pub force_path_style: bool,
     /// What every object is written with.
     pub object: ObjectOptions,
@@ -413,6 +416,7 @@ impl RawConfig {
             part_size: transfer.part_size,
             part_concurrency: self.part_concurrency,
             max_bandwidth: transfer.max_bandwidth,
+            max_file_size: transfer.max_file_size,
             force_path_style: self.force_path_style,
             object,
             overwrite: self.overwrite,
@@ -587,10 +591,18 @@ impl RawConfig {
                 "must be at least 64KiB (per second), or left out for no cap",
             ));
         }
+        let max_file_size = self.max_file_size.map(|b| b.as_u64());
+        if max_file_size == Some(0) {
+            return Err(invalid(
+                "max_file_size",
+                "must be more than 0 bytes, or left out for no limit",
+            ));
+        }
         Ok(TransferLimits {
             multipart_threshold,
             part_size,
             max_bandwidth,
+            max_file_size,
         })
     }
 }
@@ -600,6 +612,7 @@ struct TransferLimits {
     multipart_threshold: u64,
     part_size: u64,
     max_bandwidth: Option<u64>,
+    max_file_size: Option<u64>,
 }
 
 /// The field names of [`RawConfig`] as serde sees them (for the documentation test).

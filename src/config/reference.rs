@@ -171,6 +171,14 @@ pub const KEYS: &[KeyDoc] = &[
         meaning: "e.g. `\"50MiB\"`: bytes per second over all uploads",
     },
     KeyDoc {
+        name: "max_file_size",
+        default: "none",
+        meaning: "e.g. `\"20GiB\"`: a larger file is not uploaded (kept, logged as an error, \
+                  listed by `s3drop status`); a file that shrinks below it is taken at the \
+                  next retry or SIGHUP. Bounds what one producer (a sparse file of zeros) can \
+                  send",
+    },
+    KeyDoc {
         name: "storage_class",
         default: "none (S3's `STANDARD`)",
         meaning: "S3 storage class of every object, e.g. `\"STANDARD_IA\"`, \

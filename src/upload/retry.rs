@@ -34,6 +34,8 @@ pub enum Verdict {
     /// An operator must act (denied, no bucket, rejected request): record it, try again
     /// much later or at SIGHUP.
     Permanent,
+    /// The file was deleted while being sent (its upload abandoned): nothing more to do.
+    Vanished,
 }
 
 /// The classifier for a failed send. `unchanged`: the file is still the version that was
@@ -41,6 +43,8 @@ pub enum Verdict {
 /// its request body).
 pub fn verdict(error: &SendError, unchanged: bool) -> Verdict {
     match error {
+        SendError::Vanished => Verdict::Vanished,
+        SendError::TooLarge { .. } => Verdict::Permanent,
         _ if !unchanged => Verdict::Changed,
         SendError::Changed => Verdict::Changed,
         SendError::S3(e) if e.is_truncated_body() => Verdict::Changed,

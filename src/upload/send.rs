@@ -18,7 +18,7 @@ use crate::config::{Config, MAX_SINGLE_PUT};
 use crate::file::OpenedFile;
 use crate::ledger::{FileRecord, FileState, Ledger, PartRecord};
 use crate::s3::{Checksum, CompletedPart, ErrorClass, S3, S3Error};
-use crate::tree::Tree;
+use crate::tree::{Now, Tree};
 
 /// S3 allows at most this many parts.
 const MAX_PARTS: u64 = 10_000;
@@ -31,7 +31,31 @@ pub enum SendError {
     S3(#[from] S3Error),
     #[error("the file changed while it was being uploaded")]
     Changed,
+    #[error("the file was deleted during its upload; the upload was abandoned")]
+    Vanished,
+    #[error(
+        "the file is {size} bytes, over max_file_size ({max} bytes): not uploaded; it is kept \
+         and tried again when it is smaller"
+    )]
+    TooLarge { size: u64, max: u64 },
 }
+
+/// Why sending the parts stopped.
+enum PartsError {
+    S3(S3Error),
+    /// The file changed or was deleted (checked every [`STALE_CHECK_PARTS`] parts).
+    Stale(Now),
+}
+
+impl From<S3Error> for PartsError {
+    fn from(e: S3Error) -> Self {
+        PartsError::S3(e)
+    }
+}
+
+/// How often (in confirmed parts) a multipart upload looks whether its file changed or was
+/// deleted: a deleted 50 GiB file stops within a few parts, not after all of them.
+const STALE_CHECK_PARTS: usize = 4;
 
 impl SendError {
     /// A conditional write (`overwrite = false`) met an existing object.
@@ -82,6 +106,7 @@ pub struct Sender {
     multipart_threshold: u64,
     part_size: u64,
     part_concurrency: usize,
+    max_file_size: Option<u64>,
 }
 
 fn part_record(p: CompletedPart) -> PartRecord {
@@ -109,6 +134,7 @@ impl Sender {
             multipart_threshold: config.multipart_threshold.min(MAX_SINGLE_PUT),
             part_size: config.part_size,
             part_concurrency: config.part_concurrency,
+            max_file_size: config.max_file_size,
         }
     }
 
@@ -120,6 +146,9 @@ impl Sender {
     /// `item.relative`. The caller records the final state.
     pub async fn send(&self, item: &Item<'_>) -> Result<Checksum, SendError> {
         let size = item.file.identity.size;
+        if let Some(max) = self.max_file_size.filter(|max| size > *max) {
+            return Err(SendError::TooLarge { size, max });
+        }
         if size <= self.multipart_threshold {
             self.pacer.take(size).await;
             return Ok(self.s3.put_object(item.file, item.key).await?);
@@ -137,16 +166,26 @@ impl Sender {
                 parts = plan.count, "resuming multipart upload"
             );
         }
-        let sent = self.send_parts(item, plan, &upload_id, done).await;
-        let mut parts = match sent {
-            Ok(parts) => parts,
-            Err(e) => return Err(self.failed(item, e).await),
+        let sent = match self.send_parts(item, plan, &upload_id, done).await {
+            Ok(parts) => Ok(parts),
+            Err(PartsError::S3(e)) => return Err(self.failed(item, e).await),
+            Err(PartsError::Stale(now)) => Err(now),
         };
-        if !item.tree.unchanged(item.relative, item.file) {
-            // Its parts are a mix of versions: throw them away and start over later.
-            self.abandon(item.relative, item.key, &upload_id).await;
-            return Err(SendError::Changed);
-        }
+        let mut parts = match sent.and_then(|parts| match item.tree.now(item.relative, item.file) {
+            Now::Same => Ok(parts),
+            now => Err(now),
+        }) {
+            Ok(parts) => parts,
+            // Changed: its parts are a mix of versions; gone: nobody wants them. Either way
+            // they are thrown away (aborted, so S3 stops keeping them).
+            Err(now) => {
+                self.abandon(item.relative, item.key, &upload_id).await;
+                return Err(match now {
+                    Now::Gone => SendError::Vanished,
+                    _ => SendError::Changed,
+                });
+            }
+        };
         parts.sort_by_key(|p| p.number);
         let parts: Vec<CompletedPart> = parts.iter().map(completed_part).collect();
         match self
@@ -171,12 +210,13 @@ impl Sender {
         plan: PartPlan,
         upload_id: &str,
         done: Vec<PartRecord>,
-    ) -> Result<Vec<PartRecord>, S3Error> {
+    ) -> Result<Vec<PartRecord>, PartsError> {
         let size = item.file.identity.size;
         let missing: Vec<u64> = (1..=plan.count)
             .filter(|n| !done.iter().any(|p| p.number as u64 == *n))
             .collect();
         let parts = Mutex::new(done);
+        let count = std::sync::atomic::AtomicUsize::new(0);
         let uploading = |parts: &[PartRecord]| FileState::Uploading {
             key: item.key.to_string(),
             upload_id: upload_id.to_string(),
@@ -185,7 +225,7 @@ impl Sender {
         };
         stream::iter(missing)
             .map(|number| {
-                let (parts, uploading) = (&parts, &uploading);
+                let (parts, uploading, count) = (&parts, &uploading, &count);
                 async move {
                     let part = plan.part(number, size);
                     self.pacer.take(part.2).await;
@@ -199,7 +239,15 @@ impl Sender {
                     // list; nothing waits for the commit (see the module's doc).
                     let record = FileRecord::new(item.file.identity, uploading(&parts));
                     drop(self.ledger.put_later(item.relative, &record));
-                    Ok::<_, S3Error>(())
+                    drop(parts);
+                    let n = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                    if n % STALE_CHECK_PARTS == 0 {
+                        match item.tree.now(item.relative, item.file) {
+                            Now::Same => {}
+                            now => return Err(PartsError::Stale(now)),
+                        }
+                    }
+                    Ok::<_, PartsError>(())
                 }
             })
             .buffer_unordered(self.part_concurrency)

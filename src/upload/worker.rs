@@ -402,6 +402,10 @@ impl Worker {
     async fn failed(&self, item: &Item<'_>, error: SendError, unchanged: bool) -> Outcome {
         match verdict(&error, unchanged) {
             Verdict::Changed => self.changed(item),
+            Verdict::Vanished => {
+                tracing::info!(path = %item.path.display(), key = item.key, "deleted during its upload; the upload was abandoned and its parts aborted");
+                Outcome::Done
+            }
             Verdict::Transient => {
                 crate::metrics::get().failed("transient");
                 tracing::warn!(path = %item.path.display(), key = item.key, %error, "upload failed; will retry");
@@ -422,29 +426,36 @@ impl Worker {
             Verdict::Permanent => {
                 crate::metrics::get().failed(match &error {
                     SendError::S3(e) if e.class() == crate::s3::ErrorClass::Denied => "denied",
+                    SendError::TooLarge { .. } => "too_large",
                     _ => "rejected",
                 });
                 tracing::error!(
                     path = %item.path.display(), key = item.key, bucket = self.sender.bucket(),
                     %error, "upload refused; the file is kept and retried later (or at SIGHUP)"
                 );
-                self.progress.failed(item.path, error.to_string());
-                let record = FileRecord::new(
-                    item.file.identity,
-                    FileState::Failed {
-                        key: item.key.to_string(),
-                        error: error.to_string(),
-                    },
-                );
-                match self.ledger.put_later(item.relative, &record).await {
-                    Err(e) if e.is_fatal() => Outcome::Fatal(e.into()),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "could not record the failure in the ledger");
-                        Outcome::Retry(Wait::Permanent)
-                    }
-                    Ok(()) => Outcome::Retry(Wait::Permanent),
-                }
+                self.record_failure(item, error.to_string()).await
             }
+        }
+    }
+
+    /// A failure an operator must fix: shown by STATUS and `status`, recorded in the ledger
+    /// (so `status` finds it after a restart), tried again much later or at SIGHUP.
+    async fn record_failure(&self, item: &Item<'_>, error: String) -> Outcome {
+        self.progress.failed(item.path, error.clone());
+        let record = FileRecord::new(
+            item.file.identity,
+            FileState::Failed {
+                key: item.key.to_string(),
+                error,
+            },
+        );
+        match self.ledger.put_later(item.relative, &record).await {
+            Err(e) if e.is_fatal() => Outcome::Fatal(e.into()),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not record the failure in the ledger");
+                Outcome::Retry(Wait::Permanent)
+            }
+            Ok(()) => Outcome::Retry(Wait::Permanent),
         }
     }
 
