@@ -203,7 +203,7 @@ fn start(
     let after_upload =
         AfterUploadAction::new(&config.after_upload).context("cannot open move_to")?;
     // Watch before the backlog scan, so nothing that lands during the scan is missed.
-    let watcher = DirWatcher::start(&config.watch_dir)?;
+    let watcher = DirWatcher::start(tree.clone())?;
     let intake = Intake::new(
         IntakeConfig {
             tree: tree.clone(),

@@ -310,6 +310,47 @@ impl Tree {
         Ok(dir)
     }
 
+    /// Opens the directory `rel` beneath the tree as an `O_PATH` descriptor (to name it,
+    /// e.g. to inotify as `/proc/self/fd/N`, without following anything).
+    pub fn dir_handle(&self, rel: &Path) -> io::Result<OwnedFd> {
+        self.resolve(rel, OFlags::PATH | OFlags::DIRECTORY)
+    }
+
+    /// Every directory below `rel` (not `rel` itself), never entering a link: the directory
+    /// entries' types (`d_type`) are enough, so files cost no `stat`.
+    pub fn subdirectories(&self, rel: &Path) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        let mut pending = vec![rel.to_owned()];
+        while let Some(dir_rel) = pending.pop() {
+            let Ok(dir) = self.resolve(&dir_rel, OFlags::RDONLY | OFlags::DIRECTORY) else {
+                continue; // gone, or a link now: its watch is not wanted either
+            };
+            let Ok(mut entries) = rustix::fs::Dir::read_from(&dir) else {
+                continue;
+            };
+            while let Some(Ok(entry)) = entries.read() {
+                let name = OsStr::from_bytes(entry.file_name().to_bytes());
+                if name == "." || name == ".." {
+                    continue;
+                }
+                let is_dir = match entry.file_type() {
+                    rustix::fs::FileType::Directory => true,
+                    rustix::fs::FileType::Unknown => {
+                        rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)
+                            .is_ok_and(|s| Kind::of_mode(s.st_mode) == Kind::Directory)
+                    }
+                    _ => false,
+                };
+                if is_dir {
+                    let child = dir_rel.join(name);
+                    found.push(child.clone());
+                    pending.push(child);
+                }
+            }
+        }
+        found
+    }
+
     /// Walks the directory `rel` depth first, never entering a link: `enter` says whether a
     /// directory (relative path) is walked, `visit` gets every other entry (relative path,
     /// what it is) and returns false to stop. Answers the errors met on the way, one

@@ -217,7 +217,7 @@ impl Intake {
         let watched = tree
             .reopen()
             .map_err(|e| e.to_string())
-            .and_then(|()| DirWatcher::start(tree.path()).map_err(|e| e.to_string()));
+            .and_then(|()| DirWatcher::start(tree.clone()).map_err(|e| e.to_string()));
         match watched {
             Ok(watcher) => {
                 tracing::info!(watch_dir = %tree.path().display(), "watch_dir is (back) in place; watching it again");
@@ -548,15 +548,16 @@ mod tests {
         let queue = Arc::new(Queue::new());
         let state = tempfile::tempdir().unwrap();
         let ledger = Arc::new(Ledger::open(state.path()).unwrap());
+        let tree = Arc::new(Tree::open(root).unwrap());
         let config = IntakeConfig {
-            tree: Arc::new(Tree::open(root).unwrap()),
+            tree: tree.clone(),
             exclude: Exclude::new(&crate::config::default_exclude()).unwrap(),
             settle,
             quiet_period: Duration::ZERO,
             rescan_interval: Duration::from_secs(300),
             skip_recorded: true,
         };
-        let watcher = DirWatcher::start(root).unwrap();
+        let watcher = DirWatcher::start(tree).unwrap();
         Fixture {
             intake: Intake::new(config, watcher, queue.clone(), ledger),
             queue,
