@@ -95,7 +95,10 @@ case "$ENDPOINT" in http://127.0.0.1:*) ;; *) fail "endpoint $ENDPOINT is not on
 say "local AWS at $ENDPOINT, bucket $BUCKET"
 
 # An object as the emulator's admin (SigV4-signed).
-s3_get() { curl -sf --aws-sigv4 "aws:amz:$REGION:s3" --user test:test "$ENDPOINT/$BUCKET/$1"; }
+s3_get() { # KEY (any bytes: percent-encoded here)
+  local path; path="$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1].encode("utf-8", "surrogateescape"), safe="/"))' "$1")"
+  curl -sfg --aws-sigv4 "aws:amz:$REGION:s3" --user test:test "$ENDPOINT/$BUCKET/$path"
+}
 wait_object() { # KEY FILE SECONDS: until the stored object equals FILE
   local deadline=$(( $(date +%s) + $3 ))
   while [ "$(date +%s)" -lt "$deadline" ]; do
@@ -378,6 +381,20 @@ for i in $(seq 1 30); do
 done
 [ -f "$root/srv/private/x" ] || fail "a file outside the drop directory was deleted through the link"
 ok "a producer swapping a directory for a link to s3drop-readable /srv/private (30 tries, delete mode): nothing read, nothing deleted; the real files arrived"
+
+# A name with ESC, BEL, CR and LF: what journalctl shows an operator carries none raw.
+evil="$(printf 'evil\033[31mred\007\r\nFORGED line')"
+printf 'x' > "$work/evil.bin"
+produce "$evil" "$work/evil.bin"
+evil_key="${PREFIX}$(printf 'evil\342\220\233[31mred\342\220\207\342\220\215\342\220\212FORGED line')"
+wait_object "$evil_key" "$work/evil.bin" 30 || fail "the file with control characters did not arrive"
+for mode in cat short verbose; do
+  shown="$(in_box journalctl -u s3drop.service --no-pager -o "$mode")"
+  printf '%s' "$shown" | grep -q "$(printf '[\033\007\r]')" \
+    && fail "journalctl -o $mode shows a raw control character"
+  printf '%s\n' "$shown" | grep -q '^FORGED line' && fail "journalctl -o $mode shows a forged line"
+done
+ok "a name with ESC, BEL, CR and LF: journalctl -o cat, short and verbose show none of them raw"
 
 clean_exits="$(journal_count "Deactivated successfully")"
 timeout 60 nsenter -t "$sd_pid" -a systemctl stop s3drop.service || fail "systemctl stop failed"
