@@ -203,12 +203,7 @@ async fn a_huge_sparse_file_deleted_mid_upload_is_abandoned_and_max_file_size_re
         .set_len(SPARSE)
         .unwrap();
     let mut daemon = start_ready(&site, &fc);
-    let status = || {
-        site.command(s3drop(), &fc, &["status"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap()
-    };
+    let status = || status_text(&site, &fc);
     wait_until("the refused file in status", ARRIVAL, || {
         status().contains("over max_file_size")
     })

@@ -644,12 +644,7 @@ async fn control_characters_in_names_are_escaped_in_the_text_log_and_status() {
     // Its key has the control characters as control pictures (see README).
     let stored = key("evil\u{241B}[31mred\u{2407}\u{240D}\u{240A}INFO forged line\u{202E}txt");
     world.wait_for_object(&stored, ARRIVAL).await.unwrap();
-    let status = || {
-        site.command(s3drop(), &fc, &["status"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap()
-    };
+    let status = || status_text(&site, &fc);
     wait_until("the failed file in status", ARRIVAL, || {
         status().contains("failed: 1")
     })

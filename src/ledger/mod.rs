@@ -49,6 +49,18 @@ impl LedgerError {
     }
 }
 
+/// The ledger's path in `state_dir`, if there is one there.
+fn existing(state_dir: &Path) -> Result<PathBuf, LedgerError> {
+    let path = state_dir.join(LEDGER_FILE);
+    if !path.exists() {
+        return Err(LedgerError::Open {
+            path,
+            message: "no ledger here (has s3drop run with this config?)".into(),
+        });
+    }
+    Ok(path)
+}
+
 fn damaged(path: &Path, e: impl std::fmt::Display) -> LedgerError {
     LedgerError::Damaged {
         path: path.to_owned(),
@@ -104,13 +116,7 @@ pub struct Ledger {
 impl Ledger {
     /// Opens the ledger in `state_dir` only if there is one (for reading it: `status`).
     pub fn open_existing(state_dir: &Path) -> Result<Ledger, LedgerError> {
-        let path = state_dir.join(LEDGER_FILE);
-        if !path.exists() {
-            return Err(LedgerError::Open {
-                path,
-                message: "no ledger here (has s3drop run with this config?)".into(),
-            });
-        }
+        existing(state_dir)?;
         Ledger::open(state_dir)
     }
 
@@ -149,13 +155,7 @@ impl Ledger {
     /// Moves a (damaged) ledger in `state_dir` aside, to `ledger.redb.damaged-<unix time>`,
     /// so the next start builds a new one. Refused while a daemon holds it.
     pub fn reset(state_dir: &Path) -> Result<PathBuf, LedgerError> {
-        let path = state_dir.join(LEDGER_FILE);
-        if !path.exists() {
-            return Err(LedgerError::Open {
-                path,
-                message: "there is no ledger here to reset".into(),
-            });
-        }
+        let path = existing(state_dir)?;
         // Only the lock matters here: a damaged file may fail or panic in any other way.
         let held = without_panicking(&path, || match Database::create(&path) {
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {

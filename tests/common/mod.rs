@@ -90,3 +90,9 @@ pub fn debug_deb(out: &Path) -> std::path::PathBuf {
         .find(|p| p.extension().is_some_and(|e| e == "deb"))
         .expect("a .deb")
 }
+
+/// What `s3drop status` prints for people (stdout).
+pub fn status_text(site: &Site, fc: &FakeCloud) -> String {
+    let out = site.command(s3drop(), fc, &["status"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
