@@ -401,6 +401,25 @@ timeout 60 nsenter -t "$sd_pid" -a systemctl stop s3drop.service || fail "system
 [ "$(journal_count "Deactivated successfully")" -gt "$clean_exits" ] || fail "s3drop did not exit 0 on stop"
 ok "systemctl stop: the daemon exited 0"
 
+# A ledger a failing disk damaged: s3drop exits 65 with one sentence, systemd does not
+# restart it (RestartPreventExitStatus=65), and `s3drop ledger reset` lets it start again.
+restarts="$(in_box systemctl show -p NRestarts --value s3drop.service)"
+python3 -c 'import sys; p=sys.argv[1]; b=bytearray(open(p,"rb").read()); b[0:64]=bytes(64); open(p,"wb").write(b)' \
+  "$root/var/lib/s3drop/ledger.redb"
+timeout 60 nsenter -t "$sd_pid" -a systemctl start s3drop.service 2>/dev/null \
+  && fail "s3drop started with a damaged ledger"
+sleep 3
+[ "$(in_box systemctl show -p ExecMainStatus --value s3drop.service)" = 65 ] \
+  || fail "a damaged ledger did not exit 65: $(in_box systemctl show -p ExecMainStatus --value s3drop.service)"
+[ "$(in_box systemctl show -p NRestarts --value s3drop.service)" = "$restarts" ] \
+  || fail "systemd restarted s3drop over a damaged ledger"
+[ "$(journal_count "s3drop ledger reset")" -ge 1 ] || fail "the journal does not name s3drop ledger reset"
+in_box s3drop ledger reset --config /etc/s3drop/s3drop.toml > /dev/null || fail "s3drop ledger reset failed"
+in_box systemctl reset-failed s3drop.service
+timeout 60 nsenter -t "$sd_pid" -a systemctl start s3drop.service || fail "s3drop did not start after the reset"
+ok "a damaged ledger: exit 65, no restart loop, the journal names \`s3drop ledger reset\`; after it s3drop starts"
+timeout 60 nsenter -t "$sd_pid" -a systemctl stop s3drop.service || fail "stop after the reset failed"
+
 cat > "$root/etc/systemd/system/s3drop.service.d/no-imds.conf" <<'UNIT'
 [Service]
 Environment=AWS_EC2_METADATA_SERVICE_ENDPOINT=http://127.0.0.1:9

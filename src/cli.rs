@@ -250,6 +250,10 @@ pub fn main() -> ExitCode {
                 .and_then(|config| runtime()?.block_on(crate::daemon::run(config)));
             match result {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e) if is_damaged_ledger(&e) => {
+                    fail(&e);
+                    ExitCode::from(DAMAGED_LEDGER_EXIT)
+                }
                 Err(e) => fail(&e),
             }
         }
@@ -369,6 +373,20 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
+}
+
+/// `run`'s exit status for a damaged ledger (sysexits' EX_DATAERR): the unit's
+/// `RestartPreventExitStatus=` names it, since restarting cannot help; an operator must
+/// run `s3drop ledger reset`.
+pub const DAMAGED_LEDGER_EXIT: u8 = 65;
+
+fn is_damaged_ledger(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<crate::ledger::LedgerError>(),
+            Some(crate::ledger::LedgerError::Damaged { .. })
+        )
+    })
 }
 
 fn fail(error: &anyhow::Error) -> ExitCode {
