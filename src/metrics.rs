@@ -20,6 +20,77 @@ use prometheus::{
 };
 use tokio_util::sync::CancellationToken;
 
+/// Declares a closed set of label values: the enum, every value (`ALL`), and its label.
+macro_rules! labels {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $label:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name { $($(#[$vdoc])* $variant),+ }
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            pub fn label(self) -> &'static str {
+                match self { $($name::$variant => $label),+ }
+            }
+        }
+    };
+}
+
+labels! {
+    /// Why an upload attempt failed: the `kind` of `s3drop_upload_failures_total`.
+    FailureKind {
+        Transient => "transient",
+        /// S3 asked to slow down (SlowDown, 503, 429).
+        Throttled => "throttled",
+        /// The session lapsed; the file waits for the next.
+        NoSession => "no_session",
+        Denied => "denied",
+        Rejected => "rejected",
+        ExpiredToken => "expired_token",
+        /// `overwrite = false` met an existing object.
+        Conflict => "conflict",
+        Unreadable => "unreadable",
+        Changed => "changed",
+        /// Over `max_file_size`.
+        TooLarge => "too_large",
+    }
+}
+
+labels! {
+    /// What STS answered: the `result` of `s3drop_sts_requests_total`.
+    StsResult {
+        Ok => "ok",
+        Throttled => "throttled",
+        Refused => "refused",
+        Error => "error",
+    }
+}
+
+labels! {
+    /// Why watch_dir was scanned whole: the `reason` of `s3drop_rescans_total`.
+    RescanReason {
+        Startup => "startup",
+        Sighup => "sighup",
+        Recreated => "recreated",
+        Periodic => "periodic",
+        /// inotify's queue or s3drop's channel overflowed, or the watch failed: events lost.
+        Overflow => "overflow",
+    }
+}
+
+/// `labels` joined for a metric's help text.
+fn listed(labels: impl Iterator<Item = &'static str>) -> String {
+    labels.collect::<Vec<_>>().join(", ")
+}
+
+/// Every value of `label` present from the start, at 0: an alert on `rate()` or
+/// `increase()` sees the first failure of a kind (Prometheus' instrumentation guidance).
+fn with_zeros(c: IntCounterVec, labels: impl Iterator<Item = &'static str>) -> IntCounterVec {
+    for label in labels {
+        c.with_label_values(&[label]);
+    }
+    c
+}
+
 pub struct Metrics {
     registry: Registry,
     pub uploaded_files: IntCounter,
@@ -100,12 +171,17 @@ impl Metrics {
                 "s3drop_uploaded_bytes_total",
                 "Bytes of the files S3 confirmed.",
             ),
-            upload_failures: counter_vec(
-                &r,
-                "s3drop_upload_failures_total",
-                "Failed upload attempts, by kind (transient, throttled, no_session, denied, \
-                 expired_token, conflict, unreadable, changed, rejected).",
-                "kind",
+            upload_failures: with_zeros(
+                counter_vec(
+                    &r,
+                    "s3drop_upload_failures_total",
+                    &format!(
+                        "Failed upload attempts, by kind ({}).",
+                        listed(FailureKind::ALL.iter().map(|k| k.label()))
+                    ),
+                    "kind",
+                ),
+                FailureKind::ALL.iter().map(|k| k.label()),
             ),
             upload_duration,
             queue_files: gauge(&r, "s3drop_queue_files", "Files waiting or being uploaded."),
@@ -115,11 +191,17 @@ impl Metrics {
                 "Files waiting on a failure an operator must fix.",
             ),
             oldest_pending,
-            sts_requests: counter_vec(
-                &r,
-                "s3drop_sts_requests_total",
-                "Sessions asked of STS, by result (ok, throttled, refused, error).",
-                "result",
+            sts_requests: with_zeros(
+                counter_vec(
+                    &r,
+                    "s3drop_sts_requests_total",
+                    &format!(
+                        "Sessions asked of STS, by result ({}).",
+                        listed(StsResult::ALL.iter().map(|k| k.label()))
+                    ),
+                    "result",
+                ),
+                StsResult::ALL.iter().map(|k| k.label()),
             ),
             session_expiry: gauge(
                 &r,
@@ -131,12 +213,17 @@ impl Metrics {
                 "s3drop_last_upload_timestamp_seconds",
                 "When S3 last confirmed an upload (Unix time; 0 before the first).",
             ),
-            rescans: counter_vec(
-                &r,
-                "s3drop_rescans_total",
-                "Full scans of watch_dir, by reason (startup, overflow, periodic, sighup, \
-                 recreated).",
-                "reason",
+            rescans: with_zeros(
+                counter_vec(
+                    &r,
+                    "s3drop_rescans_total",
+                    &format!(
+                        "Full scans of watch_dir, by reason ({}).",
+                        listed(RescanReason::ALL.iter().map(|k| k.label()))
+                    ),
+                    "reason",
+                ),
+                RescanReason::ALL.iter().map(|k| k.label()),
             ),
             registry: r,
         }
@@ -159,8 +246,18 @@ impl Metrics {
         self.last_upload.set(unix(SystemTime::now()));
     }
 
-    pub fn failed(&self, kind: &str) {
-        self.upload_failures.with_label_values(&[kind]).inc();
+    pub fn failed(&self, kind: FailureKind) {
+        self.upload_failures
+            .with_label_values(&[kind.label()])
+            .inc();
+    }
+
+    pub fn sts(&self, result: StsResult) {
+        self.sts_requests.with_label_values(&[result.label()]).inc();
+    }
+
+    pub fn rescan(&self, reason: RescanReason) {
+        self.rescans.with_label_values(&[reason.label()]).inc();
     }
 
     /// The session is usable: minted and not expired. The daemon's health.
@@ -308,4 +405,53 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
 /// node_exporter never reads half a file.
 pub fn write_textfile(path: &Path) -> std::io::Result<()> {
     crate::file::replace_atomically(path, get().render().as_bytes(), 0o644, ".s3drop-metrics")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every (metric, label) pair a closed set declares.
+    fn declared() -> Vec<(&'static str, &'static str)> {
+        let failures = FailureKind::ALL
+            .iter()
+            .map(|k| ("s3drop_upload_failures_total", k.label()));
+        let sts = StsResult::ALL
+            .iter()
+            .map(|k| ("s3drop_sts_requests_total", k.label()));
+        let rescans = RescanReason::ALL
+            .iter()
+            .map(|k| ("s3drop_rescans_total", k.label()));
+        failures.chain(sts).chain(rescans).collect()
+    }
+
+    #[test]
+    fn every_label_value_is_exposed_at_zero_from_the_start() {
+        let text = Metrics::new().render();
+        for (metric, label) in declared() {
+            let name = match metric {
+                "s3drop_upload_failures_total" => "kind",
+                "s3drop_sts_requests_total" => "result",
+                _ => "reason",
+            };
+            let series = format!("{metric}{{{name}=\"{label}\"}} 0\n");
+            assert!(text.contains(&series), "{series} missing:\n{text}");
+        }
+    }
+
+    #[test]
+    fn readme_names_every_label_value_in_its_metrics_row() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        for (metric, label) in declared() {
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{metric}")))
+                .unwrap_or_else(|| panic!("README has no row for {metric}"));
+            assert!(
+                row.contains(&format!("`{label}`")),
+                "{metric}: `{label}` not in {row}"
+            );
+        }
+    }
 }

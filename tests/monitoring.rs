@@ -349,3 +349,39 @@ async fn idle_and_slow_clients_cannot_starve_the_daemon_of_descriptors() {
     assert!(!log.contains("Too many open files"), "{log}");
     assert!(daemon.stop().unwrap().success());
 }
+
+/// Right after start every failure kind, STS result and rescan reason is a series at 0 (an
+/// alert on `increase()` sees the first one), before anything failed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scrape_at_start_shows_every_label_value_at_zero() {
+    use s3drop::metrics::{FailureKind, RescanReason, StsResult};
+    let addr = format!("127.0.0.1:{}", s3drop_testkit::free_port().unwrap());
+    let (fc, _world, site) = setup(BUCKET, &format!("metrics_listen = \"{addr}\"")).await;
+    let mut daemon = start_ready(&site, &fc);
+    wait_until("metrics served", ARRIVAL, || {
+        get(&addr, "/metrics").0 == 200
+    })
+    .await;
+    let scraped = samples(&get(&addr, "/metrics").1);
+    let series = FailureKind::ALL
+        .iter()
+        .map(|k| format!("s3drop_upload_failures_total{{kind=\"{}\"}}", k.label()))
+        .chain(
+            StsResult::ALL
+                .iter()
+                .map(|k| format!("s3drop_sts_requests_total{{result=\"{}\"}}", k.label())),
+        )
+        .chain(
+            RescanReason::ALL
+                .iter()
+                .map(|k| format!("s3drop_rescans_total{{reason=\"{}\"}}", k.label())),
+        );
+    for name in series {
+        let value = scraped.get(&name).copied();
+        assert!(value.is_some(), "{name} is not exposed");
+        if !name.contains("\"ok\"") && !name.contains("\"startup\"") {
+            assert_eq!(value, Some(0.0), "{name}");
+        }
+    }
+    assert!(daemon.stop().unwrap().success());
+}

@@ -80,7 +80,7 @@ impl SessionCredentials {
         match self.inner.source.provide_credentials().await {
             Ok(credentials) => {
                 let m = crate::metrics::get();
-                m.sts_requests.with_label_values(&["ok"]).inc();
+                m.sts(crate::metrics::StsResult::Ok);
                 m.session_expiry
                     .set(credentials.expiry().map_or(i64::MAX, crate::metrics::unix));
                 state
@@ -106,10 +106,7 @@ impl SessionCredentials {
             Err(e) => {
                 let message = crate::message::cause(&e);
                 let answer = classify(&e);
-                crate::metrics::get()
-                    .sts_requests
-                    .with_label_values(&[answer.label()])
-                    .inc();
+                crate::metrics::get().sts(answer.result());
                 let delay = state.schedule.failed(now, fastrand::f64());
                 if state.schedule.usable(now)
                     && let Some(credentials) = &state.credentials

@@ -219,12 +219,12 @@ pub enum StsAnswer {
 }
 
 impl StsAnswer {
-    /// The `result` label of `s3drop_sts_requests_total`.
-    pub fn label(self) -> &'static str {
+    /// Its `result` in `s3drop_sts_requests_total`.
+    pub fn result(self) -> crate::metrics::StsResult {
         match self {
-            StsAnswer::Throttled => "throttled",
-            StsAnswer::Refused => "refused",
-            StsAnswer::Transient => "error",
+            StsAnswer::Throttled => crate::metrics::StsResult::Throttled,
+            StsAnswer::Refused => crate::metrics::StsResult::Refused,
+            StsAnswer::Transient => crate::metrics::StsResult::Error,
         }
     }
 }

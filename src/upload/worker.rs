@@ -20,6 +20,7 @@ use super::send::{Item, SendError, Sender};
 use crate::file::{OpenError, OpenedFile};
 use crate::keys::KeyRule;
 use crate::ledger::{FileRecord, FileState, Ledger, LedgerError};
+use crate::metrics::FailureKind;
 use crate::queue::Queue;
 use crate::s3::Checksum;
 use crate::supervise::{Fatal, FatalReporter};
@@ -359,7 +360,7 @@ impl Worker {
                 Err(Outcome::Done)
             }
             e @ OpenError::Permission(_) => {
-                crate::metrics::get().failed("unreadable");
+                crate::metrics::get().failed(FailureKind::Unreadable);
                 tracing::error!(path = %path.display(), error = %e, "cannot read the file; retried later (or at SIGHUP)");
                 self.progress.failed(path, e.to_string());
                 Err(Outcome::Retry(Wait::Permanent))
@@ -394,7 +395,7 @@ impl Worker {
     }
 
     fn changed(&self, item: &Item<'_>) -> Outcome {
-        crate::metrics::get().failed("changed");
+        crate::metrics::get().failed(FailureKind::Changed);
         tracing::info!(path = %item.path.display(), key = item.key, "file changed during upload; uploading it again");
         Outcome::Retry(Wait::Transient)
     }
@@ -407,27 +408,29 @@ impl Worker {
                 Outcome::Done
             }
             Verdict::Transient => {
-                crate::metrics::get().failed("transient");
+                crate::metrics::get().failed(FailureKind::Transient);
                 tracing::warn!(path = %item.path.display(), key = item.key, %error, "upload failed; will retry");
                 Outcome::Retry(Wait::Transient)
             }
             Verdict::NoSession => {
                 // The session cache logs the cause once per STS call; one line per waiting
                 // file would flood the journal during an STS outage.
-                crate::metrics::get().failed("no_session");
+                crate::metrics::get().failed(FailureKind::NoSession);
                 tracing::debug!(path = %item.path.display(), key = item.key, %error, "no upload session; the file waits for the next");
                 Outcome::Retry(Wait::Session)
             }
             Verdict::Throttled => {
-                crate::metrics::get().failed("throttled");
+                crate::metrics::get().failed(FailureKind::Throttled);
                 tracing::warn!(path = %item.path.display(), key = item.key, %error, "S3 asks to slow down; will retry after a throttling backoff");
                 Outcome::Retry(Wait::Throttled)
             }
             Verdict::Permanent => {
                 crate::metrics::get().failed(match &error {
-                    SendError::S3(e) if e.class() == crate::s3::ErrorClass::Denied => "denied",
-                    SendError::TooLarge { .. } => "too_large",
-                    _ => "rejected",
+                    SendError::S3(e) if e.class() == crate::s3::ErrorClass::Denied => {
+                        FailureKind::Denied
+                    }
+                    SendError::TooLarge { .. } => FailureKind::TooLarge,
+                    _ => FailureKind::Rejected,
                 });
                 tracing::error!(
                     path = %item.path.display(), key = item.key, bucket = self.sender.bucket(),
@@ -462,7 +465,7 @@ impl Worker {
     /// `overwrite = false` and the key exists: the file is not uploaded, not deleted or
     /// moved; it is recorded as a conflict and left alone until SIGHUP or a change.
     async fn conflict(&self, item: &Item<'_>, hangups: u64) -> Outcome {
-        crate::metrics::get().failed("conflict");
+        crate::metrics::get().failed(FailureKind::Conflict);
 
         tracing::error!(
             path = %item.path.display(), key = item.key, bucket = self.sender.bucket(),

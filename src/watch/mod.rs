@@ -25,6 +25,7 @@ use tokio_util::time::DelayQueue;
 use crate::config::Exclude;
 use crate::file::Kind;
 use crate::ledger::Ledger;
+use crate::metrics::RescanReason;
 use crate::queue::Queue;
 use crate::supervise::Fatal;
 use crate::tree::{Entry, Tree};
@@ -141,7 +142,8 @@ impl Intake {
         ready: tokio::sync::oneshot::Sender<()>,
         cancel: CancellationToken,
     ) -> Result<(), Fatal> {
-        self.full_scan("backlog scan at start").await;
+        self.full_scan(RescanReason::Startup, "backlog scan at start")
+            .await;
         let _ = ready.send(());
         let mut rescan = tokio::time::interval(self.config.rescan_interval);
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -170,7 +172,7 @@ impl Intake {
                     self.consider_complete(path).await;
                 }
                 _ = rescan.tick() => self.periodic_rescan().await,
-                _ = rescan_now.notified() => self.full_scan("SIGHUP").await,
+                _ = rescan_now.notified() => self.full_scan(RescanReason::Sighup, "SIGHUP").await,
                 _ = root_check.tick() => self.check_root().await,
                 _ = summary.tick() => self.summarize_new_dirs(),
             }
@@ -224,7 +226,8 @@ impl Intake {
                 self.watcher = Some(watcher);
                 self.root_identity = tree.identity().ok();
                 self.root_problem = None;
-                self.full_scan("watch_dir recreated").await;
+                self.full_scan(RescanReason::Recreated, "watch_dir recreated")
+                    .await;
             }
             Err(e) => tracing::error!(error = %e, "cannot watch watch_dir again; will retry"),
         }
@@ -280,7 +283,7 @@ impl Intake {
                 // Lost events may include the close of a file marked as being written:
                 // trust the scan's settle check instead, or such a file would wait forever.
                 self.writing.clear();
-                self.full_scan(reason).await;
+                self.full_scan(RescanReason::Overflow, reason).await;
             }
         }
     }
@@ -351,7 +354,8 @@ impl Intake {
             tracing::info!(path = %path.display(), "no close seen for a file idle since the last periodic rescan; taking it once settled");
         }
         self.last_periodic = tokio::time::Instant::now();
-        self.full_scan("periodic safety rescan").await;
+        self.full_scan(RescanReason::Periodic, "periodic safety rescan")
+            .await;
     }
 
     /// Watch first, then scan: whatever lands in a new directory after the scan has read
@@ -437,11 +441,8 @@ impl Intake {
     }
 
     /// Scans the whole tree, then forgets ledger records of files that are gone.
-    async fn full_scan(&mut self, reason: &'static str) {
-        crate::metrics::get()
-            .rescans
-            .with_label_values(&[rescan_label(reason)])
-            .inc();
+    async fn full_scan(&mut self, kind: RescanReason, reason: &'static str) {
+        crate::metrics::get().rescan(kind);
         if self.root_identity.is_none() {
             return; // missing or refused: check_root reports it
         }
@@ -519,18 +520,6 @@ impl Intake {
         if directories > 0 {
             tracing::info!(directories, files, queued, "scanned new directories");
         }
-    }
-}
-
-/// The `reason` label of `s3drop_rescans_total` for a scan's reason.
-fn rescan_label(reason: &str) -> &'static str {
-    match reason {
-        "backlog scan at start" => "startup",
-        "SIGHUP" => "sighup",
-        "watch_dir recreated" => "recreated",
-        "periodic safety rescan" => "periodic",
-        r if r.contains("overflowed") => "overflow",
-        _ => "other",
     }
 }
 
@@ -682,7 +671,7 @@ mod tests {
             .await
             .unwrap();
 
-        f.intake.full_scan("test").await;
+        f.intake.full_scan(RescanReason::Periodic, "test").await;
         assert_eq!(drain(&f.queue), vec![root.join("new")]);
         assert_eq!(
             f.intake.ledger.len().unwrap(),
@@ -692,7 +681,7 @@ mod tests {
 
         // A recorded file that changed since is taken again.
         std::fs::write(root.join("done"), b"changed content").unwrap();
-        f.intake.full_scan("test").await;
+        f.intake.full_scan(RescanReason::Periodic, "test").await;
         assert_eq!(drain(&f.queue), vec![root.join("done"), root.join("new")]);
     }
 }
