@@ -385,3 +385,43 @@ async fn a_scrape_at_start_shows_every_label_value_at_zero() {
     }
     assert!(daemon.stop().unwrap().success());
 }
+
+/// A failure is in the ledger, not only in memory: a file whose key would be over 1,024
+/// bytes is listed by `status` after the daemon stopped (exit 1); renamed to a short name it
+/// uploads, and `status` says nothing failed (exit 0).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failure_is_listed_by_status_after_a_stop_until_the_file_is_fixed() {
+    let (fc, world, site) = setup(BUCKET, "").await;
+    let deep: String = (0..150).map(|i| format!("dir{i:03}/")).collect();
+    std::fs::create_dir_all(site.watch.join(&deep)).unwrap();
+    let long = site.watch.join(format!("{deep}report.csv"));
+    std::fs::write(&long, b"too long a key").unwrap();
+    let status = || site.command(s3drop(), &fc, &["status"]).output().unwrap();
+    let mut daemon = start_ready(&site, &fc);
+    wait_until("the failure in status", ARRIVAL, || {
+        String::from_utf8_lossy(&status().stdout).contains("failed: 1")
+    })
+    .await;
+    assert!(daemon.stop().unwrap().success());
+
+    let stopped = status();
+    let text = String::from_utf8_lossy(&stopped.stdout);
+    assert_eq!(stopped.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("not running") && text.contains("report.csv"),
+        "{text}"
+    );
+    assert!(text.contains("1,024") || text.contains("1024"), "{text}");
+
+    std::fs::rename(&long, site.watch.join("report.csv")).unwrap();
+    let mut daemon = start_ready(&site, &fc);
+    world
+        .wait_for_object(&key("report.csv"), ARRIVAL)
+        .await
+        .unwrap();
+    assert!(daemon.stop().unwrap().success());
+    let fixed = status();
+    let text = String::from_utf8_lossy(&fixed.stdout);
+    assert_eq!(fixed.status.code(), Some(0), "{text}");
+    assert!(text.contains("failed: none"), "{text}");
+}

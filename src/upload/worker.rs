@@ -17,7 +17,7 @@ use super::after::AfterUploadAction;
 use super::progress::Progress;
 use super::retry::{Backoff, Verdict, Wait, verdict};
 use super::send::{Item, SendError, Sender};
-use crate::file::{OpenError, OpenedFile};
+use crate::file::{FileIdentity, OpenError, OpenedFile};
 use crate::keys::KeyRule;
 use crate::ledger::{FileRecord, FileState, Ledger, LedgerError};
 use crate::metrics::FailureKind;
@@ -182,7 +182,7 @@ impl Worker {
         let Some(relative) = self.relative(path) else {
             return Outcome::Done;
         };
-        let file = match self.open(path, relative) {
+        let file = match self.open(path, relative).await {
             Ok(file) => file,
             Err(outcome) => return outcome,
         };
@@ -201,8 +201,13 @@ impl Worker {
                 return Outcome::Done;
             }
         }
-        let Some(key) = self.key_for(path, relative, &file, record.as_ref()) else {
-            return Outcome::Held;
+        let key = match self.key_for(path, relative, &file, record.as_ref()) {
+            Ok(key) => key,
+            Err((key, error)) => {
+                return self
+                    .record_failure(path, relative, file.identity, &key, error)
+                    .await;
+            }
         };
         let item = Item {
             file: &file,
@@ -308,17 +313,18 @@ impl Worker {
         relative: &Path,
         file: &OpenedFile,
         record: Option<&FileRecord>,
-    ) -> Option<String> {
+    ) -> Result<String, (String, String)> {
+        // A failure recorded before a key was decided has none to reuse.
         let recorded = record
             .filter(|r| r.identity == file.identity)
-            .map(|r| r.state.key().to_string());
+            .map(|r| r.state.key().to_string())
+            .filter(|key| !key.is_empty());
         let key = match recorded.map_or_else(|| self.keys.key(relative, file.identity.mtime_ns), Ok)
         {
             Ok(key) => key,
             Err(e) => {
                 tracing::error!(path = %path.display(), error = %e, "not uploaded; the file is kept");
-                self.progress.failed(path, e.to_string());
-                return None;
+                return Err((String::new(), e.to_string()));
             }
         };
         if !self.keys.is_injective() {
@@ -332,20 +338,17 @@ impl Worker {
                     "another file already has this key (key_template maps both to it): not \
                      uploaded, so nothing is overwritten; the file is kept"
                 );
-                self.progress.failed(
-                    path,
-                    format!(
-                        "{} already has the key {key} (key_template)",
-                        owner.display()
-                    ),
+                let error = format!(
+                    "{} already has the key {key} (key_template)",
+                    owner.display()
                 );
-                return None;
+                return Err((key, error));
             }
         }
-        Some(key)
+        Ok(key)
     }
 
-    fn open(&self, path: &Path, relative: &Path) -> Result<OpenedFile, Outcome> {
+    async fn open(&self, path: &Path, relative: &Path) -> Result<OpenedFile, Outcome> {
         let error = match self.tree.open_file(relative) {
             Ok(file) => return Ok(file),
             Err(e) => e,
@@ -362,8 +365,16 @@ impl Worker {
             e @ OpenError::Permission(_) => {
                 crate::metrics::get().failed(FailureKind::Unreadable);
                 tracing::error!(path = %path.display(), error = %e, "cannot read the file; retried later (or at SIGHUP)");
-                self.progress.failed(path, e.to_string());
-                Err(Outcome::Retry(Wait::Permanent))
+                Err(match self.tree.stat(relative) {
+                    Ok(entry) => {
+                        self.record_failure(path, relative, entry.identity, "", e.to_string())
+                            .await
+                    }
+                    Err(_) => {
+                        self.progress.failed(path, e.to_string());
+                        Outcome::Retry(Wait::Permanent)
+                    }
+                })
             }
             e @ OpenError::Io(_) => {
                 tracing::warn!(path = %path.display(), error = %e, "cannot open; will retry");
@@ -436,23 +447,38 @@ impl Worker {
                     path = %item.path.display(), key = item.key, bucket = self.sender.bucket(),
                     %error, "upload refused; the file is kept and retried later (or at SIGHUP)"
                 );
-                self.record_failure(item, error.to_string()).await
+                self.record_failure(
+                    item.path,
+                    item.relative,
+                    item.file.identity,
+                    item.key,
+                    error.to_string(),
+                )
+                .await
             }
         }
     }
 
     /// A failure an operator must fix: shown by STATUS and `status`, recorded in the ledger
     /// (so `status` finds it after a restart), tried again much later or at SIGHUP.
-    async fn record_failure(&self, item: &Item<'_>, error: String) -> Outcome {
-        self.progress.failed(item.path, error.clone());
+    /// `key` is empty when none was decided (unreadable, no valid key).
+    async fn record_failure(
+        &self,
+        path: &Path,
+        relative: &Path,
+        identity: FileIdentity,
+        key: &str,
+        error: String,
+    ) -> Outcome {
+        self.progress.failed(path, error.clone());
         let record = FileRecord::new(
-            item.file.identity,
+            identity,
             FileState::Failed {
-                key: item.key.to_string(),
+                key: key.to_string(),
                 error,
             },
         );
-        match self.ledger.put_later(item.relative, &record).await {
+        match self.ledger.put_later(relative, &record).await {
             Err(e) if e.is_fatal() => Outcome::Fatal(e.into()),
             Err(e) => {
                 tracing::warn!(error = %e, "could not record the failure in the ledger");
