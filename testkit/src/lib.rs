@@ -404,7 +404,14 @@ pub struct World {
 }
 
 async fn admin_config(endpoint: &str) -> aws_config::SdkConfig {
+    // A bound on every call: if the emulator ever stops answering (fakecloud 0.51 can
+    // deadlock a GetObject of an SSE-KMS object against a concurrent write), the test
+    // fails with a timeout instead of hanging the run.
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .operation_timeout(Duration::from_secs(60))
+        .build();
     aws_config::defaults(BehaviorVersion::latest())
+        .timeout_config(timeouts)
         .region(aws_config::Region::new(REGION))
         .endpoint_url(endpoint)
         .credentials_provider(Credentials::new(
@@ -578,6 +585,21 @@ impl World {
     }
 
     /// Waits until `key` exists, returning its bytes.
+    /// Waits until every one of `keys` is listed (no object is read meanwhile).
+    pub async fn wait_for_keys(&self, keys: &[String], limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let listed = self.keys().await?;
+            if keys.iter().all(|k| listed.contains(k)) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{keys:?} did not all arrive within {limit:?}; keys now: {listed:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn wait_for_object(&self, key: &str, limit: Duration) -> Result<Vec<u8>> {
         let deadline = Instant::now() + limit;
         loop {
