@@ -297,6 +297,10 @@ since=$(date +%s%N)
 wait_status "1 uploaded" 5 || fail "STATUS did not show the upload within 5 s: $(status_text)"
 lag_ms=$(( ($(date +%s%N) - since) / 1000000 ))
 ok "a small file arrived byte-identical; STATUS followed within ${lag_ms} ms: $(status_text)"
+# The journal's message is the whole sentence: the file and its key, not a bare "uploaded".
+upload_line="$(in_box journalctl -u s3drop.service --no-pager -o cat | grep -F "small.bin → s3://$BUCKET/${PREFIX}small.bin" || true)"
+[ -n "$upload_line" ] || fail "journalctl -o cat shows no upload line naming the key: $(in_box journalctl -u s3drop.service --no-pager -o cat | tail -5)"
+ok "journalctl -o cat: $upload_line"
 
 head -c $((20 * 1024 * 1024 + 7)) /dev/urandom > "$work/big.bin"
 produce big.bin "$work/big.bin"
@@ -396,10 +400,29 @@ for mode in cat short verbose; do
 done
 ok "a name with ESC, BEL, CR and LF: journalctl -o cat, short and verbose show none of them raw"
 
+# A file whose key would pass S3's 1,024 bytes: one error sentence naming the file, a
+# STATUS line within bounds, and `status` lists it whether the daemon runs or not.
+deep="$(for i in $(seq -w 1 150); do printf 'dir%s/' "$i"; done)"
+printf 'too deep' > "$work/deep.bin"
+produce "${deep}deep.bin" "$work/deep.bin"
+failed_line() { in_box journalctl -u s3drop.service -p err --no-pager -o cat | grep -F "deep.bin not uploaded" || true; }
+for _ in $(seq 100); do [ -n "$(failed_line)" ] && break; sleep 0.2; done
+[ -n "$(failed_line)" ] || fail "no error line for the file without a valid key"
+case "$(failed_line)" in *1024*) ;; *) fail "the error does not say why: $(failed_line)" ;; esac
+ok "journalctl -p err: $(failed_line | cut -c1-60)…$(failed_line | rev | cut -c1-110 | rev)"
+
 clean_exits="$(journal_count "Deactivated successfully")"
 timeout 60 nsenter -t "$sd_pid" -a systemctl stop s3drop.service || fail "systemctl stop failed"
 [ "$(journal_count "Deactivated successfully")" -gt "$clean_exits" ] || fail "s3drop did not exit 0 on stop"
 ok "systemctl stop: the daemon exited 0"
+set +e
+stopped_status="$(in_box s3drop status --config /etc/s3drop/s3drop.toml)"
+stopped_rc=$?
+set -e
+[ "$stopped_rc" = 1 ] || fail "status with the daemon stopped exited $stopped_rc, not 1: $stopped_status"
+printf '%s' "$stopped_status" | grep -q "deep.bin (invalid_key)" \
+  || fail "status with the daemon stopped does not list the failed file: $stopped_status"
+ok "s3drop status with the daemon stopped lists the failed file from the ledger and exits 1"
 
 # A ledger a failing disk damaged: s3drop exits 65 with one sentence, systemd does not
 # restart it (RestartPreventExitStatus=65), and `s3drop ledger reset` lets it start again.
@@ -431,7 +454,25 @@ timeout 60 nsenter -t "$sd_pid" -a systemctl enable --now s3drop.service 2>/dev/
 took=$(( $(date +%s) - t0 ))
 [ "$(in_box systemctl is-active s3drop.service)" = active ] || fail "not active without IMDS"
 wait_status "IMDSv2" 30 || fail "STATUS does not name the cause: $(status_text)"
-ok "with IMDS unreachable, enable --now returned in ${took} s; status: $(status_text | cut -c1-150)…"
+ok "with IMDS unreachable, enable --now returned in ${took} s"
+status_line="$(status_text)"
+[ "${#status_line}" -le 200 ] || fail "StatusText is ${#status_line} characters: $status_line"
+case "$status_line" in *"{"*) fail "StatusText carries a Debug structure: $status_line" ;; esac
+case "$status_line" in *"Connection refused"*) ;; *) fail "StatusText does not name the cause: $status_line" ;; esac
+ok "StatusText (${#status_line} characters): $status_line"
+imds_warning() { in_box journalctl -u s3drop.service -p warning --no-pager -o cat | grep -F "no upload session yet" | tail -1; }
+for _ in $(seq 50); do [ -n "$(imds_warning)" ] && break; sleep 0.2; done
+case "$(imds_warning)" in
+  *"Connection refused"*"fix: "*) ;;
+  *) fail "journalctl -p warning does not show the IMDS warning with its cause and fix: $(imds_warning)" ;;
+esac
+case "$(imds_warning)" in *"{"*) fail "the warning carries a Debug structure: $(imds_warning)" ;; esac
+ok "journalctl -p warning: $(imds_warning)"
+if [ -n "${S3DROP_BOOT_RECORD:-}" ]; then
+  { echo '$ journalctl -u s3drop -o cat'; in_box journalctl -u s3drop.service --no-pager -o cat | cut -c1-400
+    echo; echo '$ systemctl status s3drop'; in_box env SYSTEMD_COLORS=0 systemctl status --no-pager -l s3drop.service || true
+  } > "$S3DROP_BOOT_RECORD" 2>&1
+fi
 timeout 60 nsenter -t "$sd_pid" -a systemctl stop s3drop.service || fail "stop without IMDS failed"
 poweroff_box
 

@@ -29,6 +29,23 @@ pub enum Link {
 }
 
 impl Link {
+    pub const ALL: [Link; 14] = [
+        Link::Config,
+        Link::WatchDir,
+        Link::StateDir,
+        Link::MoveTo,
+        Link::InstanceMetadata,
+        Link::Region,
+        Link::SessionPolicy,
+        Link::InstanceRole,
+        Link::EnvironmentKeys,
+        Link::SourceProfile,
+        Link::UploadRole,
+        Link::FederationToken,
+        Link::WriteUnderPrefix,
+        Link::ScopeHolds,
+    ];
+
     /// The name `check` prints (and `check --json` reports as `check`).
     pub fn name(self) -> &'static str {
         match self {
@@ -49,7 +66,9 @@ impl Link {
         }
     }
 
-    /// What an operator does when this link is broken.
+    /// What an operator does when this link is broken: the one place each fix is worded
+    /// (errors name their link; `check`, the journal, STATUS and `credentials` show this).
+    /// At most [`MAX_FIX_CHARS`], so the error before it keeps room in a 300-character line.
     pub fn fix(self, config: Option<&Config>) -> String {
         let role = config
             .and_then(|c| c.session.role_arn())
@@ -63,31 +82,38 @@ impl Link {
             Link::MoveTo => "create move_to on watch_dir's filesystem, writable by the s3drop \
                              user (systemd: ReadWritePaths=)"
                 .into(),
-            Link::InstanceMetadata => "run on EC2 with IMDSv2 enabled; in containers set the \
-                                       metadata hop limit to 2"
+            Link::InstanceMetadata => "run on EC2 with the metadata service enabled and IMDSv2 \
+                                       allowed; in a container, set the instance's \
+                                       HttpPutResponseHopLimit to 2"
                 .into(),
             Link::Region => "set `region` in the config or AWS_REGION".into(),
             Link::SessionPolicy => "correct `key_prefix`".into(),
             Link::InstanceRole => "attach an instance profile whose role may call \
                                    sts:AssumeRole on the upload role"
                 .into(),
-            Link::EnvironmentKeys => "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in \
-                                      s3drop's environment (systemd: EnvironmentFile=)"
+            Link::EnvironmentKeys => "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and \
+                                      AWS_SESSION_TOKEN) in s3drop's environment (systemd: \
+                                      EnvironmentFile=)"
                 .into(),
             Link::SourceProfile => "create the profile (`aws configure --profile NAME`) for \
-                                    the user s3drop runs as, or point AWS_CONFIG_FILE / \
-                                    AWS_SHARED_CREDENTIALS_FILE at its files"
+                                    the user s3drop runs as, or set AWS_CONFIG_FILE / \
+                                    AWS_SHARED_CREDENTIALS_FILE"
                 .into(),
-            Link::UploadRole => format!(
-                "let the base credentials' principal (the instance role by default) assume \
-                 {role}: its trust policy must name that principal and the principal's policy \
-                 must allow sts:AssumeRole on it"
+            Link::UploadRole => "the upload role must trust the base credentials' principal \
+                                 (the instance role), which needs sts:AssumeRole on it"
+                .into(),
+            Link::FederationToken => "use an IAM user's long-term keys as the source, allowed \
+                                      sts:GetFederationToken and s3:PutObject on the prefix \
+                                      (see docs/IAM.md)"
+                .into(),
+            Link::WriteUnderPrefix => format!(
+                "{} must allow the session policy's actions on the prefix, and no bucket \
+                 policy may deny them",
+                match config.map(|c| &c.session) {
+                    Some(SessionType::FederationToken) => "the IAM user".to_string(),
+                    _ => role,
+                }
             ),
-            Link::FederationToken => "use an IAM user's long-term access keys as the source, \
-                                      and allow that user sts:GetFederationToken (see \
-                                      docs/IAM.md)"
-                .into(),
-            Link::WriteUnderPrefix => write_fix(config, &role),
             Link::ScopeHolds => "delete that probe object and report this: the upload session \
                                  must not write outside its prefix"
                 .into(),
@@ -95,31 +121,9 @@ impl Link {
     }
 }
 
-/// What must allow the session policy's actions, naming every one of them (the object
-/// options add some): as seed 000 warns, the session is minted without error and only the
-/// first write fails.
-fn write_fix(config: Option<&Config>, role: &str) -> String {
-    let (actions, kms) = match config {
-        Some(c) => {
-            let grants = crate::auth::policy::Grants::of(&c.object);
-            let kms = grants.kms_key.as_ref().map_or(String::new(), |key| {
-                format!(
-                    "; the key {key} must allow it {}",
-                    crate::auth::policy::KMS_ACTIONS.join(" and ")
-                )
-            });
-            (grants.actions().join(", "), kms)
-        }
-        None => ("the session policy's actions".to_string(), String::new()),
-    };
-    let who = match config.map(|c| &c.session) {
-        Some(SessionType::FederationToken) => {
-            "the IAM user itself (a federation token never has more than its user)".to_string()
-        }
-        _ => format!("the upload role {role}"),
-    };
-    format!("{who} must allow {actions} on the prefix, and no bucket policy may deny them{kms}")
-}
+/// The longest fix (naming a role ARN of 85 characters): what a 300-character line
+/// keeps for the fix, leaving the rest to the error.
+pub const MAX_FIX_CHARS: usize = 200;
 
 /// Hears about each link as it is walked.
 pub trait Observer {
@@ -366,23 +370,28 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_write_names_every_action_the_options_need() {
+    fn every_fix_leaves_room_for_its_error() {
         let dir = tempfile::tempdir().unwrap();
-        let key = "arn:aws:kms:eu-west-1:123456789012:key/k-1";
-        let c = config(
-            &dir.path().join("watch"),
-            &dir.path().join("state"),
-            &format!("tags = {{ a = \"b\" }}\nsse = \"aws:kms\"\nsse_kms_key_id = \"{key}\""),
+        // A role name of 32 characters on a path: longer than most.
+        let arn = format!(
+            "arn:aws-us-gov:iam::123456789012:role/s3drop/{}",
+            "r".repeat(32)
         );
-        let fix = Link::WriteUnderPrefix.fix(Some(&c));
-        for needle in [
-            "s3:PutObject,",
-            "s3:PutObjectTagging",
-            "kms:GenerateDataKey",
-            key,
-        ] {
-            assert!(fix.contains(needle), "{needle}: {fix}");
+        let c = Config::parse(&format!(
+            "watch_dir = {:?}\nstate_dir = {:?}\nbucket = \"b-1\"\nrole_arn = \"{arn}\"\n",
+            dir.path().join("watch"),
+            dir.path().join("state"),
+        ))
+        .unwrap();
+        for link in Link::ALL {
+            let fix = link.fix(Some(&c));
+            let len = fix.chars().count();
+            assert!(len <= MAX_FIX_CHARS, "{}: {len}: {fix}", link.name());
+            assert!(
+                link.fix(None).chars().count() <= MAX_FIX_CHARS,
+                "{}",
+                link.name()
+            );
         }
-        assert!(!fix.contains("PutObjectAcl"), "{fix}");
     }
 }

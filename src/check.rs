@@ -56,8 +56,15 @@ impl<W: Write> Observer for Report<W> {
     }
 
     fn failed(&mut self, link: Link, error: &dyn Display) {
-        self.failed = true;
         let fix = link.fix(self.config.as_ref());
+        self.failed_with(link, error, fix);
+    }
+}
+
+impl<W: Write> Report<W> {
+    /// A broken link whose fix is known better here than by the link alone.
+    fn failed_with(&mut self, link: Link, error: &dyn Display, fix: String) {
+        self.failed = true;
         self.record(link, Outcome::Failed, error, Some(fix));
     }
 }
@@ -72,8 +79,14 @@ enum Outcome {
 impl<W: Write> Report<W> {
     /// One line for people (with the fix under a failure), one entry for `--json`.
     fn record(&mut self, link: Link, outcome: Outcome, detail: &dyn Display, fix: Option<String>) {
+        let name = link.name();
+        // One readable line each: a long cause loses its middle, the fix (its own line)
+        // stays whole.
+        let detail = crate::message::fit(
+            &detail.to_string(),
+            crate::message::MAX_CHARS - name.chars().count() - 4,
+        );
         if self.format == Format::Text {
-            let name = link.name();
             let _ = match outcome {
                 Outcome::Passed => writeln!(self.out, "✔ {name}: {detail}"),
                 Outcome::Skipped => writeln!(self.out, "- {name}: skipped, {detail}"),
@@ -87,7 +100,7 @@ impl<W: Write> Report<W> {
             check: link.name(),
             ok: outcome != Outcome::Failed,
             skipped: outcome == Outcome::Skipped,
-            detail: detail.to_string(),
+            detail,
             fix,
         });
     }
@@ -138,23 +151,25 @@ pub async fn run(config_path: &Path, format: Format, out: impl Write) -> bool {
 }
 
 /// Writes one probe under the prefix (must succeed) and one outside it (must be denied).
-async fn probe(config: &Config, session: &Session, r: &mut impl Observer) {
+async fn probe<W: Write>(config: &Config, session: &Session, r: &mut Report<W>) {
+    let plan = match crate::upload::Plan::for_session(config, session) {
+        Ok(plan) => plan,
+        Err(e) => return r.failed(Link::Config, &e),
+    };
     let s3 = S3::new(
         &session.sdk,
         &config.bucket,
         config.force_path_style,
         session.credentials.clone(),
         // The probe overwrites its one key each time, whatever `overwrite` says.
-        session.write.clone().allowing_overwrite(),
+        plan.write.allowing_overwrite(),
     );
     let bucket = &config.bucket;
     let inside = format!("{}{PROBE_NAME}", session.scope.prefix);
     if let Err(e) = s3.put_bytes(&inside, Bytes::from_static(PROBE_BODY)).await {
-        let problem = format!(
-            "PutObject s3://{bucket}/{inside} failed: {e} (the session may write {})",
-            session.scope.resource
-        );
-        return r.failed(Link::WriteUnderPrefix, &problem);
+        let problem = format!("PutObject s3://{bucket}/{inside} failed: {e}");
+        let fix = session.scope.write_fix(config);
+        return r.failed_with(Link::WriteUnderPrefix, &problem, fix);
     }
     r.passed(
         Link::WriteUnderPrefix,

@@ -16,8 +16,8 @@ Upload every file dropped in a directory to S3, with least privilege.
 
 s3drop runs on an EC2 instance. It takes the instance role's temporary credentials from
 the instance metadata service (IMDSv2 only), calls sts:AssumeRole into a dedicated upload
-role with an inline session policy that allows s3:PutObject under one key prefix and
-nothing else, watches a drop directory, and uploads each file once it is complete (closed
+role with an inline session policy that allows writing under one key prefix and nothing
+else (s3:PutObject, s3:AbortMultipartUpload, and what the object options need), watches a drop directory, and uploads each file once it is complete (closed
 after writing, or renamed into place) to s3://BUCKET/PREFIX/<path relative to watch_dir>.
 S3 verifies each upload against a CRC32C checksum; uploads are recorded in state_dir so a
 restart does not send them again.
@@ -50,8 +50,8 @@ Hand the session to other programs:
     # ~/.aws/config: aws-cli and the SDKs refresh it themselves
     [profile drop]
     credential_process = s3drop credentials --config /etc/s3drop/s3drop.toml
-    eval \"$(s3drop credentials --format env)\"           # seed 003's export lines
-    s3drop credentials --key reports/today.csv          # one object only (seed 001)
+    eval \"$(s3drop credentials --format env)\"           # export AWS_ACCESS_KEY_ID=... lines
+    s3drop credentials --key reports/today.csv          # a session for one object only
     s3drop exec --prefix batch/ -- aws s3 cp out.tar s3://my-drop-bucket/i-0abc/batch/";
 
 #[derive(Debug, Parser)]

@@ -23,6 +23,7 @@ use crate::auth::schedule::Schedule;
 use crate::auth::{self, AuthError, Session, SessionCredentials};
 use crate::chain::{self, Quiet};
 use crate::config::{AfterUpload, Config};
+use crate::events::{Event, SessionWaiting};
 use crate::ledger::Ledger;
 use crate::queue::Queue;
 use crate::s3::S3;
@@ -95,16 +96,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (signal_name, fatal) = match ended {
         Ok(name) => (name, None),
         Err(fatal) => {
-            tracing::error!(error = %fatal, "fatal error; stopping");
-            ("fatal error", Some(fatal))
+            tracing::error!(event = "fatal", error = %fatal, "stopping on a fatal error: {fatal}");
+            ("a fatal error", Some(fatal))
         }
     };
     let config = &running.config;
+    let waiting = running.queue.depth();
     tracing::info!(
+        event = "stopping",
         signal = signal_name,
-        in_flight_or_waiting = running.queue.depth(),
+        in_flight_or_waiting = waiting,
         deadline_s = config.shutdown_timeout.as_secs(),
-        "stopping: no new uploads; waiting for those in flight"
+        "stopping on {signal_name}: no new uploads; waiting up to {} s for those in flight \
+         ({waiting} files in flight or waiting; those not done are uploaded at the next start)",
+        config.shutdown_timeout.as_secs()
     );
     notify(&[sd_notify::NotifyState::Stopping]);
     if let Some(minting) = running.session.take() {
@@ -116,9 +121,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .is_err()
     {
-        tracing::warn!("shutdown deadline passed; unfinished uploads will be redone at next start");
+        tracing::warn!(
+            event = "shutdown_deadline",
+            "the shutdown deadline ({} s) passed; unfinished uploads are redone at the next start",
+            config.shutdown_timeout.as_secs()
+        );
     }
-    tracing::info!("stopped");
+    tracing::info!(event = "stopped", "stopped");
     match fatal {
         None => Ok(()),
         Some(fatal) => Err(fatal).context("s3drop stopped on a fatal error"),
@@ -136,7 +145,7 @@ async fn start_monitoring(
         let listener = crate::metrics::bind(addr)
             .await
             .with_context(|| format!("cannot listen on metrics_listen {addr}"))?;
-        tracing::info!(%addr, "serving /metrics and /health");
+        tracing::info!(%addr, "serving /metrics and /health on http://{addr}");
         let cancel = cancel.clone();
         tracker.spawn(crate::metrics::serve(listener, cancel));
     }
@@ -155,7 +164,7 @@ async fn start_monitoring(
                 })
                 .await;
                 if let Ok(Err(e)) = written {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot write metrics_textfile");
+                    tracing::warn!(path = %path.display(), error = %e, "cannot write metrics_textfile {}: {e}", path.display());
                 }
                 if stopping {
                     return;
@@ -256,10 +265,14 @@ fn start(
     })
 }
 
-/// The session is there: start the workers.
-fn start_workers(r: &mut Running, session: Session) {
+/// The session is there: start the workers (a config that does not hold with this host's
+/// facts, such as a tag value too long once filled in, is fatal).
+fn start_workers(r: &mut Running, session: Session) -> Result<(), Fatal> {
     let config = &r.config;
+    let plan = crate::upload::Plan::for_session(config, &session)
+        .map_err(|e| Fatal::Session(AuthError::from(e).explain(config)))?;
     tracing::info!(
+        event = "started",
         instance_id = session.facts.instance_id,
         host = session.facts.hostname,
         region = session.facts.region,
@@ -268,18 +281,27 @@ fn start_workers(r: &mut Running, session: Session) {
         role_arn = config.session.role_arn().map(|arn| arn.as_str()),
         source = %config.source.describe(),
         watch_dir = %config.watch_dir.display(),
-        "s3drop started"
+        "uploading {} to s3://{}/{} ({}, {} in {})",
+        config.watch_dir.display(),
+        config.bucket,
+        crate::message::printable(&session.scope.prefix),
+        match config.session.role_arn() {
+            Some(role) => format!("as {role}"),
+            None => "with a federation token".to_string(),
+        },
+        session.facts.who(),
+        session.facts.region,
     );
     let s3 = S3::new(
         &session.sdk,
         &config.bucket,
         config.force_path_style,
         session.credentials.clone(),
-        session.write.clone(),
+        plan.write,
     );
     let worker = Arc::new(Worker::new(
         r.tree.clone(),
-        session.keys.clone(),
+        plan.keys,
         r.after_upload.take().expect("workers start once"),
         r.ledger.clone(),
         Sender::new(config, s3, r.ledger.clone()),
@@ -299,6 +321,7 @@ fn start_workers(r: &mut Running, session: Session) {
             r.cx.cancel.clone(),
         ),
     );
+    Ok(())
 }
 
 /// The metrics that describe a state, as of now.
@@ -313,16 +336,20 @@ fn set_gauges(r: &Running) {
     m.failed_files.set(r.progress.failed_count() as i64);
 }
 
-/// The line systemd shows (`systemctl status`).
+/// The longest STATUS: `systemctl status` shows it on one line.
+pub const MAX_STATUS_CHARS: usize = 200;
+
+/// The line systemd shows (`systemctl status`), at most [`MAX_STATUS_CHARS`].
 fn status_line(r: &Running) -> String {
     let depth = r.queue.depth();
-    match &r.worker {
+    let line = match &r.worker {
         Some(_) => format!("queue {depth}; {}", r.progress.summary()),
         None => format!(
             "queue {depth}; waiting for credentials: {}",
             r.waiting_for.lock().expect("status lock")
         ),
-    }
+    };
+    crate::message::fit(&line, MAX_STATUS_CHARS)
 }
 
 /// The main loop: READY, the session, the watchdog and STATUS for systemd, SIGHUP; until a
@@ -343,14 +370,15 @@ async fn watch_over(r: &mut Running, signals: &mut Signals) -> Result<&'static s
             fatal = r.supervisor.failure() => return Err(fatal),
             Ok(()) = async { r.ready.as_mut().expect("guarded").await }, if r.ready.is_some() => {
                 r.ready = None;
-                tracing::info!(queued = r.queue.depth(), "ready: backlog queued, watching");
+                let queued = r.queue.depth();
+                tracing::info!(event = "ready", queued, "ready: the backlog is queued ({queued} files) and {} is watched", r.config.watch_dir.display());
                 notify(&[sd_notify::NotifyState::Ready]);
             }
             minted = async { r.session.as_mut().expect("guarded").await }, if r.session.is_some() => {
                 r.session = None;
                 match minted {
-                    Ok(Ok(session)) => start_workers(r, session),
-                    Ok(Err(refused)) => return Err(Fatal::Session(refused)),
+                    Ok(Ok(session)) => start_workers(r, session)?,
+                    Ok(Err(refused)) => return Err(Fatal::Session(refused.explain(&r.config))),
                     Err(e) => return Err(Fatal::Panicked { task: "session", message: e.to_string() }),
                 }
             }
@@ -364,7 +392,7 @@ async fn watch_over(r: &mut Running, signals: &mut Signals) -> Result<&'static s
                 }
             }
             _ = hup.recv() => {
-                tracing::info!("SIGHUP: rescanning watch_dir and retrying failed files now");
+                tracing::info!(event = "sighup", "SIGHUP: rescanning watch_dir and retrying failed files now");
                 r.cx.hangups.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 r.rescan_now.notify_one();
                 r.cx.retry_now.notify_waiters();
@@ -376,7 +404,7 @@ async fn watch_over(r: &mut Running, signals: &mut Signals) -> Result<&'static s
 /// Tells systemd (when run as a `Type=notify` unit; a no-op otherwise).
 fn notify(states: &[sd_notify::NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {
-        tracing::warn!(error = %e, "cannot notify the service manager");
+        tracing::warn!(error = %e, "cannot notify the service manager: {e}");
     }
 }
 
@@ -396,8 +424,11 @@ async fn establish(
         *waiting_for.lock().expect("status lock") =
             format!("start-up jitter: {} s", wait.as_secs());
         tracing::info!(
+            event = "startup_jitter",
             wait_s = wait.as_secs(),
-            "start-up jitter: asking STS after a random delay"
+            "start-up jitter: asking STS in {} s (a random delay, so a fleet booted together \
+             does not call it at once)",
+            wait.as_secs()
         );
     }
     loop {
@@ -409,7 +440,12 @@ async fn establish(
             Err(e) if e.is_permanent() => return Err(e),
             Err(e) => {
                 let delay = schedule.failed(SystemTime::now(), fastrand::f64());
-                tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "cannot establish the upload session yet; files are kept and queued; retrying");
+                SessionWaiting {
+                    explained: &e.explain(&config),
+                    retry_in: delay,
+                }
+                .emit();
+                // STATUS has room for the cause only; the journal has the fix.
                 *waiting_for.lock().expect("status lock") = e.to_string();
             }
         }

@@ -60,10 +60,9 @@ impl Observer for FirstFailure {
     fn passed(&mut self, _: Link, _: &dyn Display) {}
     fn failed(&mut self, link: Link, error: &dyn Display) {
         self.failure.get_or_insert_with(|| {
-            format!(
-                "✗ {}: {error} (fix: {})",
-                link.name(),
-                link.fix(Some(&self.config))
+            crate::message::explain(
+                &format!("✗ {}: {error}", link.name()),
+                &link.fix(Some(&self.config)),
             )
         });
     }

@@ -14,6 +14,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod events;
 pub mod file;
 pub mod handoff;
 pub mod keys;

@@ -45,6 +45,72 @@ fn stderr_is_journal() -> bool {
         .is_ok_and(|m| Some(m.dev()) == dev.parse().ok() && Some(m.ino()) == ino.parse().ok())
 }
 
+/// The text format: time, level, and s3drop's message, which is a complete sentence (the
+/// fields are for JSON and journald); other crates' events (the SDK's, at debug) with
+/// their fields. Everything through [`crate::message::printable`]: file names are a
+/// producer's text, and must not reach the operator's terminal raw.
+struct Sentences;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for Sentences
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut w: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        use tracing_subscriber::fmt::time::FormatTime;
+        tracing_subscriber::fmt::time::SystemTime.format_time(&mut w)?;
+        let meta = event.metadata();
+        write!(w, " {:>5} ", meta.level())?;
+        let ours = meta.target().starts_with("s3drop");
+        if !ours {
+            write!(w, "{}: ", meta.target())?;
+        }
+        let mut fields = Fields {
+            ours,
+            message: String::new(),
+            rest: String::new(),
+        };
+        event.record(&mut fields);
+        let line = format!("{}{}", fields.message, fields.rest);
+        if ours {
+            // s3drop's messages show names through `printable` already.
+            writeln!(w, "{}", crate::message::controls_escaped(&line))
+        } else {
+            writeln!(w, "{}", crate::message::printable(&line))
+        }
+    }
+}
+
+/// The message, and (for other crates' events) the fields as `name=value`.
+struct Fields {
+    ours: bool,
+    message: String,
+    rest: String,
+}
+
+impl tracing::field::Visit for Fields {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.message = value.to_string();
+        } else if !self.ours {
+            self.rest.push_str(&format!(" {}={value}", field.name()));
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.message = format!("{value:?}");
+        } else if !self.ours {
+            self.rest.push_str(&format!(" {}={value:?}", field.name()));
+        }
+    }
+}
+
 /// `default_filter` applies unless `RUST_LOG` is set.
 pub fn init(format: LogFormat, default_filter: &str) {
     let filter =
@@ -74,21 +140,7 @@ pub fn init(format: LogFormat, default_filter: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     if format == LogFormat::Text {
-        // Every field and the message through `printable`: file names are a producer's
-        // text, and must not reach the operator's terminal raw.
-        let fields = tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
-            let text = format!("{value:?}");
-            let text = crate::message::printable(&text);
-            match field.name() {
-                "message" => write!(w, "{text}"),
-                name => write!(w, "{name}={text}"),
-            }
-        });
-        let fields = tracing_subscriber::field::MakeExt::delimited(fields, " ");
-        builder
-            .fmt_fields(fields)
-            .with_ansi(std::io::stderr().is_terminal())
-            .init();
+        builder.event_format(Sentences).init();
     } else {
         builder
             .json()

@@ -31,6 +31,9 @@ macro_rules! labels {
             pub fn label(self) -> &'static str {
                 match self { $($name::$variant => $label),+ }
             }
+            pub fn from_label(label: &str) -> Option<$name> {
+                $name::ALL.iter().copied().find(|v| v.label() == label)
+            }
         }
     };
 }
@@ -52,6 +55,37 @@ labels! {
         Changed => "changed",
         /// Over `max_file_size`.
         TooLarge => "too_large",
+        /// No valid object key (too long, an unsafe segment).
+        InvalidKey => "invalid_key",
+        /// Another file of this run already has its key (`key_template`).
+        KeyClaimed => "key_claimed",
+    }
+}
+
+/// Stored by its label (the ledger's failed records).
+impl serde::Serialize for FailureKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.label())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for FailureKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let label = String::deserialize(d)?;
+        FailureKind::from_label(&label)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown failure kind {label:?}")))
+    }
+}
+
+impl FailureKind {
+    /// Does a file failed this way wait on an operator (STATUS, `status`, the ledger)? The
+    /// other kinds pass by themselves and are retried.
+    pub fn needs_operator(self) -> bool {
+        use FailureKind::*;
+        match self {
+            Denied | Rejected | Conflict | Unreadable | TooLarge | InvalidKey | KeyClaimed => true,
+            Transient | Throttled | NoSession | ExpiredToken | Changed => false,
+        }
     }
 }
 

@@ -30,6 +30,8 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Failed {
     pub path: String,
+    /// Its kind, as `s3drop_upload_failures_total` labels it (`denied`, `invalid_key`, …).
+    pub kind: String,
     pub error: String,
     /// Seconds since the failure was seen (running daemon only).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -112,8 +114,9 @@ fn running(since: &str, queue: &Queue, progress: &Progress) -> Snapshot {
         failed: failures
             .into_iter()
             .take(SHOWN)
-            .map(|(path, ago, error)| Failed {
+            .map(|(path, ago, kind, error)| Failed {
                 path: path.display().to_string(),
+                kind: kind.label().to_string(),
                 error,
                 seconds_ago: Some(ago),
             })
@@ -135,8 +138,8 @@ fn recorded(config: &Config) -> Result<Snapshot, String> {
                 bytes += record.identity.size;
             }
             ref state => {
-                if let Some(error) = state.failure() {
-                    failed.push((record.updated_unix, path, error));
+                if let Some((kind, error)) = state.failure() {
+                    failed.push((record.updated_unix, path, kind, error));
                 }
             }
         }
@@ -156,8 +159,9 @@ fn recorded(config: &Config) -> Result<Snapshot, String> {
         failed: failed
             .into_iter()
             .take(SHOWN)
-            .map(|(_, path, error)| Failed {
+            .map(|(_, path, kind, error)| Failed {
                 path,
+                kind: kind.label().to_string(),
                 error,
                 seconds_ago: None,
             })
@@ -223,11 +227,18 @@ pub fn print(snapshot: &Snapshot, out: &mut impl Write) -> std::io::Result<()> {
         match f.seconds_ago {
             Some(ago) => writeln!(
                 out,
-                "  {}: {} ({ago} s ago)",
+                "  {} ({}): {} ({ago} s ago)",
                 printable(&f.path),
+                f.kind,
                 printable(&f.error)
             )?,
-            None => writeln!(out, "  {}: {}", printable(&f.path), printable(&f.error))?,
+            None => writeln!(
+                out,
+                "  {} ({}): {}",
+                printable(&f.path),
+                f.kind,
+                printable(&f.error)
+            )?,
         }
     }
     if snapshot.failed_total > snapshot.failed.len() {

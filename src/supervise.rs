@@ -13,7 +13,6 @@ use futures_util::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::AuthError;
 use crate::ledger::LedgerError;
 
 #[derive(Debug, thiserror::Error)]
@@ -24,9 +23,10 @@ pub enum Fatal {
     Ended { task: &'static str },
     #[error(transparent)]
     Ledger(#[from] LedgerError),
-    /// The upload session was refused: an operator must act.
+    /// The upload session was refused: an operator must act. The refusal with its fix,
+    /// as [`AuthError::explain`] words it.
     #[error("cannot establish the upload session: {0}")]
-    Session(#[from] AuthError),
+    Session(String),
 }
 
 /// Lets a helper task end the daemon.

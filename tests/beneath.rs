@@ -180,9 +180,7 @@ async fn swap_during_the_upload(move_mode: bool) {
         .unwrap();
     let mut daemon =
         Daemon::start_with_env(&site, s3drop(), &fc.sdk_env_via(&proxy.endpoint)).unwrap();
-    daemon
-        .wait_for_log("ready: backlog queued", ARRIVAL)
-        .unwrap();
+    daemon.wait_until_ready(ARRIVAL).unwrap();
     proxy.set_put_delay(Duration::from_secs(3));
     produce(
         &site,

@@ -81,9 +81,7 @@ async fn metrics_health_and_the_textfile_tell_what_happened() {
     proxy.set_down(true);
     let mut daemon =
         Daemon::start_with_env(&site, s3drop(), &fc.sdk_env_via(&proxy.endpoint)).unwrap();
-    daemon
-        .wait_for_log("ready: backlog queued", ARRIVAL)
-        .unwrap();
+    daemon.wait_until_ready(ARRIVAL).unwrap();
     let (status, body) = get(&addr, "/health");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("no upload session yet"), "{body}");
@@ -164,7 +162,7 @@ async fn metrics_health_and_the_textfile_tell_what_happened() {
         &[
             "s3drop: running since",
             "uploaded: 3 files, 13 bytes (this run)",
-            &format!("failed: 1 (newest first)\n  {taken}: an object with key"),
+            &format!("failed: 1 (newest first)\n  {taken} (conflict): an object with key"),
             "already exists (overwrite = false)",
         ],
     );
@@ -172,6 +170,7 @@ async fn metrics_health_and_the_textfile_tell_what_happened() {
     let doc: serde_json::Value = serde_json::from_slice(&status(true).stdout).unwrap();
     assert_eq!(doc["running"], true);
     assert_eq!(doc["failed"][0]["path"], taken.as_str());
+    assert_eq!(doc["failed"][0]["kind"], "conflict");
 
     // The textfile: there (written at start, then every 15 s and at stop), parseable,
     // and replaced whole (no temporary file left beside it).
@@ -183,7 +182,7 @@ async fn metrics_health_and_the_textfile_tell_what_happened() {
         &[
             "s3drop: not running",
             "uploaded: 3 files, 13 bytes (recorded)",
-            &format!("  {taken}: an object with key"),
+            &format!("  {taken} (conflict): an object with key"),
         ],
     );
     println!("status, stopped:\n{text}");
@@ -309,9 +308,7 @@ async fn idle_and_slow_clients_cannot_starve_the_daemon_of_descriptors() {
         &["run", "--log-format", "json"],
     );
     let mut daemon = Daemon::spawn(&site, cmd).unwrap();
-    daemon
-        .wait_for_log("ready: backlog queued", ARRIVAL)
-        .unwrap();
+    daemon.wait_until_ready(ARRIVAL).unwrap();
     wait_until("healthy", ARRIVAL, || get(&addr, "/health").0 == 200).await;
 
     let socket: std::net::SocketAddr = addr.parse().unwrap();
@@ -408,8 +405,8 @@ async fn a_failure_is_listed_by_status_after_a_stop_until_the_file_is_fixed() {
     let text = String::from_utf8_lossy(&stopped.stdout);
     assert_eq!(stopped.status.code(), Some(1), "{text}");
     assert!(
-        text.contains("not running") && text.contains("report.csv"),
-        "{text}"
+        text.contains("not running") && text.contains("report.csv (invalid_key)"),
+        "the failure and its kind, from the ledger: {text}"
     );
     assert!(text.contains("1,024") || text.contains("1024"), "{text}");
 

@@ -18,9 +18,7 @@ const CONFIG: &str = "multipart_threshold = \"8MiB\"\npart_size = \"5MiB\"";
 async fn a_40_mib_file_goes_up_in_8_verified_parts() {
     let (fc, world, site) = setup(BUCKET, &format!("{CONFIG}\npart_concurrency = 2")).await;
     let mut daemon = Daemon::start(&site, s3drop(), &fc).unwrap();
-    daemon
-        .wait_for_log("ready: backlog queued", Duration::from_secs(30))
-        .unwrap();
+    daemon.wait_until_ready(Duration::from_secs(30)).unwrap();
     let body = content(1, 40 * MIB);
     std::fs::write(site.watch.join("big.bin"), &body).unwrap();
     let got = world
@@ -74,7 +72,7 @@ async fn a_restart_mid_upload_resumes_instead_of_starting_over() {
         .await
         .unwrap();
     assert!(got == body, "the resumed object differs from the file");
-    let resumed = second.events("resuming multipart upload");
+    let resumed = second.events("multipart_resumed");
     assert_eq!(resumed.len(), 1, "{}", second.log());
     let parts_done = resumed[0]["parts_done"].as_u64().unwrap() as usize;
     let total = fc.parts_stored(BUCKET, &key("resume.bin"));
@@ -105,9 +103,7 @@ async fn a_file_changed_mid_upload_is_sent_again_whole() {
     let proxy = FaultProxy::start(&fc.endpoint, 0).await.unwrap();
     let mut daemon =
         Daemon::start_with_env(&site, s3drop(), &fc.sdk_env_via(&proxy.endpoint)).unwrap();
-    daemon
-        .wait_for_log("ready: backlog queued", Duration::from_secs(30))
-        .unwrap();
+    daemon.wait_until_ready(Duration::from_secs(30)).unwrap();
     proxy.set_put_delay(Duration::from_millis(500));
     let path = site.watch.join("growing.bin");
     std::fs::write(&path, content(3, 40 * MIB)).unwrap();
@@ -121,7 +117,11 @@ async fn a_file_changed_mid_upload_is_sent_again_whole() {
     std::fs::write(&path, &second).unwrap();
     proxy.set_put_delay(Duration::ZERO);
     daemon
-        .wait_for_log("file changed during upload", Duration::from_secs(60))
+        .wait_for_event(
+            "upload_failed",
+            &[("kind", "changed")],
+            Duration::from_secs(60),
+        )
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {

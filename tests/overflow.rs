@@ -44,7 +44,7 @@ async fn an_overflowing_burst_is_delivered_in_full_by_the_rescan() {
     };
     let mut daemon = Daemon::start(&site, Path::new(S3DROP), &fc).unwrap();
     daemon
-        .wait_for_log("backlog scan at start", Duration::from_secs(30))
+        .wait_for_event("scanned", &[("reason", "startup")], Duration::from_secs(30))
         .unwrap();
     drop(limit); // the daemon's inotify instance keeps its tiny queue
 
@@ -66,7 +66,10 @@ async fn an_overflowing_burst_is_delivered_in_full_by_the_rescan() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(
-        daemon.log().contains("inotify queue overflowed"),
+        daemon.events("events_lost").iter().any(|e| e["cause"]
+            .as_str()
+            .unwrap()
+            .contains("inotify queue overflowed")),
         "the burst did overflow the kernel queue"
     );
     for i in [0, FILES / 2, FILES - 1] {

@@ -12,6 +12,8 @@ use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvid
 use super::AuthError;
 use super::mint::{StsAnswer, classify};
 use super::schedule::Schedule;
+use crate::chain::Link;
+use crate::events::{Event, SessionFailed, SessionMinted};
 
 /// Caches the session credentials and asks STS for new ones when [`Schedule`] says:
 /// at a random point before they expire, and after a failure only once its backoff has
@@ -24,9 +26,10 @@ pub struct SessionCredentials {
 #[derive(Debug)]
 struct Inner {
     source: SharedCredentialsProvider,
-    /// The STS call that mints a session, and what to fix when it is refused.
+    /// The STS call that mints a session, and its link (whose fix says what to change
+    /// when it is refused).
     call: String,
-    hint: &'static str,
+    link: Link,
     state: tokio::sync::Mutex<State>,
 }
 
@@ -39,12 +42,12 @@ struct State {
 }
 
 impl SessionCredentials {
-    pub fn new(source: SharedCredentialsProvider, call: String, hint: &'static str) -> Self {
+    pub fn new(source: SharedCredentialsProvider, call: String, link: Link) -> Self {
         SessionCredentials {
             inner: Arc::new(Inner {
                 source,
                 call,
-                hint,
+                link,
                 state: tokio::sync::Mutex::new(State::default()),
             }),
         }
@@ -79,42 +82,38 @@ impl SessionCredentials {
         }
         match self.inner.source.provide_credentials().await {
             Ok(credentials) => {
-                let m = crate::metrics::get();
-                m.sts(crate::metrics::StsResult::Ok);
-                m.session_expiry
-                    .set(credentials.expiry().map_or(i64::MAX, crate::metrics::unix));
                 state
                     .schedule
                     .minted(now, credentials.expiry(), fastrand::f64());
-                tracing::info!(
-                    call = %self.inner.call,
-                    expires_in_s = credentials
-                        .expiry()
-                        .and_then(|e| e.duration_since(now).ok())
-                        .map(|d| d.as_secs()),
-                    refresh_in_s = state
+                SessionMinted {
+                    call: &self.inner.call,
+                    expiry: credentials.expiry(),
+                    refresh_in: state
                         .schedule
                         .next_call()
-                        .and_then(|at| at.duration_since(now).ok())
-                        .map(|d| d.as_secs()),
-                    "upload session minted with the session policy"
-                );
+                        .and_then(|at| at.duration_since(now).ok()),
+                }
+                .emit();
                 state.credentials = Some(credentials.clone());
                 state.failure = None;
                 Ok(credentials)
             }
             Err(e) => {
-                let message = crate::message::cause(&e);
+                let message = format!("{}: {}", self.inner.call, crate::message::sentence(&e));
                 let answer = classify(&e);
-                crate::metrics::get().sts(answer.result());
                 let delay = state.schedule.failed(now, fastrand::f64());
-                if state.schedule.usable(now)
-                    && let Some(credentials) = &state.credentials
-                {
-                    tracing::warn!(error = %message, retry_in_s = delay.as_secs(), "refreshing credentials failed; using the current ones until they expire");
+                let kept = state.schedule.usable(now) && state.credentials.is_some();
+                SessionFailed {
+                    error: &message,
+                    result: answer.result(),
+                    retry_in: delay,
+                    kept,
+                }
+                .emit();
+                if kept && let Some(credentials) = &state.credentials {
                     return Ok(credentials.clone());
                 }
-                tracing::warn!(error = %message, retry_in_s = delay.as_secs(), "no upload session: files wait until STS mints one");
+                let message = crate::message::sentence(&e);
                 let refused = answer == StsAnswer::Refused;
                 state.failure = Some((message.clone(), refused));
                 Err(self.error(message, refused))
@@ -126,7 +125,7 @@ impl SessionCredentials {
         AuthError::Mint {
             call: self.inner.call.clone(),
             message,
-            hint: self.inner.hint,
+            link: self.inner.link,
             refused,
         }
     }
@@ -141,7 +140,10 @@ impl SessionCredentials {
             .as_ref()
             .is_some_and(|c| c.access_key_id() == used)
         {
-            tracing::info!("S3 refused the session token; minting a new session");
+            tracing::info!(
+                event = "session_invalidated",
+                "S3 refused the session token as expired; minting a new session"
+            );
             state.credentials = None;
             state.schedule.invalidate();
         }
@@ -192,7 +194,7 @@ mod tests {
         let creds = SessionCredentials::new(
             SharedCredentialsProvider::new(source.clone()),
             "test".into(),
-            "",
+            Link::UploadRole,
         );
         let first = creds.get().await.unwrap();
         source.fail.store(true, Ordering::SeqCst);
@@ -249,7 +251,11 @@ mod tests {
             fail: false,
         };
         (
-            SessionCredentials::new(SharedCredentialsProvider::new(source), "test".into(), ""),
+            SessionCredentials::new(
+                SharedCredentialsProvider::new(source),
+                "test".into(),
+                Link::UploadRole,
+            ),
             calls,
         )
     }
@@ -304,7 +310,7 @@ mod tests {
         let creds = SessionCredentials::new(
             SharedCredentialsProvider::new(source),
             "sts:AssumeRole into arn:aws:iam::1:role/x".into(),
-            "",
+            Link::UploadRole,
         );
         let err = creds.get().await.unwrap_err().to_string();
         assert!(err.contains("arn:aws:iam::1:role/x"), "{err}");

@@ -110,7 +110,7 @@ pub async fn instance_id(imds: &imds::Client) -> Result<String, AuthError> {
         .map(|id| id.as_ref().to_string())
         .map_err(|e| AuthError::Imds {
             what: "instance-id",
-            message: crate::message::cause(&e),
+            message: crate::message::sentence(&e),
         })
 }
 
@@ -136,7 +136,7 @@ pub async fn region(
         .get("/latest/meta-data/placement/region")
         .await
         .map_err(|e| AuthError::Region {
-            message: crate::message::cause(&e),
+            message: crate::message::sentence(&e),
         })?;
     Ok((region.as_ref().to_string(), RegionSource::Imds))
 }

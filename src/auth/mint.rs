@@ -18,7 +18,6 @@ use aws_smithy_runtime_api::client::retries::classifiers::{
     ClassifyRetry, RetryAction, RetryClassifierPriority, RetryReason,
 };
 use aws_smithy_runtime_api::http::Response as HttpResponse;
-use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::retry::ErrorKind;
 
 use crate::chain::Link;
@@ -26,9 +25,8 @@ use crate::config::SessionType;
 
 /// What STS says when GetFederationToken is called with temporary credentials.
 const FROM_SESSION: &str = "with session credentials";
-pub const FEDERATION_FROM_SESSION: &str = "GetFederationToken needs an IAM user's long-term \
-    access keys: role sessions (the instance role's included) and other temporary \
-    credentials cannot call it";
+pub const FEDERATION_FROM_SESSION: &str = "GetFederationToken takes only an IAM user's \
+    long-term access keys, never a role session's (the instance role's included)";
 
 /// A way to mint the upload session, with its length.
 #[derive(Debug, Clone)]
@@ -52,22 +50,6 @@ impl Minter {
         match &self.session {
             SessionType::AssumeRole { role_arn, .. } => format!("sts:AssumeRole into {role_arn}"),
             SessionType::FederationToken => format!("sts:GetFederationToken as {name}"),
-        }
-    }
-
-    /// What to fix when STS refuses.
-    pub fn hint(&self) -> &'static str {
-        match self.session {
-            SessionType::AssumeRole { .. } => {
-                "the upload role's trust policy must trust the base credentials' principal \
-                 (the instance role by default), and that principal's policy must allow \
-                 sts:AssumeRole on it"
-            }
-            SessionType::FederationToken => {
-                "the IAM user's policy must allow sts:GetFederationToken, and the token can \
-                 never do more than the user itself may (it needs s3:PutObject on the prefix \
-                 too)"
-            }
         }
     }
 
@@ -171,7 +153,7 @@ impl Mint {
                     .send()
                     .await
                     .map_err(|e| {
-                        let message = DisplayErrorContext(&e).to_string();
+                        let message = crate::message::sentence(&e);
                         if message.contains(FROM_SESSION) {
                             CredentialsError::invalid_configuration(format!(
                                 "{message} ({FEDERATION_FROM_SESSION})"

@@ -24,23 +24,17 @@ pub use source::CredentialSource;
 
 use crate::chain::{Link, Observer};
 use crate::config::{Config, ConfigError, SessionType};
-use crate::keys::KeyRule;
-use crate::s3::WriteOptions;
 use mint::Minter;
 use policy::PolicyTooLong;
 
-const IMDS_HINT: &str = "is this an EC2 instance with the metadata service enabled and \
-    HttpTokens allowing IMDSv2? In a container, the IMDSv2 token response needs \
-    HttpPutResponseHopLimit >= 2 on the instance";
-
+/// Why the chain broke. Each error's `Display` says what failed and why, in one line
+/// ([`crate::message::sentence`] of the SDK's cause); what to do about it is its link's fix
+/// ([`AuthError::link`], [`Link::fix`]), said once by whoever shows the error.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    #[error("instance metadata (IMDSv2) did not answer for {what}: {message} ({IMDS_HINT})")]
+    #[error("instance metadata (IMDSv2) did not answer for {what}: {message}")]
     Imds { what: &'static str, message: String },
-    #[error(
-        "no region: set `region` in the config or AWS_REGION, or run where IMDS answers \
-         placement/region ({message})"
-    )]
+    #[error("no region: IMDS did not answer placement/region: {message}")]
     Region { message: String },
     #[error(
         "key_prefix uses {{instance_id}}, but the instance metadata service did not answer \
@@ -51,21 +45,23 @@ pub enum AuthError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Policy(#[from] PolicyTooLong),
-    #[error("no base credentials from {origin}: {message} ({hint})")]
+    #[error("no base credentials from {origin}: {message}")]
     BaseCredentials {
         /// The config line that chose the source.
         origin: String,
         message: String,
-        hint: &'static str,
+        /// The source's link (its fix says where the credentials must be).
+        link: Link,
         /// Keys missing from the environment or a profile file do not appear by waiting;
         /// IMDS may still come up.
         permanent: bool,
     },
-    #[error("{call} with the session policy failed: {message} ({hint})")]
+    #[error("{call} failed: {message}")]
     Mint {
         call: String,
         message: String,
-        hint: &'static str,
+        /// AssumeRole or GetFederationToken.
+        link: Link,
         /// Refused (denied, malformed policy) rather than unreachable.
         refused: bool,
     },
@@ -84,6 +80,34 @@ impl AuthError {
             }
         }
     }
+
+    /// The link of the chain that broke.
+    pub fn link(&self) -> Link {
+        match self {
+            AuthError::Imds { .. } | AuthError::NoInstanceId { .. } => Link::InstanceMetadata,
+            AuthError::Region { .. } => Link::Region,
+            AuthError::Config(_) => Link::Config,
+            AuthError::Policy(_) => Link::SessionPolicy,
+            AuthError::BaseCredentials { link, .. } | AuthError::Mint { link, .. } => *link,
+        }
+    }
+
+    /// What an operator can do about it: its link's fix, unless waiting is all it takes
+    /// (STS unreachable or throttling: the session schedule asks again).
+    pub fn fix(&self, config: &Config) -> Option<String> {
+        match self {
+            AuthError::Mint { refused: false, .. } => None,
+            _ => Some(self.link().fix(Some(config))),
+        }
+    }
+
+    /// The error and its fix, in one line (see [`crate::message::explain`]).
+    pub fn explain(&self, config: &Config) -> String {
+        match self.fix(config) {
+            Some(fix) => crate::message::explain(&self.to_string(), &fix),
+            None => crate::message::fit(&self.to_string(), crate::message::MAX_CHARS),
+        }
+    }
 }
 
 /// A minted upload session: where it runs, what it may write, and the cache that keeps
@@ -94,11 +118,6 @@ pub struct Session {
     pub credentials: SessionCredentials,
     /// Region and endpoints for S3 clients (credentials are handed to each request).
     pub sdk: SdkConfig,
-    /// What every object is written with, filled in for this host.
-    pub write: WriteOptions,
-    /// How each file's key is made: this session's prefix, then `key_template` with this
-    /// host's facts filled in.
-    pub keys: KeyRule,
 }
 
 /// What to mint: the daemon's session, or one for another program (narrower, or of
@@ -142,11 +161,6 @@ pub async fn establish_for(
         Scope::new(config, &facts, &request.reach),
         Scope::describe,
     )?;
-    let write = WriteOptions::resolve(&config.object, config.overwrite, &facts.prefix_facts())?;
-    let keys = KeyRule::new(
-        scope.prefix.clone(),
-        config.key_template.with_facts(&facts.prefix_facts())?,
-    );
     let source = &config.source;
     let base = step(observer, source.link(), source.base(&imds).await, |base| {
         source.answered(base)
@@ -161,10 +175,11 @@ pub async fn establish_for(
         let refused = AuthError::Mint {
             call: minter.call(&name),
             message: format!(
-                "the base credentials from {} are temporary (they carry a session token)",
-                source.describe()
+                "the base credentials from {} carry a session token: {}",
+                source.describe(),
+                mint::FEDERATION_FROM_SESSION
             ),
-            hint: mint::FEDERATION_FROM_SESSION,
+            link: minter.link(),
             refused: true,
         };
         observer.failed(minter.link(), &refused);
@@ -176,7 +191,7 @@ pub async fn establish_for(
         .load()
         .await;
     let provider = minter.provider(&sdk, &name, scope.policy.clone());
-    let credentials = SessionCredentials::new(provider, minter.call(&name), minter.hint());
+    let credentials = SessionCredentials::new(provider, minter.call(&name), minter.link());
     step(observer, minter.link(), credentials.get().await, |_| {
         format!("{} with the session policy", minter.call(&name))
     })?;
@@ -185,8 +200,6 @@ pub async fn establish_for(
         scope,
         credentials,
         sdk,
-        write,
-        keys,
     })
 }
 

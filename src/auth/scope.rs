@@ -107,6 +107,27 @@ impl Scope {
         })
     }
 
+    /// What must allow this session's writes, naming every action the policy grants (the
+    /// object options add some): as STS mints a session whatever the principal may do,
+    /// only the first write shows what is missing.
+    pub fn write_fix(&self, config: &Config) -> String {
+        let who = match config.session.role_arn() {
+            Some(role) => role.to_string(),
+            None => "the IAM user".to_string(),
+        };
+        let kms = self.kms_key.as_ref().map_or(String::new(), |key| {
+            format!(
+                "; the key {key} must allow {}",
+                policy::KMS_ACTIONS.join(" and ")
+            )
+        });
+        format!(
+            "{who} must allow {} on {}, and no bucket policy may deny them{kms}",
+            self.actions.join(", "),
+            self.resource
+        )
+    }
+
     /// `check`'s line for the session policy.
     pub fn describe(&self) -> String {
         let kms = self.kms_key.as_ref().map_or(String::new(), |key| {
@@ -136,5 +157,34 @@ mod tests {
         for bad in ["", "/", "/a", "..", "a//"] {
             assert!(Reach::under(bad).is_err(), "{bad:?} accepted as --prefix");
         }
+    }
+
+    #[test]
+    fn a_refused_write_names_every_action_the_options_need() {
+        let key = "arn:aws:kms:eu-west-1:123456789012:key/k-1";
+        let config = Config::parse(&format!(
+            "watch_dir = \"/w\"\nstate_dir = \"/s\"\nbucket = \"b-1\"\n\
+             role_arn = \"arn:aws:iam::123456789012:role/u\"\nkey_prefix = \"{{hostname}}/\"\n\
+             tags = {{ a = \"b\" }}\nsse = \"aws:kms\"\nsse_kms_key_id = \"{key}\""
+        ))
+        .unwrap();
+        let facts = Facts {
+            instance_id: None,
+            region: "eu-west-1".into(),
+            hostname: "h".into(),
+        };
+        let scope = Scope::new(&config, &facts, &Reach::Prefix).unwrap();
+        let fix = scope.write_fix(&config);
+        for needle in [
+            "role/u must allow",
+            "s3:PutObject,",
+            "s3:PutObjectTagging",
+            "arn:aws:s3:::b-1/h/*",
+            "kms:GenerateDataKey",
+            key,
+        ] {
+            assert!(fix.contains(needle), "{needle}: {fix}");
+        }
+        assert!(!fix.contains("PutObjectAcl"), "{fix}");
     }
 }

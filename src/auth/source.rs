@@ -13,14 +13,6 @@ use super::AuthError;
 use crate::chain::Link;
 pub use crate::config::CredentialSource;
 
-const IMDS_ROLE_HINT: &str = "does the instance have an instance profile with a role?";
-const ENVIRONMENT_HINT: &str = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and \
-    AWS_SESSION_TOKEN for temporary keys) in s3drop's environment; under systemd with \
-    EnvironmentFile=";
-const PROFILE_HINT: &str = "is the profile in the shared credentials file \
-    (AWS_SHARED_CREDENTIALS_FILE, default ~/.aws/credentials) or config file \
-    (AWS_CONFIG_FILE, default ~/.aws/config) of the user s3drop runs as?";
-
 /// The base credentials, asked once.
 pub struct Base {
     pub provider: SharedCredentialsProvider,
@@ -43,26 +35,19 @@ impl CredentialSource {
     /// A provider for this source. It is asked once here, so missing base credentials are
     /// reported as such rather than as a failed STS call.
     pub async fn base(&self, imds: &imds::Client) -> Result<Base, AuthError> {
-        let (provider, hint) = match self {
-            CredentialSource::Ec2InstanceMetadata => (
-                SharedCredentialsProvider::new(
-                    ImdsCredentialsProvider::builder()
-                        .imds_client(imds.clone())
-                        .build(),
-                ),
-                IMDS_ROLE_HINT,
+        let provider = match self {
+            CredentialSource::Ec2InstanceMetadata => SharedCredentialsProvider::new(
+                ImdsCredentialsProvider::builder()
+                    .imds_client(imds.clone())
+                    .build(),
             ),
-            CredentialSource::Environment => (
-                SharedCredentialsProvider::new(EnvironmentVariableCredentialsProvider::new()),
-                ENVIRONMENT_HINT,
-            ),
-            CredentialSource::Profile(name) => (
-                SharedCredentialsProvider::new(
-                    ProfileFileCredentialsProvider::builder()
-                        .profile_name(name)
-                        .build(),
-                ),
-                PROFILE_HINT,
+            CredentialSource::Environment => {
+                SharedCredentialsProvider::new(EnvironmentVariableCredentialsProvider::new())
+            }
+            CredentialSource::Profile(name) => SharedCredentialsProvider::new(
+                ProfileFileCredentialsProvider::builder()
+                    .profile_name(name)
+                    .build(),
             ),
         };
         let credentials =
@@ -71,8 +56,8 @@ impl CredentialSource {
                 .await
                 .map_err(|e| AuthError::BaseCredentials {
                     origin: self.describe(),
-                    message: crate::message::cause(&e),
-                    hint,
+                    message: crate::message::sentence(&e),
+                    link: self.link(),
                     permanent: *self != CredentialSource::Ec2InstanceMetadata,
                 })?;
         let id = credentials.access_key_id();

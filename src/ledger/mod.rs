@@ -344,6 +344,7 @@ mod tests {
             state: FileState::Uploaded {
                 key: "p/a".into(),
                 crc32c: Some("AAAAAA==".into()),
+                multipart: false,
             },
             updated_unix: 4,
         }
@@ -553,6 +554,7 @@ mod tests {
             FileState::Uploaded {
                 key: "i-0123456789abcdef0/reports/2026-11-24.csv".into(),
                 crc32c: Some("yZRlqg==".into()),
+                multipart: false,
             }
         );
         assert_eq!(uploaded.identity.inode, 131_074);

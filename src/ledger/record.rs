@@ -6,10 +6,12 @@
 use serde::{Deserialize, Serialize};
 
 use crate::file::FileIdentity;
+use crate::metrics::FailureKind;
 
 /// The version this release writes. 2: versioned; a checksum S3 did not confirm is
-/// `null` (unverified) instead of missing or `""`.
-pub const CURRENT_VERSION: u32 = 2;
+/// `null` (unverified) instead of missing or `""`. 3: a failure has its `kind`, an upload
+/// says whether it was `multipart`.
+pub const CURRENT_VERSION: u32 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -23,23 +25,40 @@ pub enum FileState {
         parts: Vec<PartRecord>,
     },
     /// S3 confirmed the object `key`; `crc32c` is the CRC32C (base64) S3 answered with
-    /// (for a multipart upload, its checksum of the part checksums), `None` when the
-    /// server did not say (unverified).
-    Uploaded { key: String, crc32c: Option<String> },
-    /// S3 refused the upload for a reason an operator must fix; retried later.
-    Failed { key: String, error: String },
+    /// (for a multipart upload, its checksum of the part checksums, which a whole-file
+    /// CRC32C cannot be compared with), `None` when the server did not say (unverified).
+    Uploaded {
+        key: String,
+        crc32c: Option<String>,
+        #[serde(default)]
+        multipart: bool,
+    },
+    /// The upload failed for a reason an operator must fix; retried later. `key` is empty
+    /// when none was decided.
+    Failed {
+        key: String,
+        #[serde(default = "unknown_kind")]
+        kind: FailureKind,
+        error: String,
+    },
     /// `overwrite = false` and an object `key` already existed: not uploaded, and not
     /// tried again until SIGHUP or the file changes.
     Conflict { key: String },
 }
 
+/// Version 2 failures had no kind: S3 refused them.
+fn unknown_kind() -> FailureKind {
+    FailureKind::Rejected
+}
+
 impl FileState {
     /// Why a file in this state waits on an operator, if it does (STATUS, `s3drop status`).
-    pub fn failure(&self) -> Option<String> {
+    pub fn failure(&self) -> Option<(FailureKind, String)> {
         match self {
-            FileState::Failed { error, .. } => Some(error.clone()),
-            FileState::Conflict { key } => Some(format!(
-                "an object with key {key} already exists (overwrite = false)"
+            FileState::Failed { kind, error, .. } => Some((*kind, error.clone())),
+            FileState::Conflict { key } => Some((
+                FailureKind::Conflict,
+                format!("an object with key {key} already exists (overwrite = false)"),
             )),
             FileState::Uploading { .. } | FileState::Uploaded { .. } => None,
         }
@@ -125,6 +144,21 @@ pub fn decode(bytes: &[u8]) -> Result<FileRecord, String> {
     let VersionOnly { version } = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     match version {
         None => v1::decode(bytes),
+        Some(2) => {
+            let mut record: FileRecord =
+                serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+            // Version 2 did not record multipart-ness; S3 writes a multipart checksum as
+            // `checksum-parts`, a whole object's without a dash.
+            if let FileState::Uploaded {
+                crc32c: Some(c),
+                multipart,
+                ..
+            } = &mut record.state
+            {
+                *multipart = c.contains('-');
+            }
+            Ok(record)
+        }
         Some(CURRENT_VERSION) => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
         Some(other) => Err(format!(
             "record version {other} is not known to this s3drop (it knows 1 to \
@@ -198,10 +232,15 @@ mod v1 {
                     .collect(),
             },
             State::Uploaded { key, crc32c } => FileState::Uploaded {
+                multipart: crc32c.contains('-'),
                 key,
                 crc32c: checksum(crc32c),
             },
-            State::Failed { key, error } => FileState::Failed { key, error },
+            State::Failed { key, error } => FileState::Failed {
+                key,
+                kind: FailureKind::Rejected,
+                error,
+            },
         };
         Ok(FileRecord {
             identity: old.identity,
@@ -231,6 +270,7 @@ mod tests {
             state: FileState::Uploaded {
                 key: "p/a".into(),
                 crc32c: None,
+                multipart: false,
             },
             updated_unix: 5,
         };
@@ -255,9 +295,41 @@ mod tests {
             decode(v1).unwrap().state,
             FileState::Uploaded {
                 key: "k".into(),
-                crc32c: None
+                crc32c: None,
+                multipart: false,
             }
         );
+    }
+
+    #[test]
+    fn version_2_records_gain_their_multipart_flag_and_a_failure_kind() {
+        let v2 = br#"{"version":2,"identity":{"dev":1,"inode":2,"size":3,"mtime_ns":4},"state":"uploaded","key":"k","crc32c":"AAAAAA==-3","updated_unix":5}"#;
+        assert!(matches!(
+            decode(v2).unwrap().state,
+            FileState::Uploaded {
+                multipart: true,
+                ..
+            }
+        ));
+        let v2 = br#"{"version":2,"identity":{"dev":1,"inode":2,"size":3,"mtime_ns":4},"state":"failed","key":"k","error":"denied","updated_unix":5}"#;
+        assert!(matches!(
+            decode(v2).unwrap().state,
+            FileState::Failed {
+                kind: FailureKind::Rejected,
+                ..
+            }
+        ));
+        let v3 = FileRecord::new(
+            identity(),
+            FileState::Failed {
+                key: String::new(),
+                kind: FailureKind::InvalidKey,
+                error: "too long".into(),
+            },
+        );
+        assert_eq!(decode(&encode(&v3)).unwrap(), v3);
+        let json: serde_json::Value = serde_json::from_slice(&encode(&v3)).unwrap();
+        assert_eq!(json["kind"], "invalid_key");
     }
 
     #[test]

@@ -143,12 +143,22 @@ impl S3Error {
         let SdkError::ServiceError(service) = &err else {
             return S3Error::Transport {
                 op,
-                message: crate::message::cause(&err),
+                message: crate::message::sentence(&err),
             };
         };
         let status = service.raw().status().as_u16();
         let code = service.err().code().unwrap_or("").to_string();
-        let mut message = crate::message::tidy(service.err().message().unwrap_or(""));
+        let raw = service.err().message().unwrap_or("");
+        if let Some(at) = raw.find(crate::message::ENCODED) {
+            // Too long for a line; an operator who turns on debug logs can decode it.
+            tracing::debug!(
+                op,
+                encoded_authorization_message = raw[at + crate::message::ENCODED.len()..].trim(),
+                "S3 sent an encoded authorization message: decode it with `aws sts \
+                 decode-authorization-message --encoded-message …`"
+            );
+        }
+        let mut message = crate::message::tidy(raw);
         if let Some(fix) = fix_for(&code) {
             message = format!("{message} ({fix})");
         }

@@ -190,7 +190,7 @@ impl S3 {
             let signed_by = Override::default().credentials_provider(credentials);
             match send(signed_by).await {
                 Err(e) if e.class() == ErrorClass::ExpiredToken && !retried => {
-                    crate::metrics::get().failed(crate::metrics::FailureKind::ExpiredToken);
+                    crate::events::Event::emit(crate::events::TokenRefused);
                     self.credentials.invalidate(&session).await;
                     retried = true;
                 }

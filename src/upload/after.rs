@@ -4,30 +4,31 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::config::AfterUpload;
+use crate::events::{AfterUploadFailed, Event};
 use crate::file::OpenedFile;
 use crate::ledger::Ledger;
 use crate::tree::{Acted, Tree};
 
 /// What to do when deleting or moving `path` failed with `e`: the directory that must be
 /// writable and how to make it so.
-fn fix_for(path: &Path, e: &std::io::Error) -> String {
+fn fix_for(path: &Path, e: &std::io::Error) -> Option<String> {
     let dir = path.parent().unwrap_or(path).display();
     if crate::tree::is_linked(e) {
-        return "nothing to do: s3drop leaves a file reached through a symlink alone".into();
+        return Some("none: s3drop leaves a file reached through a symlink alone".into());
     }
     match e.raw_os_error() {
-        Some(libc::EACCES | libc::EPERM) => format!(
-            "s3drop needs write access to the directory {dir} to delete or move files from it. \
-             Producers' subdirectories must be writable by the s3drop group: the package puts a \
-             default ACL on /var/spool/s3drop for new ones; for a directory made before, or \
-             elsewhere, run `setfacl -R -m g:s3drop:rwx -d -m g:s3drop:rwx {dir}`"
+        // The package's default ACL on /var/spool/s3drop covers directories made after it.
+        Some(libc::EACCES | libc::EPERM) => Some(format!(
+            "let the s3drop group write the directory: `setfacl -R -m g:s3drop:rwx -d -m \
+             g:s3drop:rwx {dir}`"
+        )),
+        Some(libc::EROFS) => Some(
+            "under systemd, add a drop-in with `ReadWritePaths=` naming watch_dir (and \
+             move_to)"
+                .into(),
         ),
-        Some(libc::EROFS) => format!(
-            "{dir} is read-only for s3drop; under systemd add a drop-in with \
-             `ReadWritePaths=` naming watch_dir (and move_to) for delete or move mode"
-        ),
-        Some(libc::EXDEV) => "move_to must be on watch_dir's filesystem".into(),
-        _ => "see the error".into(),
+        Some(libc::EXDEV) => Some("move_to must be on watch_dir's filesystem".into()),
+        _ => None,
     }
 }
 
@@ -68,16 +69,22 @@ impl AfterUploadAction {
             Ok(Acted::Done(moved_to)) => {
                 tracing::debug!(path = %path.display(), moved_to = ?moved_to.as_deref(), "after-upload action done");
                 if let Err(e) = ledger.remove_later(relative).await {
-                    tracing::warn!(error = %e, "could not forget a moved or deleted file in the ledger");
+                    tracing::warn!(error = %e, "could not forget a moved or deleted file in the ledger: {e}");
                 }
             }
             Ok(Acted::NotThatVersion) => {
                 tracing::debug!(path = %path.display(), "changed since its upload; the after-upload action is left to its next version")
             }
-            Err(e) => tracing::warn!(
-                path = %path.display(), error = %e, fix = fix_for(&path, &e),
-                "uploaded, but the after-upload action failed; it is retried at the next scan"
-            ),
+            Err(e) => AfterUploadFailed {
+                path: &path,
+                action: match self {
+                    AfterUploadAction::Move(_) => "moved",
+                    _ => "deleted",
+                },
+                error: &e.to_string(),
+                fix: fix_for(&path, &e).as_deref(),
+            }
+            .emit(),
         }
     }
 }

@@ -14,3 +14,30 @@ pub use after::AfterUploadAction;
 pub use progress::Progress;
 pub use send::Sender;
 pub use worker::{Context, Worker};
+
+use crate::auth::Session;
+use crate::config::{Config, ConfigError};
+use crate::keys::KeyRule;
+use crate::s3::WriteOptions;
+
+/// What uploads under a session are written with, filled in for its host: the object
+/// options (tag and metadata values have their placeholders filled, and S3's limits are
+/// checked again with the values) and the key rule (the session's prefix, then
+/// `key_template`). `run` and `check` resolve it the same way.
+pub struct Plan {
+    pub write: WriteOptions,
+    pub keys: KeyRule,
+}
+
+impl Plan {
+    pub fn for_session(config: &Config, session: &Session) -> Result<Plan, ConfigError> {
+        let facts = session.facts.prefix_facts();
+        Ok(Plan {
+            write: WriteOptions::resolve(&config.object, config.overwrite, &facts)?,
+            keys: KeyRule::new(
+                session.scope.prefix.clone(),
+                config.key_template.with_facts(&facts)?,
+            ),
+        })
+    }
+}

@@ -6,12 +6,15 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use crate::metrics::FailureKind;
+
 #[derive(Default)]
 pub struct Progress {
     uploaded: AtomicU64,
     last: Mutex<Option<(Instant, String)>>,
-    /// Files waiting on a permanent failure, with its cause (and when it was seen).
-    failed: Mutex<HashMap<PathBuf, (Instant, String)>>,
+    /// Files waiting on a failure an operator must fix: when it was seen, its kind and
+    /// its cause.
+    failed: Mutex<HashMap<PathBuf, (Instant, FailureKind, String)>>,
 }
 
 impl Progress {
@@ -22,9 +25,9 @@ impl Progress {
     }
 
     /// `path` waits on a failure an operator must fix.
-    pub fn failed(&self, path: &Path, error: String) {
+    pub fn failed(&self, path: &Path, kind: FailureKind, error: String) {
         let mut failed = self.failed.lock().expect("progress lock");
-        failed.insert(path.to_owned(), (Instant::now(), error));
+        failed.insert(path.to_owned(), (Instant::now(), kind, error));
     }
 
     /// `path` no longer waits on a failure (uploaded, gone, or dropped).
@@ -35,14 +38,16 @@ impl Progress {
         }
     }
 
-    /// The files waiting on a failure, newest first: (path, seconds since, error).
-    pub fn failures(&self) -> Vec<(PathBuf, u64, String)> {
+    /// The files waiting on a failure, newest first: (path, seconds since, kind, error).
+    pub fn failures(&self) -> Vec<(PathBuf, u64, FailureKind, String)> {
         let failed = self.failed.lock().expect("progress lock");
         let mut list: Vec<_> = failed
             .iter()
-            .map(|(path, (at, error))| (path.clone(), at.elapsed().as_secs(), error.clone()))
+            .map(|(path, (at, kind, error))| {
+                (path.clone(), at.elapsed().as_secs(), *kind, error.clone())
+            })
             .collect();
-        list.sort_by_key(|(_, ago, _)| *ago);
+        list.sort_by_key(|(_, ago, _, _)| *ago);
         list
     }
 
@@ -59,20 +64,12 @@ impl Progress {
             None => format!("{n} uploaded"),
         };
         let failed = self.failed.lock().expect("progress lock");
-        if let Some((path, (_, error))) = failed.iter().max_by_key(|(_, (at, _))| *at) {
-            let mut error = error.clone();
-            if error.len() > 120 {
-                let cut = (0..=120)
-                    .rev()
-                    .find(|i| error.is_char_boundary(*i))
-                    .unwrap_or(0);
-                error.truncate(cut);
-                error.push('…');
-            }
+        if let Some((path, (_, _, error))) = failed.iter().max_by_key(|(_, (at, _, _))| *at) {
             line.push_str(&format!(
-                "; {} failed (newest: {}: {error})",
+                "; {} failed (newest: {}: {})",
                 failed.len(),
-                path.display()
+                crate::message::printable(&path.to_string_lossy()),
+                crate::message::fit(error, 120)
             ));
         }
         line
@@ -93,7 +90,11 @@ mod tests {
             "{}",
             p.summary()
         );
-        p.failed(Path::new("/d/b"), "S3 denied the write".into());
+        p.failed(
+            Path::new("/d/b"),
+            FailureKind::Denied,
+            "S3 denied the write".into(),
+        );
         assert!(
             p.summary()
                 .ends_with("; 1 failed (newest: /d/b: S3 denied the write)"),

@@ -107,6 +107,8 @@ pub struct Sender {
     part_size: u64,
     part_concurrency: usize,
     max_file_size: Option<u64>,
+    /// What to do when S3 denies a write (names the upload role).
+    denied_fix: String,
 }
 
 fn part_record(p: CompletedPart) -> PartRecord {
@@ -135,11 +137,21 @@ impl Sender {
             part_size: config.part_size,
             part_concurrency: config.part_concurrency,
             max_file_size: config.max_file_size,
+            denied_fix: crate::chain::Link::WriteUnderPrefix.fix(Some(config)),
         }
     }
 
     pub fn bucket(&self) -> &str {
         self.s3.bucket()
+    }
+
+    pub fn denied_fix(&self) -> &str {
+        &self.denied_fix
+    }
+
+    /// How many parts a file of `size` bytes is sent in; `None` for one PutObject.
+    pub fn parts(&self, size: u64) -> Option<u64> {
+        (size > self.multipart_threshold).then(|| PartPlan::new(size, self.part_size).count)
     }
 
     /// Sends the file; for a multipart upload the ledger keeps the progress under
@@ -162,8 +174,14 @@ impl Sender {
         let (upload_id, done) = self.resume_or_start(item, plan).await?;
         if !done.is_empty() {
             tracing::info!(
+                event = "multipart_resumed",
                 path = %item.path.display(), key = item.key, parts_done = done.len(),
-                parts = plan.count, "resuming multipart upload"
+                parts = plan.count,
+                "resuming the multipart upload of {} to {}: {} of {} parts are already in S3",
+                crate::message::printable(&item.path.to_string_lossy()),
+                crate::message::printable(item.key),
+                done.len(),
+                plan.count
             );
         }
         let sent = match self.send_parts(item, plan, &upload_id, done).await {
@@ -288,8 +306,11 @@ impl Sender {
                 return Ok((upload_id, parts));
             }
             tracing::info!(
+                path = %item.path.display(),
                 key,
-                "the file changed since its multipart upload began; aborting that upload"
+                "{} changed since its multipart upload began; aborting that upload and starting \
+                 anew",
+                crate::message::printable(&item.path.to_string_lossy())
             );
             self.abandon(item.relative, &key, &upload_id).await;
         }
@@ -310,14 +331,21 @@ impl Sender {
 
     async fn abandon(&self, relative: &Path, key: &str, upload_id: &str) {
         if let Err(e) = self.s3.abort_multipart(key, upload_id).await {
-            tracing::warn!(key, error = %e, "could not abort a stale multipart upload (a bucket lifecycle rule for incomplete uploads cleans it up)");
+            tracing::warn!(
+                key,
+                error = %e,
+                "could not abort a stale multipart upload of {}: {}; a bucket lifecycle rule for \
+                 incomplete uploads cleans it up",
+                crate::message::printable(key),
+                crate::message::sentence(&e)
+            );
         }
         self.forget(relative).await;
     }
 
     async fn forget(&self, relative: &Path) {
         if let Err(e) = self.ledger.remove_later(relative).await {
-            tracing::warn!(error = %e, "could not forget a multipart upload in the ledger");
+            tracing::warn!(error = %e, "could not forget a multipart upload in the ledger: {e}");
         }
     }
 }

@@ -17,6 +17,7 @@ use super::after::AfterUploadAction;
 use super::progress::Progress;
 use super::retry::{Backoff, Verdict, Wait, verdict};
 use super::send::{Item, SendError, Sender};
+use crate::events::{DropReason, Dropped, Event, Unrecorded, UploadFailed, Uploaded};
 use crate::file::{FileIdentity, OpenError, OpenedFile};
 use crate::keys::KeyRule;
 use crate::ledger::{FileRecord, FileState, Ledger, LedgerError};
@@ -25,6 +26,10 @@ use crate::queue::Queue;
 use crate::s3::Checksum;
 use crate::supervise::{Fatal, FatalReporter};
 use crate::tree::Tree;
+
+/// What to do about a file s3drop may not read.
+const UNREADABLE_FIX: &str = "make it readable by the s3drop user (or grant it with \
+    `setfacl -m u:s3drop:r`)";
 
 /// What happened to one file.
 enum Outcome {
@@ -164,11 +169,8 @@ impl Worker {
         };
         let delay = self.backoff.next_delay(&path, wait);
         let (queue, cx2) = (self.queue.clone(), cx.clone());
-        if wait == Wait::Session {
-            tracing::debug!(path = %path.display(), "will retry with the next session");
-        } else {
-            tracing::info!(path = %path.display(), retry_in_s = delay.as_secs_f32(), "will retry");
-        }
+        // The failure's event said it is retried; when is a detail.
+        tracing::debug!(path = %path.display(), retry_in_s = delay.as_secs_f32(), "will retry");
         cx.tracker.spawn(async move {
             tokio::select! {
                 _ = cx2.cancel.cancelled() => {}
@@ -187,25 +189,26 @@ impl Worker {
             Err(outcome) => return outcome,
         };
         let record = self.ledger.get(relative).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "ledger lookup failed; uploading anyway");
+            tracing::warn!(path = %path.display(), error = %e, "the ledger cannot be read ({e}); uploading {} anyway", path.display());
             None
         });
         if let Some(record) = &record {
             if record.is_conflict_as(&file.identity) && self.conflict_stands(relative, hangups) {
                 tracing::debug!(path = %path.display(), "its key exists (overwrite = false); left alone until SIGHUP or a change");
-                self.progress
-                    .failed(path, record.state.failure().unwrap_or_default());
+                if let Some((kind, error)) = record.state.failure() {
+                    self.progress.failed(path, kind, error);
+                }
                 return Outcome::Held;
             }
             if self.nothing_to_send(path, relative, &file, record).await {
                 return Outcome::Done;
             }
         }
-        let key = match self.key_for(path, relative, &file, record.as_ref()) {
+        let key = match self.key_for(relative, &file, record.as_ref()) {
             Ok(key) => key,
-            Err((key, error)) => {
+            Err((key, kind, error)) => {
                 return self
-                    .record_failure(path, relative, file.identity, &key, error)
+                    .record_failure(path, relative, file.identity, &key, kind, error)
                     .await;
             }
         };
@@ -225,13 +228,14 @@ impl Worker {
             Err(e) if e.is_existing_key() => return self.conflict(&item, hangups).await,
             Err(e) => return self.failed(&item, e, unchanged).await,
         };
-        self.uploaded(&item, &checksum, started);
-        crate::metrics::get().uploaded(file.identity.size, started.elapsed());
+        let parts = self.sender.parts(file.identity.size);
+        self.uploaded(&item, &checksum, started, parts);
         let record = FileRecord::new(
             file.identity,
             FileState::Uploaded {
                 key: key.clone(),
                 crc32c: checksum.crc32c().map(String::from),
+                multipart: parts.is_some(),
             },
         );
         Outcome::Uploaded(Box::new(Recording {
@@ -254,6 +258,7 @@ impl Worker {
         let FileState::Uploaded {
             key,
             crc32c: Some(stored),
+            ..
         } = &record.state
         else {
             return false;
@@ -266,7 +271,7 @@ impl Worker {
         tracing::debug!(path = %path.display(), key, "touched since its upload, same content; not sent again");
         let updated = FileRecord::new(file.identity, record.state.clone());
         if let Err(e) = self.ledger.put_later(relative, &updated).await {
-            tracing::warn!(error = %e, "could not update a touched file's record");
+            tracing::warn!(path = %path.display(), error = %e, "could not record that {} was only touched ({e}); it may be sent again", path.display());
         }
         true
     }
@@ -305,15 +310,15 @@ impl Worker {
 
     /// The file's key, decided once per version of the file: the key recorded for this
     /// version (a retry, a resumed multipart upload) is kept, even if the template would
-    /// now give another (a time placeholder); otherwise the rule makes it. `None` (logged)
-    /// if it has none, or another file of this run already has it.
+    /// now give another (a time placeholder); otherwise the rule makes it. An error (the
+    /// key, if one was made, and why) if it has none, or another file of this run already
+    /// has it.
     fn key_for(
         &self,
-        path: &Path,
         relative: &Path,
         file: &OpenedFile,
         record: Option<&FileRecord>,
-    ) -> Result<String, (String, String)> {
+    ) -> Result<String, (String, FailureKind, String)> {
         // A failure recorded before a key was decided has none to reuse.
         let recorded = record
             .filter(|r| r.identity == file.identity)
@@ -322,10 +327,7 @@ impl Worker {
         let key = match recorded.map_or_else(|| self.keys.key(relative, file.identity.mtime_ns), Ok)
         {
             Ok(key) => key,
-            Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "not uploaded; the file is kept");
-                return Err((String::new(), e.to_string()));
-            }
+            Err(e) => return Err((String::new(), FailureKind::InvalidKey, e.to_string())),
         };
         if !self.keys.is_injective() {
             let mut claimed = self.claimed.lock().expect("claimed lock");
@@ -333,16 +335,12 @@ impl Worker {
                 .entry(key.clone())
                 .or_insert_with(|| relative.to_owned());
             if owner != relative {
-                tracing::error!(
-                    path = %path.display(), key, other = %owner.display(),
-                    "another file already has this key (key_template maps both to it): not \
-                     uploaded, so nothing is overwritten; the file is kept"
-                );
                 let error = format!(
-                    "{} already has the key {key} (key_template)",
+                    "{} already has the key {key} (key_template maps both to it; nothing is \
+                     overwritten)",
                     owner.display()
                 );
-                return Err((key, error));
+                return Err((key, FailureKind::KeyClaimed, error));
             }
         }
         Ok(key)
@@ -353,45 +351,56 @@ impl Worker {
             Ok(file) => return Ok(file),
             Err(e) => e,
         };
+        let dropped = |why| {
+            self.progress.emit(Dropped { path, why });
+            Err(Outcome::Done)
+        };
         match error {
-            OpenError::Vanished => {
-                tracing::info!(path = %path.display(), "file deleted before upload; nothing to do");
-                Err(Outcome::Done)
-            }
-            e @ (OpenError::NotRegular { .. } | OpenError::Linked) => {
-                tracing::warn!(path = %path.display(), error = %e, "skipped");
-                Err(Outcome::Done)
-            }
+            OpenError::Vanished => dropped(DropReason::GoneBeforeUpload),
+            OpenError::NotRegular { kind } => dropped(DropReason::NotRegular(kind)),
+            OpenError::Linked => dropped(DropReason::Linked),
             e @ OpenError::Permission(_) => {
-                crate::metrics::get().failed(FailureKind::Unreadable);
-                tracing::error!(path = %path.display(), error = %e, "cannot read the file; retried later (or at SIGHUP)");
+                let (kind, error) = (FailureKind::Unreadable, e.to_string());
                 Err(match self.tree.stat(relative) {
                     Ok(entry) => {
-                        self.record_failure(path, relative, entry.identity, "", e.to_string())
+                        self.record_failure(path, relative, entry.identity, "", kind, error)
                             .await
                     }
                     Err(_) => {
-                        self.progress.failed(path, e.to_string());
+                        self.progress.emit(UploadFailed {
+                            path,
+                            key: "",
+                            kind,
+                            error: &error,
+                            fix: Some(UNREADABLE_FIX),
+                        });
                         Outcome::Retry(Wait::Permanent)
                     }
                 })
             }
             e @ OpenError::Io(_) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot open; will retry");
+                self.progress.emit(UploadFailed {
+                    path,
+                    key: "",
+                    kind: FailureKind::Transient,
+                    error: &e.to_string(),
+                    fix: None,
+                });
                 Err(Outcome::Retry(Wait::Transient))
             }
         }
     }
 
-    fn uploaded(&self, item: &Item<'_>, checksum: &Checksum, started: Instant) {
-        tracing::info!(
-            path = %item.path.display(),
-            key = item.key,
-            bytes = item.file.identity.size,
-            duration_ms = started.elapsed().as_millis() as u64,
-            crc32c = checksum.crc32c().unwrap_or("unverified"),
-            "uploaded"
-        );
+    fn uploaded(&self, item: &Item<'_>, checksum: &Checksum, started: Instant, parts: Option<u64>) {
+        self.progress.emit(Uploaded {
+            path: item.path,
+            bucket: self.sender.bucket(),
+            key: item.key,
+            bytes: item.file.identity.size,
+            took: started.elapsed(),
+            checksum,
+            parts,
+        });
         if *checksum == Checksum::Unverified
             && !self.warned_unverified.swap(true, Ordering::Relaxed)
         {
@@ -402,61 +411,61 @@ impl Worker {
                  servers do not all echo checksums; AWS S3 does)"
             );
         }
-        self.progress.uploaded(item.path, item.key);
     }
 
     fn changed(&self, item: &Item<'_>) -> Outcome {
-        crate::metrics::get().failed(FailureKind::Changed);
-        tracing::info!(path = %item.path.display(), key = item.key, "file changed during upload; uploading it again");
+        self.progress.emit(UploadFailed {
+            path: item.path,
+            key: item.key,
+            kind: FailureKind::Changed,
+            error: "the file changed while it was being uploaded",
+            fix: None,
+        });
         Outcome::Retry(Wait::Transient)
     }
 
     async fn failed(&self, item: &Item<'_>, error: SendError, unchanged: bool) -> Outcome {
-        match verdict(&error, unchanged) {
-            Verdict::Changed => self.changed(item),
+        let (kind, wait) = match verdict(&error, unchanged) {
+            Verdict::Changed => return self.changed(item),
             Verdict::Vanished => {
-                tracing::info!(path = %item.path.display(), key = item.key, "deleted during its upload; the upload was abandoned and its parts aborted");
-                Outcome::Done
+                self.progress.emit(Dropped {
+                    path: item.path,
+                    why: DropReason::GoneDuringUpload,
+                });
+                return Outcome::Done;
             }
-            Verdict::Transient => {
-                crate::metrics::get().failed(FailureKind::Transient);
-                tracing::warn!(path = %item.path.display(), key = item.key, %error, "upload failed; will retry");
-                Outcome::Retry(Wait::Transient)
-            }
-            Verdict::NoSession => {
-                // The session cache logs the cause once per STS call; one line per waiting
-                // file would flood the journal during an STS outage.
-                crate::metrics::get().failed(FailureKind::NoSession);
-                tracing::debug!(path = %item.path.display(), key = item.key, %error, "no upload session; the file waits for the next");
-                Outcome::Retry(Wait::Session)
-            }
-            Verdict::Throttled => {
-                crate::metrics::get().failed(FailureKind::Throttled);
-                tracing::warn!(path = %item.path.display(), key = item.key, %error, "S3 asks to slow down; will retry after a throttling backoff");
-                Outcome::Retry(Wait::Throttled)
-            }
+            Verdict::Transient => (FailureKind::Transient, Wait::Transient),
+            Verdict::NoSession => (FailureKind::NoSession, Wait::Session),
+            Verdict::Throttled => (FailureKind::Throttled, Wait::Throttled),
             Verdict::Permanent => {
-                crate::metrics::get().failed(match &error {
+                let kind = match &error {
                     SendError::S3(e) if e.class() == crate::s3::ErrorClass::Denied => {
                         FailureKind::Denied
                     }
                     SendError::TooLarge { .. } => FailureKind::TooLarge,
                     _ => FailureKind::Rejected,
-                });
-                tracing::error!(
-                    path = %item.path.display(), key = item.key, bucket = self.sender.bucket(),
-                    %error, "upload refused; the file is kept and retried later (or at SIGHUP)"
-                );
-                self.record_failure(
-                    item.path,
-                    item.relative,
-                    item.file.identity,
-                    item.key,
-                    error.to_string(),
-                )
-                .await
+                };
+                let error = crate::message::sentence(&error);
+                return self
+                    .record_failure(
+                        item.path,
+                        item.relative,
+                        item.file.identity,
+                        item.key,
+                        kind,
+                        error,
+                    )
+                    .await;
             }
-        }
+        };
+        self.progress.emit(UploadFailed {
+            path: item.path,
+            key: item.key,
+            kind,
+            error: &crate::message::sentence(&error),
+            fix: None,
+        });
+        Outcome::Retry(wait)
     }
 
     /// A failure an operator must fix: shown by STATUS and `status`, recorded in the ledger
@@ -468,20 +477,33 @@ impl Worker {
         relative: &Path,
         identity: FileIdentity,
         key: &str,
+        kind: FailureKind,
         error: String,
     ) -> Outcome {
-        self.progress.failed(path, error.clone());
+        let fix = match kind {
+            FailureKind::Denied => Some(self.sender.denied_fix()),
+            FailureKind::Unreadable => Some(UNREADABLE_FIX),
+            _ => None,
+        };
+        self.progress.emit(UploadFailed {
+            path,
+            key,
+            kind,
+            error: &error,
+            fix,
+        });
         let record = FileRecord::new(
             identity,
             FileState::Failed {
                 key: key.to_string(),
+                kind,
                 error,
             },
         );
         match self.ledger.put_later(relative, &record).await {
             Err(e) if e.is_fatal() => Outcome::Fatal(e.into()),
             Err(e) => {
-                tracing::warn!(error = %e, "could not record the failure in the ledger");
+                tracing::warn!(path = %path.display(), error = %e, "could not record the failure of {} in the ledger ({e}); `status` lists it only while s3drop runs", path.display());
                 Outcome::Retry(Wait::Permanent)
             }
             Ok(()) => Outcome::Retry(Wait::Permanent),
@@ -491,13 +513,6 @@ impl Worker {
     /// `overwrite = false` and the key exists: the file is not uploaded, not deleted or
     /// moved; it is recorded as a conflict and left alone until SIGHUP or a change.
     async fn conflict(&self, item: &Item<'_>, hangups: u64) -> Outcome {
-        crate::metrics::get().failed(FailureKind::Conflict);
-
-        tracing::error!(
-            path = %item.path.display(), key = item.key, bucket = self.sender.bucket(),
-            "an object with this key already exists and overwrite = false: the file is not \
-             uploaded and is kept; it is tried again at SIGHUP or when it changes"
-        );
         self.conflicts
             .lock()
             .expect("conflicts lock")
@@ -508,12 +523,17 @@ impl Worker {
                 key: item.key.to_string(),
             },
         );
-        self.progress
-            .failed(item.path, record.state.failure().unwrap_or_default());
+        self.progress.emit(UploadFailed {
+            path: item.path,
+            key: item.key,
+            kind: FailureKind::Conflict,
+            error: &record.state.failure().map(|(_, e)| e).unwrap_or_default(),
+            fix: None,
+        });
         match self.ledger.put_later(item.relative, &record).await {
             Err(e) if e.is_fatal() => Outcome::Fatal(e.into()),
             Err(e) => {
-                tracing::warn!(error = %e, "could not record the conflict in the ledger");
+                tracing::warn!(path = %item.path.display(), error = %e, "could not record the conflict of {} in the ledger ({e})", item.path.display());
                 Outcome::Held
             }
             Ok(()) => Outcome::Held,
@@ -551,7 +571,12 @@ impl Worker {
             }
             // The object is safe in S3; the file stays where it is and is sent again later
             // (or at SIGHUP), when the record can be written.
-            tracing::error!(path = %path.display(), key, error = %e, "uploaded but could not record it; retried later");
+            Unrecorded {
+                path,
+                key: &key,
+                error: &e.to_string(),
+            }
+            .emit();
             return Outcome::Retry(Wait::Permanent);
         }
         self.after_upload
@@ -568,7 +593,11 @@ fn only_touched(record: &FileRecord, file: &OpenedFile) -> bool {
     let (was, now) = (record.identity, file.identity);
     let single_put_checksum = matches!(
         &record.state,
-        FileState::Uploaded { crc32c: Some(c), .. } if !c.contains('-')
+        FileState::Uploaded {
+            crc32c: Some(_),
+            multipart: false,
+            ..
+        }
     );
     single_put_checksum
         && was.dev == now.dev

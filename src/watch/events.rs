@@ -207,7 +207,7 @@ impl Shared {
                 .intersects(EventMask::CREATE | EventMask::MOVED_TO)
             {
                 if let Err(e) = self.watch_tree(&rel) {
-                    tracing::warn!(error = %e, "cannot watch a new directory; the periodic rescan covers it");
+                    tracing::warn!(error = %e, dir = %rel.display(), "cannot watch the new directory {}: {e}; the periodic rescan covers it", rel.display());
                 }
             } else if event.mask.contains(EventMask::MOVED_FROM) {
                 self.unwatch_tree(&rel);
@@ -272,7 +272,7 @@ impl DirWatcher {
                 let batch = match event {
                     Ok(event) => reader_shared.changes_of(event),
                     Err(e) => {
-                        tracing::warn!(error = %e, "watch error; rescanning");
+                        tracing::warn!(error = %e, "the watch failed: {e}; rescanning");
                         vec![Change::Rescan("watch error")]
                     }
                 };

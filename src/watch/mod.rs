@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 
 use crate::config::Exclude;
+use crate::events::{DropReason, Dropped, Event, Rescan, Scanned};
 use crate::file::Kind;
 use crate::ledger::Ledger;
 use crate::metrics::RescanReason;
@@ -49,8 +50,16 @@ pub struct IntakeConfig {
     pub skip_recorded: bool,
 }
 
-const NEW_DIRECTORY: &str = "new directory";
-const MOVED_IN: &str = "directory moved in";
+/// What a walk covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ScanOf {
+    /// The whole tree, for this reason.
+    Full(RescanReason),
+    /// A directory just created (thousands when a tree is copied in: summarized).
+    NewDirectory,
+    /// A directory renamed into the tree: its files are complete however new.
+    MovedIn,
+}
 
 /// New directories are scanned one by one (a copied tree makes thousands); they are
 /// logged as one summary at most this often.
@@ -142,8 +151,7 @@ impl Intake {
         ready: tokio::sync::oneshot::Sender<()>,
         cancel: CancellationToken,
     ) -> Result<(), Fatal> {
-        self.full_scan(RescanReason::Startup, "backlog scan at start")
-            .await;
+        self.full_scan(RescanReason::Startup).await;
         let _ = ready.send(());
         let mut rescan = tokio::time::interval(self.config.rescan_interval);
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -172,7 +180,7 @@ impl Intake {
                     self.consider_complete(path).await;
                 }
                 _ = rescan.tick() => self.periodic_rescan().await,
-                _ = rescan_now.notified() => self.full_scan(RescanReason::Sighup, "SIGHUP").await,
+                _ = rescan_now.notified() => self.full_scan(RescanReason::Sighup).await,
                 _ = root_check.tick() => self.check_root().await,
                 _ = summary.tick() => self.summarize_new_dirs(),
             }
@@ -198,16 +206,17 @@ impl Intake {
                 None
             }
             Err(e) => {
-                tracing::warn!(watch_dir = %tree.path().display(), error = %e, "cannot look at watch_dir; will retry");
+                tracing::warn!(watch_dir = %tree.path().display(), error = %e, "cannot look at watch_dir {}: {e}; looking again shortly", tree.path().display());
                 return;
             }
         };
         if let Some(problem) = problem {
             if self.root_problem != Some(problem) {
+                let dir = tree.path().display();
                 if problem.starts_with("watch_dir disappeared") {
-                    tracing::warn!(watch_dir = %tree.path().display(), "{problem}");
+                    tracing::warn!(event = "watch_dir_gone", watch_dir = %dir, "{problem} ({dir})");
                 } else {
-                    tracing::error!(watch_dir = %tree.path().display(), "{problem}");
+                    tracing::error!(event = "watch_dir_replaced", watch_dir = %dir, "{problem} ({dir})");
                 }
             }
             self.root_problem = Some(problem);
@@ -222,14 +231,15 @@ impl Intake {
             .and_then(|()| DirWatcher::start(tree.clone()).map_err(|e| e.to_string()));
         match watched {
             Ok(watcher) => {
-                tracing::info!(watch_dir = %tree.path().display(), "watch_dir is (back) in place; watching it again");
+                tracing::info!(event = "watch_dir_back", watch_dir = %tree.path().display(), "watch_dir {} is (back) in place; watching it again", tree.path().display());
                 self.watcher = Some(watcher);
                 self.root_identity = tree.identity().ok();
                 self.root_problem = None;
-                self.full_scan(RescanReason::Recreated, "watch_dir recreated")
-                    .await;
+                self.full_scan(RescanReason::Recreated).await;
             }
-            Err(e) => tracing::error!(error = %e, "cannot watch watch_dir again; will retry"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch watch_dir again: {e}; trying again shortly")
+            }
         }
     }
 
@@ -274,7 +284,7 @@ impl Intake {
             }
             Change::DirCreated(path) => {
                 self.watch_new_dir(&path);
-                self.scan(path, NEW_DIRECTORY).await
+                self.walk(path, ScanOf::NewDirectory).await
             }
             Change::Rescan(reason) => {
                 // Changes still queued are older than the loss: take them first, or one
@@ -283,7 +293,12 @@ impl Intake {
                 // Lost events may include the close of a file marked as being written:
                 // trust the scan's settle check instead, or such a file would wait forever.
                 self.writing.clear();
-                self.full_scan(RescanReason::Overflow, reason).await;
+                tracing::warn!(
+                    event = "events_lost",
+                    cause = reason,
+                    "watch events were lost ({reason}); rescanning watch_dir"
+                );
+                self.full_scan(RescanReason::Overflow).await;
             }
         }
     }
@@ -341,8 +356,11 @@ impl Intake {
             return;
         }
         tracing::info!(
+            event = "taken_unwritten",
             path = %path.display(),
-            "no write since it appeared (a hard link or a linked temporary file): complete as it stands"
+            "no write to {} since it appeared (a hard link or a linked temporary file): \
+             complete as it stands",
+            path.display()
         );
         self.consider_complete(path).await;
     }
@@ -351,11 +369,10 @@ impl Intake {
     /// previous periodic rescan have lost it: they are taken (once settled) like any other.
     async fn periodic_rescan(&mut self) {
         for path in self.writing.idle_since(self.last_periodic) {
-            tracing::info!(path = %path.display(), "no close seen for a file idle since the last periodic rescan; taking it once settled");
+            tracing::info!(path = %path.display(), "no close seen for {}, idle since the last periodic rescan; taking it once settled", path.display());
         }
         self.last_periodic = tokio::time::Instant::now();
-        self.full_scan(RescanReason::Periodic, "periodic safety rescan")
-            .await;
+        self.full_scan(RescanReason::Periodic).await;
     }
 
     /// Watch first, then scan: whatever lands in a new directory after the scan has read
@@ -364,7 +381,7 @@ impl Intake {
         if let Some(watcher) = self.watcher.as_mut()
             && let Err(e) = watcher.watch_new_dir(dir)
         {
-            tracing::warn!(error = %e, dir = %dir.display(), "cannot watch a new directory; the periodic rescan covers it");
+            tracing::warn!(error = %e, dir = %dir.display(), "cannot watch the new directory {}: {e}; the periodic rescan covers it", dir.display());
         }
     }
 
@@ -382,7 +399,11 @@ impl Intake {
 
     fn report_skip(&mut self, path: &Path, kind: &'static str) {
         if self.reported.insert(path.to_owned()) {
-            tracing::warn!(path = %path.display(), kind, "skipped: not a regular file; s3drop never opens or uploads these");
+            Dropped {
+                path,
+                why: DropReason::NotRegular(kind),
+            }
+            .emit();
         }
     }
 
@@ -398,7 +419,7 @@ impl Intake {
         match entry.kind {
             Kind::Directory => {
                 self.watch_new_dir(&path);
-                Box::pin(self.walk(path, MOVED_IN, true)).await;
+                Box::pin(self.walk(path, ScanOf::MovedIn)).await;
             }
             Kind::Regular => self.queue.push(path),
             kind => self.report_skip(&path, kind.name()),
@@ -441,12 +462,13 @@ impl Intake {
     }
 
     /// Scans the whole tree, then forgets ledger records of files that are gone.
-    async fn full_scan(&mut self, kind: RescanReason, reason: &'static str) {
-        crate::metrics::get().rescan(kind);
+    async fn full_scan(&mut self, reason: RescanReason) {
+        Rescan(reason).emit();
         if self.root_identity.is_none() {
             return; // missing or refused: check_root reports it
         }
-        self.scan(self.config.tree.path().to_owned(), reason).await;
+        self.walk(self.config.tree.path().to_owned(), ScanOf::Full(reason))
+            .await;
         let tree = self.config.tree.clone();
         let ledger = self.ledger.clone();
         let pruned = tokio::task::spawn_blocking(move || {
@@ -456,23 +478,22 @@ impl Intake {
         match pruned {
             Ok(Ok(0)) => {}
             Ok(Ok(n)) => {
-                tracing::info!(records = n, "forgot ledger records of files that are gone")
+                tracing::info!(
+                    records = n,
+                    "forgot {n} ledger records of files that are gone"
+                )
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, "ledger pruning failed"),
-            Err(e) => tracing::warn!(error = %e, "ledger pruning task failed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot prune the ledger: {e}"),
+            Err(e) => tracing::warn!(error = %e, "the ledger pruning task failed: {e}"),
         }
-    }
-
-    /// Walks `dir` (never following symlinks) and takes every complete file.
-    async fn scan(&mut self, dir: PathBuf, reason: &'static str) {
-        self.walk(dir, reason, false).await;
     }
 
     /// Walks `dir` and takes every file in it; `moved_in`: the directory was renamed into
     /// the tree as a whole, so its files are complete however new they are. Files are
     /// queued in chunks as the walk finds them, so uploads start before a large tree has
     /// been read to the end.
-    async fn walk(&mut self, dir: PathBuf, reason: &'static str, moved_in: bool) {
+    async fn walk(&mut self, dir: PathBuf, of: ScanOf) {
+        let moved_in = of == ScanOf::MovedIn;
         let started = std::time::Instant::now();
         let Some(relative) = self.config.tree.relative(&dir) else {
             return;
@@ -497,28 +518,44 @@ impl Intake {
         match walker.await {
             Ok(errors) => {
                 for error in errors {
-                    tracing::warn!(%error, "scan could not read an entry");
+                    tracing::warn!(%error, "the scan could not read an entry: {error}");
                 }
             }
-            Err(e) => tracing::error!(error = %e, "scan task failed"),
+            Err(e) => tracing::error!(error = %e, "the scan task failed: {e}"),
         }
-        let elapsed_ms = started.elapsed().as_millis() as u64;
         // Directories created one by one (a copied tree makes thousands) are summarized;
         // a directory moved in is one operator-visible event.
-        if reason == NEW_DIRECTORY {
-            tracing::debug!(reason, files, queued, elapsed_ms, "scan done");
-            self.new_dirs.0 += 1;
-            self.new_dirs.1 += files;
-            self.new_dirs.2 += queued;
-        } else {
-            tracing::info!(reason, files, queued, elapsed_ms, "scan done");
+        let reason = match of {
+            ScanOf::NewDirectory => {
+                tracing::debug!(dir = %dir.display(), files, queued, "scanned a new directory");
+                self.new_dirs.0 += 1;
+                self.new_dirs.1 += files;
+                self.new_dirs.2 += queued;
+                return;
+            }
+            ScanOf::Full(reason) => Some(reason),
+            ScanOf::MovedIn => None,
+        };
+        Scanned {
+            reason,
+            dir: &dir,
+            files,
+            queued,
+            took: started.elapsed(),
         }
+        .emit();
     }
 
     fn summarize_new_dirs(&mut self) {
         let (directories, files, queued) = std::mem::take(&mut self.new_dirs);
         if directories > 0 {
-            tracing::info!(directories, files, queued, "scanned new directories");
+            tracing::info!(
+                event = "scanned_new_directories",
+                directories,
+                files,
+                queued,
+                "scanned {directories} new directories: {files} files, {queued} queued"
+            );
         }
     }
 }
@@ -584,7 +621,9 @@ mod tests {
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
 
         let mut f = intake(root, Duration::ZERO);
-        f.intake.scan(root.to_owned(), "test").await;
+        f.intake
+            .walk(root.to_owned(), ScanOf::Full(RescanReason::Periodic))
+            .await;
         assert_eq!(
             drain(&f.queue),
             vec![root.join("a.txt"), root.join("sub/b.txt")]
@@ -598,7 +637,9 @@ mod tests {
         let root = dir.path();
         let mut f = intake(root, Duration::from_secs(60));
         f.intake.on_change(Change::Writing(root.join("busy"))).await;
-        f.intake.scan(root.to_owned(), "test").await;
+        f.intake
+            .walk(root.to_owned(), ScanOf::Full(RescanReason::Periodic))
+            .await;
         assert_eq!(f.queue.depth(), 0);
         assert!(f.intake.deferred_set.contains(&root.join("fresh")));
         assert!(!f.intake.deferred_set.contains(&root.join("busy")));
@@ -655,6 +696,7 @@ mod tests {
             state: FileState::Uploaded {
                 key: "k".into(),
                 crc32c: Some("c".into()),
+                multipart: false,
             },
             updated_unix: 0,
         };
@@ -671,7 +713,7 @@ mod tests {
             .await
             .unwrap();
 
-        f.intake.full_scan(RescanReason::Periodic, "test").await;
+        f.intake.full_scan(RescanReason::Periodic).await;
         assert_eq!(drain(&f.queue), vec![root.join("new")]);
         assert_eq!(
             f.intake.ledger.len().unwrap(),
@@ -681,7 +723,7 @@ mod tests {
 
         // A recorded file that changed since is taken again.
         std::fs::write(root.join("done"), b"changed content").unwrap();
-        f.intake.full_scan(RescanReason::Periodic, "test").await;
+        f.intake.full_scan(RescanReason::Periodic).await;
         assert_eq!(drain(&f.queue), vec![root.join("done"), root.join("new")]);
     }
 }

@@ -821,6 +821,46 @@ impl Daemon {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// Waits until s3drop emits the event `name` whose fields include every `(field,
+    /// value)` of `with` (values compared as text), and returns it. The event's name and
+    /// fields are s3drop's interface to machines; the wording of its message is not.
+    pub fn wait_for_event(
+        &mut self,
+        name: &str,
+        with: &[(&str, &str)],
+        limit: Duration,
+    ) -> Result<serde_json::Value> {
+        let matches = |v: &serde_json::Value| {
+            v["event"] == name
+                && with.iter().all(|(field, want)| match &v[*field] {
+                    serde_json::Value::String(s) => s == want,
+                    other => other.to_string().as_str() == *want,
+                })
+        };
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(found) = self.events(name).into_iter().find(matches) {
+                return Ok(found);
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "s3drop exited ({status}) before the event {name} {with:?}:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "s3drop did not emit the event {name} {with:?} within {limit:?}:\n{}",
+            self.log()
+        )
+    }
+
+    /// Waits until the daemon is READY (the backlog is queued and the watch is up).
+    pub fn wait_until_ready(&mut self, limit: Duration) -> Result<()> {
+        self.wait_for_event("ready", &[], limit).map(drop)
+    }
+
     /// Waits until the log has a line containing `needle`.
     pub fn wait_for_log(&mut self, needle: &str, limit: Duration) -> Result<()> {
         let deadline = Instant::now() + limit;
@@ -857,17 +897,18 @@ impl Daemon {
         }
     }
 
-    /// The JSON log lines whose message is `message`.
-    pub fn events(&self, message: &str) -> Vec<serde_json::Value> {
-        events_in(&self.log(), message)
+    /// The events named `name` that s3drop logged (JSON lines whose `event` is `name`).
+    pub fn events(&self, name: &str) -> Vec<serde_json::Value> {
+        events_in(&self.log(), name)
     }
 }
 
-/// The JSON lines of a daemon's `log` whose message is `message`.
-pub fn events_in(log: &str, message: &str) -> Vec<serde_json::Value> {
+/// The JSON lines of a daemon's `log` for the event `name` (its `event` field: the name
+/// is s3drop's interface to machines, the message's wording is not).
+pub fn events_in(log: &str, name: &str) -> Vec<serde_json::Value> {
     log.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["message"] == message)
+        .filter(|v| v["event"] == name)
         .collect()
 }
 

@@ -36,9 +36,7 @@ pub async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> b
 /// Starts the daemon and waits until it is READY (watch up, backlog queued).
 pub fn start_ready(site: &Site, fc: &FakeCloud) -> Daemon {
     let mut daemon = Daemon::start(site, s3drop(), fc).unwrap();
-    daemon
-        .wait_for_log("ready: backlog queued", ARRIVAL)
-        .unwrap();
+    daemon.wait_until_ready(ARRIVAL).unwrap();
     daemon
 }
 

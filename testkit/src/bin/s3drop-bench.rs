@@ -236,11 +236,11 @@ fn rclone_target(key_prefix: &str) -> String {
 fn start_s3drop(s3drop: &Path, fc: &FakeCloud, extra: &str) -> Result<(Site, Daemon)> {
     let site = Site::new(BUCKET, &format!("concurrency = {CONCURRENCY}\n{extra}"))?;
     let mut daemon = Daemon::start(&site, s3drop, fc)?;
-    daemon.wait_for_log("ready: backlog queued", Duration::from_secs(60))?;
+    daemon.wait_until_ready(Duration::from_secs(60))?;
     Ok((site, daemon))
 }
 
-const UPLOADED: &[u8] = b"\"message\":\"uploaded\"";
+const UPLOADED: &[u8] = b"\"event\":\"uploaded\"";
 
 /// Counts s3drop's "uploaded" log lines by reading only what was appended since the last
 /// look, so watching a long log does not take CPU from the daemon being measured.
@@ -967,10 +967,14 @@ impl Bench {
         let pid = daemon.pid();
         let (_, idle_rss) = proc_cpu_and_rss(pid)?;
         std::fs::rename(&staging, site.watch.join("p5"))?;
-        daemon.wait_for_log("directory moved in", Duration::from_secs(300))?;
+        daemon.wait_for_event(
+            "scanned",
+            &[("reason", "moved_in")],
+            Duration::from_secs(300),
+        )?;
         std::thread::sleep(Duration::from_secs(2));
         let (_, rss) = proc_cpu_and_rss(pid)?;
-        let sent = daemon.log().matches("\"message\":\"uploaded\"").count();
+        let sent = daemon.events("uploaded").len();
         let table = &mut self.table;
         writeln!(
             table,

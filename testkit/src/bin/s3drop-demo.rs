@@ -73,7 +73,7 @@ async fn main() -> Result<()> {
 
     step("s3drop run");
     let mut daemon = Daemon::start(&site, &s3drop, &fc)?;
-    daemon.wait_for_log("ready: backlog queued", Duration::from_secs(30))?;
+    daemon.wait_until_ready(Duration::from_secs(30))?;
 
     step("Dropping files: one in a new subdirectory, one renamed into place, one excluded (.tmp)");
     std::fs::create_dir_all(site.watch.join("reports/2026"))?;
@@ -101,7 +101,7 @@ async fn main() -> Result<()> {
     for line in daemon
         .log()
         .lines()
-        .filter(|l| l.contains("\"uploaded\"") || l.contains("started"))
+        .filter(|l| l.contains("\"event\":\"uploaded\"") || l.contains("\"event\":\"started\""))
     {
         println!("    {line}");
     }
