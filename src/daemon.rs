@@ -23,7 +23,10 @@ use crate::auth::schedule::Schedule;
 use crate::auth::{self, AuthError, Session, SessionCredentials};
 use crate::chain::{self, Quiet};
 use crate::config::{AfterUpload, Config};
-use crate::events::{Event, SessionWaiting};
+use crate::events::{
+    Event, FatalError, Hangup, Ready, SessionWaiting, ShutdownDeadline, Started, StartupJitter,
+    Stopped, Stopping,
+};
 use crate::ledger::Ledger;
 use crate::queue::Queue;
 use crate::s3::S3;
@@ -96,21 +99,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (signal_name, fatal) = match ended {
         Ok(name) => (name, None),
         Err(fatal) => {
-            tracing::error!(event = "fatal", error = %fatal, "stopping on a fatal error: {fatal}");
+            FatalError(&fatal).emit();
             ("a fatal error", Some(fatal))
         }
     };
     let config = &running.config;
     let waiting = running.queue.depth();
-    tracing::info!(
-        event = "stopping",
-        signal = signal_name,
-        in_flight_or_waiting = waiting,
-        deadline_s = config.shutdown_timeout.as_secs(),
-        "stopping on {signal_name}: no new uploads; waiting up to {} s for those in flight \
-         ({waiting} files in flight or waiting; those not done are uploaded at the next start)",
-        config.shutdown_timeout.as_secs()
-    );
+    Stopping {
+        why: signal_name,
+        waiting,
+        deadline: config.shutdown_timeout,
+    }
+    .emit();
     notify(&[sd_notify::NotifyState::Stopping]);
     if let Some(minting) = running.session.take() {
         minting.abort(); // nothing to finish: no session, so no upload in flight
@@ -121,13 +121,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .is_err()
     {
-        tracing::warn!(
-            event = "shutdown_deadline",
-            "the shutdown deadline ({} s) passed; unfinished uploads are redone at the next start",
-            config.shutdown_timeout.as_secs()
-        );
+        ShutdownDeadline(config.shutdown_timeout).emit();
     }
-    tracing::info!(event = "stopped", "stopped");
+    Stopped.emit();
     match fatal {
         None => Ok(()),
         Some(fatal) => Err(fatal).context("s3drop stopped on a fatal error"),
@@ -271,27 +267,15 @@ fn start_workers(r: &mut Running, session: Session) -> Result<(), Fatal> {
     let config = &r.config;
     let plan = crate::upload::Plan::for_session(config, &session)
         .map_err(|e| Fatal::Session(AuthError::from(e).explain(config)))?;
-    tracing::info!(
-        event = "started",
-        instance_id = session.facts.instance_id,
-        host = session.facts.hostname,
-        region = session.facts.region,
-        bucket = config.bucket,
-        prefix = session.scope.prefix,
-        role_arn = config.session.role_arn().map(|arn| arn.as_str()),
-        source = %config.source.describe(),
-        watch_dir = %config.watch_dir.display(),
-        "uploading {} to s3://{}/{} ({}, {} in {})",
-        config.watch_dir.display(),
-        config.bucket,
-        crate::message::printable(&session.scope.prefix),
-        match config.session.role_arn() {
-            Some(role) => format!("as {role}"),
-            None => "with a federation token".to_string(),
-        },
-        session.facts.who(),
-        session.facts.region,
-    );
+    Started {
+        watch_dir: &config.watch_dir,
+        bucket: &config.bucket,
+        prefix: &session.scope.prefix,
+        role_arn: config.session.role_arn().map(|arn| arn.as_str()),
+        source: &config.source.describe(),
+        facts: &session.facts,
+    }
+    .emit();
     let s3 = S3::new(
         &session.sdk,
         &config.bucket,
@@ -370,8 +354,7 @@ async fn watch_over(r: &mut Running, signals: &mut Signals) -> Result<&'static s
             fatal = r.supervisor.failure() => return Err(fatal),
             Ok(()) = async { r.ready.as_mut().expect("guarded").await }, if r.ready.is_some() => {
                 r.ready = None;
-                let queued = r.queue.depth();
-                tracing::info!(event = "ready", queued, "ready: the backlog is queued ({queued} files) and {} is watched", r.config.watch_dir.display());
+                Ready { watch_dir: &r.config.watch_dir, queued: r.queue.depth() }.emit();
                 notify(&[sd_notify::NotifyState::Ready]);
             }
             minted = async { r.session.as_mut().expect("guarded").await }, if r.session.is_some() => {
@@ -392,7 +375,7 @@ async fn watch_over(r: &mut Running, signals: &mut Signals) -> Result<&'static s
                 }
             }
             _ = hup.recv() => {
-                tracing::info!(event = "sighup", "SIGHUP: rescanning watch_dir and retrying failed files now");
+                Hangup.emit();
                 r.cx.hangups.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 r.rescan_now.notify_one();
                 r.cx.retry_now.notify_waiters();
@@ -423,13 +406,7 @@ async fn establish(
     {
         *waiting_for.lock().expect("status lock") =
             format!("start-up jitter: {} s", wait.as_secs());
-        tracing::info!(
-            event = "startup_jitter",
-            wait_s = wait.as_secs(),
-            "start-up jitter: asking STS in {} s (a random delay, so a fleet booted together \
-             does not call it at once)",
-            wait.as_secs()
-        );
+        StartupJitter(wait).emit();
     }
     loop {
         if let Some(wait) = until(schedule.next_call()) {

@@ -426,3 +426,373 @@ impl Event for TokenRefused {
         );
     }
 }
+
+/// The session is there and the workers start: what is uploaded where, as whom.
+pub struct Started<'a> {
+    pub watch_dir: &'a Path,
+    pub bucket: &'a str,
+    pub prefix: &'a str,
+    /// The upload role; `None` for a federation token.
+    pub role_arn: Option<&'a str>,
+    pub source: &'a str,
+    pub facts: &'a crate::auth::Facts,
+}
+
+impl Event for Started<'_> {
+    fn emit(self) {
+        let who = match self.role_arn {
+            Some(role) => format!("as {role}"),
+            None => "with a federation token".to_string(),
+        };
+        tracing::info!(
+            event = "started",
+            instance_id = self.facts.instance_id,
+            host = self.facts.hostname,
+            region = self.facts.region,
+            bucket = self.bucket,
+            prefix = self.prefix,
+            role_arn = self.role_arn,
+            source = self.source,
+            watch_dir = %self.watch_dir.display(),
+            "uploading {} to s3://{}/{} ({who}, {} in {})",
+            shown(self.watch_dir),
+            self.bucket,
+            printable(self.prefix),
+            self.facts.who(),
+            self.facts.region,
+        );
+    }
+}
+
+/// READY: the watch is up and the backlog is queued.
+pub struct Ready<'a> {
+    pub watch_dir: &'a Path,
+    pub queued: usize,
+}
+
+impl Event for Ready<'_> {
+    fn emit(self) {
+        tracing::info!(
+            event = "ready",
+            queued = self.queued,
+            "ready: the backlog is queued ({} files) and {} is watched",
+            self.queued,
+            shown(self.watch_dir),
+        );
+    }
+}
+
+/// The first STS call waits a random part of `startup_jitter_seconds`.
+pub struct StartupJitter(pub Duration);
+
+impl Event for StartupJitter {
+    fn emit(self) {
+        tracing::info!(
+            event = "startup_jitter",
+            wait_s = self.0.as_secs(),
+            "start-up jitter: asking STS in {} s (a random delay, so a fleet booted together \
+             does not call it at once)",
+            self.0.as_secs()
+        );
+    }
+}
+
+/// SIGHUP (`systemctl reload`): rescan and retry failed files now.
+pub struct Hangup;
+
+impl Event for Hangup {
+    fn emit(self) {
+        tracing::info!(
+            event = "sighup",
+            "SIGHUP: rescanning watch_dir and retrying failed files now"
+        );
+    }
+}
+
+/// The daemon stops: no new uploads; those in flight may finish.
+pub struct Stopping<'a> {
+    /// The signal's name, or "a fatal error".
+    pub why: &'a str,
+    pub waiting: usize,
+    pub deadline: Duration,
+}
+
+impl Event for Stopping<'_> {
+    fn emit(self) {
+        tracing::info!(
+            event = "stopping",
+            signal = self.why,
+            in_flight_or_waiting = self.waiting,
+            deadline_s = self.deadline.as_secs(),
+            "stopping on {}: no new uploads; waiting up to {} s for those in flight ({} files \
+             in flight or waiting; those not done are uploaded at the next start)",
+            self.why,
+            self.deadline.as_secs(),
+            self.waiting,
+        );
+    }
+}
+
+/// A fatal error ends the daemon.
+pub struct FatalError<'a>(pub &'a crate::supervise::Fatal);
+
+impl Event for FatalError<'_> {
+    fn emit(self) {
+        tracing::error!(event = "fatal", error = %self.0, "stopping on a fatal error: {}", self.0);
+    }
+}
+
+/// The shutdown deadline passed with uploads unfinished.
+pub struct ShutdownDeadline(pub Duration);
+
+impl Event for ShutdownDeadline {
+    fn emit(self) {
+        tracing::warn!(
+            event = "shutdown_deadline",
+            "the shutdown deadline ({} s) passed; unfinished uploads are redone at the next start",
+            self.0.as_secs()
+        );
+    }
+}
+
+/// The daemon stopped.
+pub struct Stopped;
+
+impl Event for Stopped {
+    fn emit(self) {
+        tracing::info!(event = "stopped", "stopped");
+    }
+}
+
+/// What became of `watch_dir` itself.
+pub enum WatchDir<'a> {
+    /// Deleted: waiting for it to be recreated.
+    Gone(&'a Path),
+    /// Replaced by something that is not a directory (a symlink is never followed).
+    Replaced(&'a Path),
+    /// A directory again: watched and scanned.
+    Back(&'a Path),
+}
+
+impl Event for WatchDir<'_> {
+    fn emit(self) {
+        match self {
+            WatchDir::Gone(dir) => tracing::warn!(
+                event = "watch_dir_gone",
+                watch_dir = %dir.display(),
+                "watch_dir {} disappeared; waiting for it to be recreated",
+                shown(dir)
+            ),
+            WatchDir::Replaced(dir) => tracing::error!(
+                event = "watch_dir_replaced",
+                watch_dir = %dir.display(),
+                "watch_dir {} was replaced by something that is not a directory (a symlink is \
+                 never followed); nothing is scanned until a directory is back in its place",
+                shown(dir)
+            ),
+            WatchDir::Back(dir) => tracing::info!(
+                event = "watch_dir_back",
+                watch_dir = %dir.display(),
+                "watch_dir {} is (back) in place; watching it again",
+                shown(dir)
+            ),
+        }
+    }
+}
+
+/// Watch events were lost (inotify's queue or s3drop's channel overflowed, the watch
+/// failed): a full scan follows.
+pub struct EventsLost<'a>(pub &'a str);
+
+impl Event for EventsLost<'_> {
+    fn emit(self) {
+        tracing::warn!(
+            event = "events_lost",
+            cause = self.0,
+            "watch events were lost ({}); rescanning watch_dir",
+            self.0
+        );
+    }
+}
+
+/// A file that appeared and was never written (a hard link, a linked temporary file) is
+/// complete as it stands.
+pub struct TakenUnwritten<'a>(pub &'a Path);
+
+impl Event for TakenUnwritten<'_> {
+    fn emit(self) {
+        tracing::info!(
+            event = "taken_unwritten",
+            path = %self.0.display(),
+            "no write to {} since it appeared (a hard link or a linked temporary file): \
+             complete as it stands",
+            shown(self.0)
+        );
+    }
+}
+
+/// Directories created one by one (a tree copied in), summarized.
+pub struct NewDirectoriesScanned {
+    pub directories: usize,
+    pub files: usize,
+    pub queued: usize,
+}
+
+impl Event for NewDirectoriesScanned {
+    fn emit(self) {
+        let Self {
+            directories,
+            files,
+            queued,
+        } = self;
+        tracing::info!(
+            event = "scanned_new_directories",
+            directories,
+            files,
+            queued,
+            "scanned {directories} new directories: {files} files, {queued} queued"
+        );
+    }
+}
+
+/// A restart continues a multipart upload where the ledger says it was.
+pub struct MultipartResumed<'a> {
+    pub path: &'a Path,
+    pub key: &'a str,
+    pub done: usize,
+    pub parts: u64,
+}
+
+impl Event for MultipartResumed<'_> {
+    fn emit(self) {
+        tracing::info!(
+            event = "multipart_resumed",
+            path = %self.path.display(),
+            key = self.key,
+            parts_done = self.done,
+            parts = self.parts,
+            "resuming the multipart upload of {} to {}: {} of {} parts are already in S3",
+            shown(self.path),
+            printable(self.key),
+            self.done,
+            self.parts
+        );
+    }
+}
+
+/// S3 refused the session held as expired: the cache drops it and mints a new one.
+pub struct SessionInvalidated;
+
+impl Event for SessionInvalidated {
+    fn emit(self) {
+        tracing::info!(
+            event = "session_invalidated",
+            "S3 refused the session token as expired; minting a new session"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// The JSON log lines `f` writes, at debug and above.
+    fn logged(f: impl FnOnce()) -> Vec<serde_json::Value> {
+        let buf = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(move || Capture(writer.clone()))
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Capture {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn every_failure_kind_is_a_sentence_naming_the_file_and_only_an_operators_is_in_status() {
+        let path = Path::new("/spool/a\u{1b}b.csv");
+        for &kind in FailureKind::ALL {
+            let status = Progress::default();
+            let before = crate::metrics::get()
+                .upload_failures
+                .with_label_values(&[kind.label()])
+                .get();
+            let lines = logged(|| {
+                status.emit(UploadFailed {
+                    path,
+                    key: "p/a.csv",
+                    kind,
+                    error: "the cause",
+                    fix: Some("the fix"),
+                })
+            });
+            let after = crate::metrics::get()
+                .upload_failures
+                .with_label_values(&[kind.label()])
+                .get();
+            assert!(after > before, "{kind:?} not counted");
+            let [line] = &lines[..] else {
+                panic!("{kind:?}: {lines:?}")
+            };
+            assert_eq!(line["event"], "upload_failed");
+            assert_eq!(line["kind"], kind.label());
+            let message = line["message"].as_str().unwrap();
+            assert!(
+                message.contains("/spool/a\\u{1b}b.csv"),
+                "{kind:?}: {message}"
+            );
+            assert!(!message.contains('\u{1b}'), "{kind:?}: {message}");
+            assert_eq!(status.failed_count(), usize::from(kind.needs_operator()));
+            if kind.needs_operator() {
+                assert_eq!(line["level"], "ERROR", "{kind:?}");
+                assert!(
+                    message.contains("the cause (fix: the fix)"),
+                    "{kind:?}: {message}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_upload_is_one_sentence_with_the_file_the_key_and_its_size() {
+        let status = Progress::default();
+        let lines = logged(|| {
+            status.emit(Uploaded {
+                path: Path::new("/spool/a/b.csv"),
+                bucket: "bucket",
+                key: "i-0abc/a/b.csv",
+                bytes: 14,
+                took: Duration::from_millis(6),
+                checksum: &Checksum::Verified("AAAAAA==".into()),
+                parts: None,
+            })
+        });
+        assert_eq!(
+            lines[0]["message"],
+            "uploaded /spool/a/b.csv → s3://bucket/i-0abc/a/b.csv (14 bytes, 6 ms)"
+        );
+        assert_eq!(lines[0]["key"], "i-0abc/a/b.csv");
+        assert!(
+            status
+                .summary()
+                .starts_with("1 uploaded; last i-0abc/a/b.csv")
+        );
+    }
+}

@@ -103,6 +103,14 @@ fn s3(endpoint: &str) -> S3 {
     )
 }
 
+/// What a PutObject through `endpoint` fails with.
+async fn put_error(endpoint: &str) -> s3drop::s3::S3Error {
+    s3(endpoint)
+        .put_bytes("i-0abc/k", bytes::Bytes::from_static(b"x"))
+        .await
+        .unwrap_err()
+}
+
 /// The line the operator reads for `cause` and `fix`, and what it must say.
 fn assert_readable(case: &str, line: &str, fix: &str, says: &str) {
     println!("{case}: {line}");
@@ -223,10 +231,7 @@ async fn every_error_is_one_readable_line_with_its_fix_once() {
     ))
     .await;
     let write_fix = Link::WriteUnderPrefix.fix(Some(&config));
-    let e = s3(&format!("http://{s3_denied}"))
-        .put_bytes("i-0abc/k", bytes::Bytes::from_static(b"x"))
-        .await
-        .unwrap_err();
+    let e = put_error(&format!("http://{s3_denied}")).await;
     let line = explain(&sentence(&e), &write_fix);
     assert_readable("S3 AccessDenied", &line, &write_fix, "AccessDenied");
     assert!(!line.contains("Zm9v"), "{line}");
@@ -237,10 +242,7 @@ async fn every_error_is_one_readable_line_with_its_fix_once() {
         "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>",
     ))
     .await;
-    let e = s3(&format!("http://{slow}"))
-        .put_bytes("i-0abc/k", bytes::Bytes::from_static(b"x"))
-        .await
-        .unwrap_err();
+    let e = put_error(&format!("http://{slow}")).await;
     let line = explain(&sentence(&e), "none needed; s3drop backs off");
     assert_readable(
         "S3 SlowDown",
@@ -257,10 +259,7 @@ async fn every_error_is_one_readable_line_with_its_fix_once() {
             let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
         }
     });
-    let e = s3(&format!("https://{plain_addr}"))
-        .put_bytes("i-0abc/k", bytes::Bytes::from_static(b"x"))
-        .await
-        .unwrap_err();
+    let e = put_error(&format!("https://{plain_addr}")).await;
     let line = explain(&sentence(&e), "check the endpoint");
     assert_readable(
         "TLS",
@@ -270,10 +269,7 @@ async fn every_error_is_one_readable_line_with_its_fix_once() {
     );
 
     // A name that does not resolve.
-    let e = s3("https://bucket.s3.nothing.invalid")
-        .put_bytes("i-0abc/k", bytes::Bytes::from_static(b"x"))
-        .await
-        .unwrap_err();
+    let e = put_error("https://bucket.s3.nothing.invalid").await;
     let line = explain(&sentence(&e), "check DNS");
     assert_readable("DNS", &line, "check DNS", "dns error");
 }

@@ -13,7 +13,7 @@ use super::AuthError;
 use super::mint::{StsAnswer, classify};
 use super::schedule::Schedule;
 use crate::chain::Link;
-use crate::events::{Event, SessionFailed, SessionMinted};
+use crate::events::{Event, SessionFailed, SessionInvalidated, SessionMinted};
 
 /// Caches the session credentials and asks STS for new ones when [`Schedule`] says:
 /// at a random point before they expire, and after a failure only once its backoff has
@@ -140,10 +140,7 @@ impl SessionCredentials {
             .as_ref()
             .is_some_and(|c| c.access_key_id() == used)
         {
-            tracing::info!(
-                event = "session_invalidated",
-                "S3 refused the session token as expired; minting a new session"
-            );
+            SessionInvalidated.emit();
             state.credentials = None;
             state.schedule.invalidate();
         }

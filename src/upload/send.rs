@@ -173,16 +173,12 @@ impl Sender {
         let plan = PartPlan::new(size, self.part_size);
         let (upload_id, done) = self.resume_or_start(item, plan).await?;
         if !done.is_empty() {
-            tracing::info!(
-                event = "multipart_resumed",
-                path = %item.path.display(), key = item.key, parts_done = done.len(),
-                parts = plan.count,
-                "resuming the multipart upload of {} to {}: {} of {} parts are already in S3",
-                crate::message::printable(&item.path.to_string_lossy()),
-                crate::message::printable(item.key),
-                done.len(),
-                plan.count
-            );
+            crate::events::Event::emit(crate::events::MultipartResumed {
+                path: item.path,
+                key: item.key,
+                done: done.len(),
+                parts: plan.count,
+            });
         }
         let sent = match self.send_parts(item, plan, &upload_id, done).await {
             Ok(parts) => Ok(parts),

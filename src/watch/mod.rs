@@ -23,7 +23,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 
 use crate::config::Exclude;
-use crate::events::{DropReason, Dropped, Event, Rescan, Scanned};
+use crate::events::{
+    DropReason, Dropped, Event, EventsLost, NewDirectoriesScanned, Rescan, Scanned, TakenUnwritten,
+    WatchDir,
+};
 use crate::file::Kind;
 use crate::ledger::Ledger;
 use crate::metrics::RescanReason;
@@ -93,7 +96,15 @@ pub struct Intake {
     /// refused.
     root_identity: Option<(u64, u64)>,
     /// What was last said about a missing or refused `watch_dir` (said once).
-    root_problem: Option<&'static str>,
+    root_problem: Option<RootProblem>,
+}
+
+/// What is wrong with `watch_dir` itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RootProblem {
+    Gone,
+    /// Not a directory (a symlink is never followed).
+    Replaced,
 }
 
 /// How long ago the file was last modified (zero if in the future).
@@ -193,11 +204,8 @@ impl Intake {
     async fn check_root(&mut self) {
         let tree = self.config.tree.clone();
         let problem = match tree.path_now() {
-            Ok(None) => Some("watch_dir disappeared; waiting for it to be recreated"),
-            Ok(Some(entry)) if entry.kind != Kind::Directory => Some(
-                "watch_dir was replaced by something that is not a directory (a symlink is \
-                 never followed); nothing is scanned until a directory is back in its place",
-            ),
+            Ok(None) => Some(RootProblem::Gone),
+            Ok(Some(entry)) if entry.kind != Kind::Directory => Some(RootProblem::Replaced),
             Ok(Some(entry)) => {
                 let now = (entry.identity.dev, entry.identity.inode);
                 if Some(now) == self.root_identity && self.watcher.is_some() {
@@ -212,11 +220,9 @@ impl Intake {
         };
         if let Some(problem) = problem {
             if self.root_problem != Some(problem) {
-                let dir = tree.path().display();
-                if problem.starts_with("watch_dir disappeared") {
-                    tracing::warn!(event = "watch_dir_gone", watch_dir = %dir, "{problem} ({dir})");
-                } else {
-                    tracing::error!(event = "watch_dir_replaced", watch_dir = %dir, "{problem} ({dir})");
+                match problem {
+                    RootProblem::Gone => WatchDir::Gone(tree.path()).emit(),
+                    RootProblem::Replaced => WatchDir::Replaced(tree.path()).emit(),
                 }
             }
             self.root_problem = Some(problem);
@@ -231,7 +237,7 @@ impl Intake {
             .and_then(|()| DirWatcher::start(tree.clone()).map_err(|e| e.to_string()));
         match watched {
             Ok(watcher) => {
-                tracing::info!(event = "watch_dir_back", watch_dir = %tree.path().display(), "watch_dir {} is (back) in place; watching it again", tree.path().display());
+                WatchDir::Back(tree.path()).emit();
                 self.watcher = Some(watcher);
                 self.root_identity = tree.identity().ok();
                 self.root_problem = None;
@@ -293,11 +299,7 @@ impl Intake {
                 // Lost events may include the close of a file marked as being written:
                 // trust the scan's settle check instead, or such a file would wait forever.
                 self.writing.clear();
-                tracing::warn!(
-                    event = "events_lost",
-                    cause = reason,
-                    "watch events were lost ({reason}); rescanning watch_dir"
-                );
+                EventsLost(reason).emit();
                 self.full_scan(RescanReason::Overflow).await;
             }
         }
@@ -355,13 +357,7 @@ impl Intake {
             self.writing.recheck(path, self.config.settle - age);
             return;
         }
-        tracing::info!(
-            event = "taken_unwritten",
-            path = %path.display(),
-            "no write to {} since it appeared (a hard link or a linked temporary file): \
-             complete as it stands",
-            path.display()
-        );
+        TakenUnwritten(&path).emit();
         self.consider_complete(path).await;
     }
 
@@ -549,13 +545,12 @@ impl Intake {
     fn summarize_new_dirs(&mut self) {
         let (directories, files, queued) = std::mem::take(&mut self.new_dirs);
         if directories > 0 {
-            tracing::info!(
-                event = "scanned_new_directories",
+            NewDirectoriesScanned {
                 directories,
                 files,
                 queued,
-                "scanned {directories} new directories: {files} files, {queued} queued"
-            );
+            }
+            .emit();
         }
     }
 }

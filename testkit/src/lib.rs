@@ -861,27 +861,6 @@ impl Daemon {
         self.wait_for_event("ready", &[], limit).map(drop)
     }
 
-    /// Waits until the log has a line containing `needle`.
-    pub fn wait_for_log(&mut self, needle: &str, limit: Duration) -> Result<()> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if self.log().contains(needle) {
-                return Ok(());
-            }
-            if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "s3drop exited ({status}) before logging {needle:?}:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        bail!(
-            "s3drop did not log {needle:?} within {limit:?}:\n{}",
-            self.log()
-        )
-    }
-
     /// SIGTERM, then wait for the exit status.
     pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
         self.signal("-TERM")?;
