@@ -46,6 +46,14 @@ macro_rules! log_at {
     };
 }
 
+/// `n` files, as a sentence says it.
+fn files(n: usize) -> String {
+    match n {
+        1 => "1 file".to_string(),
+        n => format!("{n} files"),
+    }
+}
+
 /// A path as a sentence shows it (escaped: names are a producer's text).
 fn shown(path: &Path) -> String {
     printable(&path.to_string_lossy()).into_owned()
@@ -314,9 +322,9 @@ impl Event for Scanned<'_> {
             files = self.files,
             queued = self.queued,
             duration_ms = ms,
-            "scanned {} for {why}: {} files, {} queued ({ms} ms)",
+            "scanned {} for {why}: {}, {} queued ({ms} ms)",
             shown(self.dir),
-            self.files,
+            files(self.files),
             self.queued,
         );
     }
@@ -475,8 +483,8 @@ impl Event for Ready<'_> {
         tracing::info!(
             event = "ready",
             queued = self.queued,
-            "ready: the backlog is queued ({} files) and {} is watched",
-            self.queued,
+            "ready: the backlog is queued ({}) and {} is watched",
+            files(self.queued),
             shown(self.watch_dir),
         );
     }
@@ -524,11 +532,11 @@ impl Event for Stopping<'_> {
             signal = self.why,
             in_flight_or_waiting = self.waiting,
             deadline_s = self.deadline.as_secs(),
-            "stopping on {}: no new uploads; waiting up to {} s for those in flight ({} files \
-             in flight or waiting; those not done are uploaded at the next start)",
+            "stopping on {}: no new uploads; waiting up to {} s for those in flight ({} in \
+             flight or waiting; those not done are uploaded at the next start)",
             self.why,
             self.deadline.as_secs(),
-            self.waiting,
+            files(self.waiting),
         );
     }
 }
@@ -642,15 +650,16 @@ impl Event for NewDirectoriesScanned {
     fn emit(self) {
         let Self {
             directories,
-            files,
+            files: found,
             queued,
         } = self;
         tracing::info!(
             event = "scanned_new_directories",
             directories,
-            files,
+            files = found,
             queued,
-            "scanned {directories} new directories: {files} files, {queued} queued"
+            "scanned {directories} new directories: {}, {queued} queued",
+            files(found)
         );
     }
 }
