@@ -288,7 +288,7 @@ fn start_workers(r: &mut Running, session: Session) -> Result<(), Fatal> {
         plan.keys,
         r.after_upload.take().expect("workers start once"),
         r.ledger.clone(),
-        Sender::new(config, s3, r.ledger.clone()),
+        Sender::new(config, crate::s3::Store::S3(s3), r.ledger.clone()),
         r.queue.clone(),
         r.progress.clone(),
     ));

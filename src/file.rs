@@ -141,6 +141,14 @@ impl OpenedFile {
 
     /// The whole file as opened, in one buffer. A file that ends early was truncated
     /// since it was opened (`UnexpectedEof`).
+    /// The same open file (a duplicated descriptor), for a blocking task.
+    pub fn try_clone(&self) -> io::Result<OpenedFile> {
+        Ok(OpenedFile {
+            file: self.file.try_clone()?,
+            identity: self.identity,
+        })
+    }
+
     pub fn read_all(&self) -> io::Result<Vec<u8>> {
         let mut buf = vec![0u8; self.identity.size as usize];
         self.file.read_exact_at(&mut buf, 0)?;

@@ -1,11 +1,13 @@
-//! S3, behind one seam: a client for one bucket whose every operation goes through one
-//! envelope ([`S3::call`]): take the current session's credentials, send, classify the
-//! answer ([`error::classify`]), and on `ExpiredToken` drop exactly that session and send
-//! once more with a new one. Credentials are handed to each request, not baked into the
-//! client, so which session signs a request is the caller's (and the cache's) choice.
+//! S3, behind one seam ([`Store`]): the real client for one bucket ([`S3`], the only
+//! production path) or the in-memory store the tests drive ([`memory::Memory`]). Every
+//! operation of either goes through one envelope ([`with_session`]): take the current
+//! session's credentials, send, classify the answer ([`error::classify`]), and on
+//! `ExpiredToken` drop exactly that session and send once more with a new one. Credentials
+//! are handed to each request, not baked into the client, so which session signs a request
+//! is the caller's (and the cache's) choice.
 //!
-//! Operations: [`S3::put_object`] (from memory or streamed from a file),
-//! [`S3::put_bytes`] (check's probes), and multipart ([`multipart`]).
+//! Operations: `put_object` (from memory or streamed from a file), [`S3::put_bytes`]
+//! (check's probes), and multipart ([`multipart`]).
 
 mod error;
 
@@ -48,8 +50,10 @@ macro_rules! send {
     };
 }
 
+pub mod memory;
 mod multipart;
 mod options;
+mod store;
 
 use std::future::Future;
 
@@ -63,6 +67,7 @@ use bytes::Bytes;
 pub use error::{ErrorClass, S3Error, classify};
 pub use multipart::CompletedPart;
 pub use options::WriteOptions;
+pub use store::Store;
 
 use crate::auth::SessionCredentials;
 use crate::file::OpenedFile;
@@ -131,6 +136,36 @@ pub fn crc32c_of(bytes: &[u8]) -> String {
     aws_smithy_types::base64::encode(hasher.finalize())
 }
 
+/// Sends `op` signed by the current session; on `ExpiredToken` drops exactly that session
+/// and sends once more with a new one. Every store's every operation goes through it.
+async fn with_session<T, F, Fut>(
+    credentials: &SessionCredentials,
+    op: &'static str,
+    send: F,
+) -> Result<T, S3Error>
+where
+    F: Fn(aws_credential_types::Credentials) -> Fut,
+    Fut: Future<Output = Result<T, S3Error>>,
+{
+    let mut retried = false;
+    loop {
+        let signing = credentials.get().await.map_err(|e| S3Error::Credentials {
+            op,
+            refused: e.is_permanent(),
+            message: e.to_string(),
+        })?;
+        let session = signing.access_key_id().to_string();
+        match send(signing).await {
+            Err(e) if e.class() == ErrorClass::ExpiredToken && !retried => {
+                crate::events::Event::emit(crate::events::TokenRefused);
+                credentials.invalidate(&session).await;
+                retried = true;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Per-request configuration: the credentials that sign it.
 type Override = aws_sdk_s3::config::Builder;
 
@@ -175,28 +210,10 @@ impl S3 {
         F: Fn(Override) -> Fut,
         Fut: Future<Output = Result<T, S3Error>>,
     {
-        let mut retried = false;
-        loop {
-            let credentials = self
-                .credentials
-                .get()
-                .await
-                .map_err(|e| S3Error::Credentials {
-                    op,
-                    refused: e.is_permanent(),
-                    message: e.to_string(),
-                })?;
-            let session = credentials.access_key_id().to_string();
-            let signed_by = Override::default().credentials_provider(credentials);
-            match send(signed_by).await {
-                Err(e) if e.class() == ErrorClass::ExpiredToken && !retried => {
-                    crate::events::Event::emit(crate::events::TokenRefused);
-                    self.credentials.invalidate(&session).await;
-                    retried = true;
-                }
-                other => return other,
-            }
-        }
+        with_session(&self.credentials, op, |credentials| {
+            send(Override::default().credentials_provider(credentials))
+        })
+        .await
     }
 
     /// PUTs `file` as `key` with its CRC32C; S3 stores it only if the bytes match. A file up

@@ -10,6 +10,9 @@ pub mod retry;
 pub mod send;
 pub mod worker;
 
+#[cfg(test)]
+mod tests;
+
 pub use after::AfterUploadAction;
 pub use progress::Progress;
 pub use send::Sender;

@@ -17,7 +17,7 @@ use super::pacing::Pacer;
 use crate::config::{Config, MAX_SINGLE_PUT};
 use crate::file::OpenedFile;
 use crate::ledger::{FileRecord, FileState, Ledger, PartRecord};
-use crate::s3::{Checksum, CompletedPart, ErrorClass, S3, S3Error};
+use crate::s3::{Checksum, CompletedPart, ErrorClass, S3Error, Store};
 use crate::tree::{Now, Tree};
 
 /// S3 allows at most this many parts.
@@ -100,7 +100,7 @@ pub struct Item<'a> {
 }
 
 pub struct Sender {
-    s3: S3,
+    s3: Store,
     ledger: Arc<Ledger>,
     pacer: Pacer,
     multipart_threshold: u64,
@@ -128,7 +128,7 @@ fn completed_part(p: &PartRecord) -> CompletedPart {
 }
 
 impl Sender {
-    pub fn new(config: &Config, s3: S3, ledger: Arc<Ledger>) -> Sender {
+    pub fn new(config: &Config, s3: Store, ledger: Arc<Ledger>) -> Sender {
         Sender {
             s3,
             ledger,

@@ -263,7 +263,13 @@ impl Worker {
         else {
             return false;
         };
-        let computed = tokio::task::block_in_place(|| crate::s3::crc32c_of_file(file));
+        // Read on a blocking thread (the file may be megabytes), through the same descriptor.
+        let computed = match file.try_clone() {
+            Ok(clone) => tokio::task::spawn_blocking(move || crate::s3::crc32c_of_file(&clone))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e))),
+            Err(e) => Err(e),
+        };
         if computed.as_deref().ok() != Some(stored.as_str()) || !self.tree.unchanged(relative, file)
         {
             return false;
