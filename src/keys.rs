@@ -169,6 +169,33 @@ fn push_component(key: &mut String, mut bytes: &[u8]) {
     }
 }
 
+/// The name an encoded key component stands for: the inverse of the mapping (a control
+/// picture is its control character, `‛XX` the byte XX, `‛` before a special character that
+/// character). `None` for text the mapping never makes. README promises the mapping is
+/// reversible; the property tests hold it to that for every byte string.
+pub fn decode_component(encoded: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(encoded.len());
+    let mut chars = encoded.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            QUOTE => match chars.next()? {
+                special if is_special(special) => {
+                    out.extend_from_slice(special.encode_utf8(&mut [0; 4]).as_bytes())
+                }
+                hi => {
+                    let lo = chars.next()?;
+                    let byte = u8::from_str_radix(&format!("{hi}{lo}"), 16).ok()?;
+                    out.push(byte);
+                }
+            },
+            '\u{2421}' => out.push(0x7f),
+            c if ('\u{2400}'..='\u{241F}').contains(&c) => out.push((c as u32 - 0x2400) as u8),
+            c => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+        }
+    }
+    Some(out)
+}
+
 /// The control picture of an ASCII control character.
 fn control_picture(c: char) -> char {
     match c {
@@ -186,6 +213,12 @@ fn push_valid(key: &mut String, s: &str) {
     for c in s.chars() {
         if c.is_ascii_control() {
             key.push(control_picture(c));
+        } else if c.is_control() {
+            // C1 controls (U+0080..U+009F, e.g. NEL) have no control picture: their bytes
+            // are written as `‛XX`, as invalid UTF-8 is, so no key carries a raw control.
+            for b in c.encode_utf8(&mut [0; 4]).bytes() {
+                let _ = write!(key, "{QUOTE}{b:02X}");
+            }
         } else {
             if is_special(c) {
                 key.push(QUOTE);
@@ -222,6 +255,8 @@ mod tests {
         assert_eq!(k(b"bad\xff\xfename"), "p/bad\u{201B}FF\u{201B}FEname");
         assert_eq!(k(b"trunc\xe6\x97"), "p/trunc\u{201B}E6\u{201B}97");
         assert_eq!(k(b"mix\xff\xc3\xbc"), "p/mix\u{201B}FFü");
+        // A C1 control (NEL) is written as its bytes (found by the property test).
+        assert_eq!(k("a\u{85}b".as_bytes()), "p/a\u{201B}C2\u{201B}85b");
     }
 
     #[test]

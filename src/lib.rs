@@ -29,3 +29,6 @@ pub mod supervise;
 pub mod tree;
 pub mod upload;
 pub mod watch;
+
+#[cfg(test)]
+mod properties;

@@ -4,7 +4,7 @@
 //! value is a versioned record ([`record`]). Writes go through one writer thread that
 //! group-commits them ([`store`]).
 
-mod record;
+pub(crate) mod record;
 mod store;
 
 use std::os::unix::ffi::OsStrExt;
