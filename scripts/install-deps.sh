@@ -3,12 +3,13 @@
 # - fakecloud 0.51.0, the local AWS emulator (a debug `cargo install`: ~10 minutes on
 #   2 cores, ~450 MB; never committed);
 # - cargo-deb, to build the .deb;
+# - cargo-nextest, the test runner (on the machine already; installed only where missing);
 # - from Debian: faketime (moves the emulator's clock in the token-expiry test), acl
 #   (setfacl: the package's postinst sets a default ACL on the spool), sqlite3, rsync and logrotate
-#   (real producer programs in tests/producers.rs),
+#   (real producer programs in tests/e2e/producers.rs),
 #   systemd (systemd-analyze), cloud-init (schema check);
 # - from PyPI: cfn-lint (CloudFormation template lint) and aws-cli (the real consumer of
-#   `s3drop credentials` and `s3drop exec` in tests/handoff.rs).
+#   `s3drop credentials` and `s3drop exec` in tests/e2e/handoff.rs).
 set -euo pipefail
 export PATH="$HOME/.cargo/bin:$HOME/.local/bin:$PATH"
 
@@ -22,6 +23,11 @@ cargo_deb_version="3.8.0"
 if ! { command -v cargo-deb >/dev/null 2>&1 && cargo deb --version 2>/dev/null | grep -q "$cargo_deb_version"; }; then
   echo "installing cargo-deb $cargo_deb_version ..." >&2
   cargo install cargo-deb --version "$cargo_deb_version" --locked
+fi
+
+if ! command -v cargo-nextest >/dev/null 2>&1; then
+  echo "installing cargo-nextest ..." >&2
+  cargo install cargo-nextest --locked
 fi
 
 apt_missing=()

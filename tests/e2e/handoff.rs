@@ -4,12 +4,10 @@
 //! profile file (an IAM user made through the IAM API) with IMDS switched off; and
 //! GetFederationToken (seed 000), where the emulator can only partly decide (see the test).
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::*;
+use crate::common::*;
 use s3drop_testkit::{Daemon, FakeCloud, Site, World, object_key, policies};
 
 /// An IMDS endpoint nothing listens on: any use of IMDS fails.

@@ -9,12 +9,10 @@
 //! configured, is proven by the policy's unit tests (src/auth/policy.rs) and shown here in
 //! `check`'s line.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use aws_sdk_s3::types::{ServerSideEncryption, StorageClass};
-use common::*;
 use s3drop_testkit::{object_key as key, setup};
 
 const MIB: usize = 1 << 20;

@@ -151,23 +151,20 @@ async fn every_error_is_one_readable_line_with_its_fix_once() {
     let (line, fix) = auth(e);
     assert_readable("IMDS without TTL", &line, &fix, "TTL header");
 
-    // No keys in the environment (this test is its binary's only one, so the environment
-    // is its own).
-    for var in [
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-    ] {
-        // SAFETY: no other thread of this process reads the environment meanwhile.
-        unsafe { std::env::remove_var(var) };
-    }
-    let e = CredentialSource::Environment
+    // Base credentials not loaded: a profile that no shared config file has (the
+    // environment is left alone: other tests of this binary may run beside this one).
+    let e = CredentialSource::Profile("s3drop-test-no-such-profile".into())
         .base(&imds("http://127.0.0.1:1"))
         .await
         .err()
         .unwrap();
     let (line, fix) = auth(e);
-    assert_readable("base credentials not loaded", &line, &fix, "not set");
+    assert_readable(
+        "base credentials not loaded",
+        &line,
+        &fix,
+        "s3drop-test-no-such-profile",
+    );
 
     // STS refuses AssumeRole.
     let denied = canned(http(

@@ -14,8 +14,7 @@ use std::time::Duration;
 use s3drop_testkit::proxy::FaultProxy;
 use s3drop_testkit::{Daemon, FakeCloud, Site, World, object_key as key, setup};
 
-mod common;
-use common::*;
+use crate::common::*;
 
 /// What only s3drop (root here, as in containers) may read: a tree no producer can.
 const SECRET: &[u8] = b"SECRET: only root may read this";

@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 use s3drop_testkit::proxy::FaultProxy;
 use s3drop_testkit::{Daemon, FakeCloud, REGION, Site, World, object_key as key, setup};
 
-mod common;
-use common::*;
+use crate::common::*;
 
 /// Starts the daemon as root without the capabilities that bypass file permissions.
 fn start_without_dac_override(site: &Site, fc: &FakeCloud) -> Daemon {

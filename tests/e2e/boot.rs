@@ -6,8 +6,7 @@ use std::process::Command;
 
 use s3drop_testkit::{FakeCloud, World, world_env};
 
-mod common;
-use common::*;
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_real_systemd_installs_the_deb_and_runs_s3drop_as_operators_rely_on() {

@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 
 use s3drop_testkit::{Daemon, FakeCloud, INSTANCE_ID, Site, World};
 
-mod common;
-use common::*;
+use crate::common::*;
 
 const FILES: usize = 1_000;
 const KILLS: usize = 20;

@@ -2,13 +2,11 @@
 //! against what happened; `/health` before and after the session exists; the textfile for
 //! node_exporter written and parseable.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use s3drop_testkit::proxy::FaultProxy;
 use s3drop_testkit::{Daemon, object_key as key, setup};
 

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use s3drop_testkit::{Daemon, FakeCloud, INSTANCE_ID, Site, World};
 
-mod common;
-use common::*;
+use crate::common::*;
 
 const QUEUE_KNOB: &str = "/proc/sys/fs/inotify/max_queued_events";
 

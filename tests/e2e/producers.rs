@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use s3drop_testkit::{Daemon, object_key as key, setup};
 
-mod common;
-use common::*;
+use crate::common::*;
 
 fn c_path(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap()

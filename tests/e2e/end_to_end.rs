@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use s3drop_testkit::{Daemon, FakeCloud, Site, object_key as key, policies, setup};
 
-mod common;
-use common::*;
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn files_arrive_whole_under_the_right_keys_and_nothing_partial_is_sent() {

@@ -4,11 +4,9 @@
 //! one instance, end to end, through an STS that throttles (the testkit's fault proxy:
 //! fakecloud never throttles).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use s3drop_testkit::fleet::{Fleet, Rule, simulate};
 use s3drop_testkit::proxy::FaultProxy;
 use s3drop_testkit::{Daemon, object_key as key, setup};

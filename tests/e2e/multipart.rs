@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 use s3drop_testkit::proxy::FaultProxy;
 use s3drop_testkit::{Daemon, Site, object_key as key, setup};
 
-mod common;
-use common::*;
+use crate::common::*;
 
 const MIB: usize = 1 << 20;
 /// 40 MiB in 5 MiB parts: 8 parts.
