@@ -31,4 +31,6 @@ pub mod upload;
 pub mod watch;
 
 #[cfg(test)]
+mod model;
+#[cfg(test)]
 mod properties;

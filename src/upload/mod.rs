@@ -11,7 +11,7 @@ pub mod send;
 pub mod worker;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use after::AfterUploadAction;
 pub use progress::Progress;

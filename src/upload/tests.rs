@@ -50,21 +50,21 @@ impl ProvideCredentials for Sessions {
 
 /// A daemon's upload half: watch_dir and state_dir in a temporary directory, the real
 /// ledger, queue and workers, the in-memory bucket. Intake is the test: it pushes paths.
-struct Rig {
-    _dir: tempfile::TempDir,
-    watch: PathBuf,
-    config: Config,
-    ledger: Arc<Ledger>,
-    queue: Arc<Queue>,
-    progress: Arc<Progress>,
-    store: Memory,
+pub(crate) struct Rig {
+    pub dir: tempfile::TempDir,
+    pub watch: PathBuf,
+    pub config: Config,
+    pub ledger: Arc<Ledger>,
+    pub queue: Arc<Queue>,
+    pub progress: Arc<Progress>,
+    pub store: Memory,
     sessions: Sessions,
-    cx: Context,
+    pub cx: Context,
     tracker: TaskTracker,
 }
 
 impl Rig {
-    fn new(extra: &str) -> Rig {
+    pub fn new(extra: &str) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let watch = dir.path().join("watch");
         std::fs::create_dir(&watch).unwrap();
@@ -93,7 +93,7 @@ impl Rig {
             fatal: supervisor.reporter(),
         };
         Rig {
-            _dir: dir,
+            dir,
             watch,
             ledger,
             queue: Arc::new(Queue::new()),
@@ -107,7 +107,7 @@ impl Rig {
     }
 
     /// Starts `n` workers (a restart: a new worker over the same ledger and bucket).
-    fn start(&mut self, n: usize) {
+    pub fn start(&mut self, n: usize) {
         self.cx.cancel = CancellationToken::new();
         let facts = PrefixFacts {
             instance_id: Some("i-1"),
@@ -139,11 +139,11 @@ impl Rig {
     }
 
     /// Stops the workers (a crash between attempts: nothing in flight is waited for).
-    fn stop(&self) {
+    pub fn stop(&self) {
         self.cx.cancel.cancel();
     }
 
-    fn path(&self, relative: &str) -> PathBuf {
+    pub fn path(&self, relative: &str) -> PathBuf {
         self.watch.join(relative)
     }
 
@@ -170,7 +170,7 @@ impl Rig {
     /// only while every task waits (a retry's backoff passes at once), so each poll also
     /// lets real time pass on a blocking thread, which holds the clock: the ledger's writer
     /// thread and the file reads get to finish before virtual time runs ahead of them.
-    async fn until(&self, what: &str, mut done: impl FnMut(&Rig) -> bool) {
+    pub async fn until(&self, what: &str, mut done: impl FnMut(&Rig) -> bool) {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while !done(self) {
             assert!(std::time::Instant::now() < deadline, "never: {what}");

@@ -1,0 +1,484 @@
+//! A reference model of the drop folder, checked against the real intake, workers and
+//! ledger (in process, on a real directory, with real inotify) uploading to the in-memory
+//! bucket, over generated sequences of producer actions (proptest, shrinking a failure to
+//! a minimal sequence).
+//!
+//! The model's rules: what each path holds when the producers are done is stored as the
+//! last version of its key (in keep mode the file is still there; in delete mode s3drop
+//! deleted it, only after that); the last version of every key is bytes its path held at
+//! some moment (nothing else stays stored); excluded names are never stored; nothing
+//! written through a link to a directory outside the tree is ever stored, and a file
+//! there is untouched. Earlier versions may be a file read half-rewritten (rewritten in
+//! place while its upload streamed: s3drop saw the change and sent it again); they count
+//! as PUTs beyond one per key.
+//! `S3DROP_MODEL_CASES=N` runs N sequences (CI runs a few; `scripts/soak.sh` many).
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config as RunnerConfig, TestRunner};
+
+use crate::keys::encode_path;
+use crate::tree::Tree;
+use crate::upload::tests::Rig;
+use crate::watch::{DirWatcher, Intake, IntakeConfig};
+
+/// The paths producers use: nested, excluded (hidden, `.tmp`), an odd name, and `d/`,
+/// which a hostile producer may swap for a link to a directory outside the tree.
+const FILES: [&str; 9] = [
+    "a.txt",
+    "b.bin",
+    "d/c.txt",
+    "d/e/f.csv",
+    ".hidden",
+    "g.tmp",
+    "d/odd\nname",
+    "new/deep/n.txt",
+    "d/c2.txt",
+];
+const SETTLE: Duration = Duration::from_millis(300);
+const QUIET: Duration = Duration::from_millis(100);
+const SECRET: &[u8] = b"OUTSIDE: only s3drop may read this";
+
+#[derive(Debug, Clone)]
+enum Action {
+    /// Create or overwrite in place, written in `closes` pieces with a close after each.
+    Write {
+        file: usize,
+        len: usize,
+        closes: u8,
+    },
+    Append {
+        file: usize,
+        len: usize,
+    },
+    Truncate {
+        file: usize,
+        len: usize,
+    },
+    /// Written outside the tree, then renamed into place (rsync, atomic writers).
+    RenameIn {
+        file: usize,
+        len: usize,
+    },
+    RenameWithin {
+        from: usize,
+        to: usize,
+    },
+    /// Written outside the tree, then hard-linked into place.
+    HardLinkIn {
+        file: usize,
+        len: usize,
+    },
+    Delete {
+        file: usize,
+    },
+    Touch {
+        file: usize,
+    },
+    /// `d/` renamed to `d.old/` and replaced by a link to a directory outside the tree.
+    SwapDirForLink,
+    Pause {
+        ms: u64,
+    },
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    let file = 0..FILES.len();
+    prop_oneof![
+        4 => (file.clone(), 0..3000usize, 1..4u8)
+            .prop_map(|(file, len, closes)| Action::Write { file, len, closes }),
+        2 => (file.clone(), 1..2000usize).prop_map(|(file, len)| Action::Append { file, len }),
+        1 => (file.clone(), 0..100usize).prop_map(|(file, len)| Action::Truncate { file, len }),
+        2 => (file.clone(), 0..3000usize).prop_map(|(file, len)| Action::RenameIn { file, len }),
+        1 => (file.clone(), file.clone()).prop_map(|(from, to)| Action::RenameWithin { from, to }),
+        1 => (file.clone(), 1..500usize).prop_map(|(file, len)| Action::HardLinkIn { file, len }),
+        1 => file.clone().prop_map(|file| Action::Delete { file }),
+        1 => file.clone().prop_map(|file| Action::Touch { file }),
+        1 => Just(Action::SwapDirForLink),
+        2 => (0..400u64).prop_map(|ms| Action::Pause { ms }),
+    ]
+}
+
+/// What the producers did, as the model sees it.
+#[derive(Default)]
+struct Model {
+    /// Every content each key's path had after an action (what may be stored under it).
+    history: HashMap<String, HashSet<Vec<u8>>>,
+    /// Contents written through the link, outside the tree: never to be stored.
+    outside: HashSet<Vec<u8>>,
+    /// What each path holds now, as the producers left it (by key of the path).
+    current: HashMap<String, Vec<u8>>,
+    /// `d/` is a link to the outside directory.
+    swapped: bool,
+    written: u64,
+}
+
+impl Model {
+    /// Unique bytes for the next write.
+    fn bytes(&mut self, file: &str, len: usize) -> Vec<u8> {
+        self.written += 1;
+        let mut b = format!("{file}#{}:", self.written).into_bytes();
+        b.extend((0..len).map(|i| (i as u64 * 31 + self.written) as u8));
+        b
+    }
+
+    fn through_link(&self, file: &str) -> bool {
+        self.swapped && file.starts_with("d/")
+    }
+
+    /// `path` (relative) has held `content` (not necessarily still).
+    fn held(&mut self, file: &str, content: Vec<u8>) {
+        if self.through_link(file) {
+            self.outside.insert(content);
+            return;
+        }
+        self.history
+            .entry(key_of(file))
+            .or_default()
+            .insert(content);
+    }
+
+    /// `path` (relative) holds `content` now.
+    fn holds(&mut self, file: &str, content: Vec<u8>) {
+        if !self.through_link(file) {
+            self.current.insert(key_of(file), content.clone());
+        }
+        self.held(file, content);
+    }
+
+    fn gone(&mut self, file: &str) {
+        if !self.through_link(file) {
+            self.current.remove(&key_of(file));
+        }
+    }
+}
+
+/// The key part of a relative path.
+fn key_of(file: &str) -> String {
+    encode_path(Path::new(std::ffi::OsStr::from_bytes(file.as_bytes()))).unwrap()
+}
+
+fn write_in_pieces(path: &Path, bytes: &[u8], pieces: u8) -> std::io::Result<()> {
+    let step = bytes.len().div_ceil(pieces.max(1) as usize).max(1);
+    let mut f = std::fs::File::create(path)?;
+    for (i, chunk) in bytes.chunks(step).enumerate() {
+        if i > 0 {
+            f = std::fs::OpenOptions::new().append(true).open(path)?;
+        }
+        f.write_all(chunk)?;
+        drop(f);
+        f = std::fs::OpenOptions::new().append(true).open(path)?;
+    }
+    Ok(())
+}
+
+/// Carries out `action` on the real tree, telling `model`. Failures of the producer's
+/// own operations (a file that is not there to rename) are ignored, as they change
+/// nothing.
+async fn apply(rig: &Rig, model: &mut Model, action: &Action) {
+    let staging = rig.dir.path().join("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let at = |file: usize| rig.watch.join(FILES[file]);
+    let parent = |p: &Path| {
+        let _ = std::fs::create_dir_all(p.parent().unwrap());
+    };
+    let current = |p: &Path| std::fs::read(p).ok();
+    match *action {
+        Action::Write { file, len, closes } => {
+            let (name, path) = (FILES[file], at(file));
+            parent(&path);
+            let bytes = model.bytes(name, len);
+            // Every prefix a close exposes may be taken.
+            let step = bytes.len().div_ceil(closes as usize).max(1);
+            if write_in_pieces(&path, &bytes, closes).is_ok() {
+                for end in (step..bytes.len()).step_by(step) {
+                    model.held(name, bytes[..end].to_vec());
+                }
+                model.held(name, Vec::new());
+                model.holds(name, bytes);
+            }
+        }
+        Action::Append { file, len } => {
+            let (name, path) = (FILES[file], at(file));
+            let more = model.bytes(name, len);
+            if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&path)
+                && f.write_all(&more).is_ok()
+            {
+                drop(f);
+                if let Some(now) = current(&path) {
+                    model.holds(name, now);
+                }
+            }
+        }
+        Action::Truncate { file, len } => {
+            let (name, path) = (FILES[file], at(file));
+            if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&path)
+                && f.set_len(len as u64).is_ok()
+            {
+                drop(f);
+                if let Some(now) = current(&path) {
+                    model.holds(name, now);
+                }
+            }
+        }
+        Action::RenameIn { file, len } => {
+            let (name, path) = (FILES[file], at(file));
+            let bytes = model.bytes(name, len);
+            let temp = staging.join(format!("in-{}", model.written));
+            std::fs::write(&temp, &bytes).unwrap();
+            parent(&path);
+            if std::fs::rename(&temp, &path).is_ok() {
+                model.holds(name, bytes);
+            }
+        }
+        Action::RenameWithin { from, to } => {
+            let (from_path, to_path) = (at(from), at(to));
+            let is_file = std::fs::symlink_metadata(&from_path).is_ok_and(|m| m.is_file());
+            if from != to
+                && is_file
+                && let Some(bytes) = current(&from_path)
+            {
+                parent(&to_path);
+                if std::fs::rename(&from_path, &to_path).is_ok() {
+                    model.gone(FILES[from]);
+                    model.holds(FILES[to], bytes);
+                }
+            }
+        }
+        Action::HardLinkIn { file, len } => {
+            let (name, path) = (FILES[file], at(file));
+            let bytes = model.bytes(name, len);
+            let source = staging.join(format!("link-{}", model.written));
+            std::fs::write(&source, &bytes).unwrap();
+            parent(&path);
+            if !path.exists() && std::fs::hard_link(&source, &path).is_ok() {
+                model.holds(name, bytes);
+            }
+        }
+        Action::Delete { file } => {
+            if std::fs::remove_file(at(file)).is_ok() {
+                model.gone(FILES[file]);
+            }
+        }
+        Action::Touch { file } => {
+            if let Ok(f) = std::fs::File::options().write(true).open(at(file)) {
+                let _ = f.set_modified(std::time::SystemTime::now() + Duration::from_secs(5));
+            }
+        }
+        Action::SwapDirForLink => {
+            let d = rig.watch.join("d");
+            let is_dir = std::fs::symlink_metadata(&d).is_ok_and(|m| m.is_dir());
+            if !model.swapped && is_dir {
+                let old = rig.watch.join("d.old");
+                if std::fs::rename(&d, &old).is_ok() {
+                    // What d/ held is now under d.old/.
+                    for (key, contents) in model.history.clone() {
+                        if let Some(rest) = key.strip_prefix("d/") {
+                            let moved = format!("d.old/{rest}");
+                            model.history.entry(moved).or_default().extend(contents);
+                        }
+                    }
+                    for (key, content) in model.current.clone() {
+                        if let Some(rest) = key.strip_prefix("d/") {
+                            model.current.remove(&key);
+                            model.current.insert(format!("d.old/{rest}"), content);
+                        }
+                    }
+                    std::os::unix::fs::symlink(rig.dir.path().join("outside"), &d).unwrap();
+                    model.swapped = true;
+                }
+            }
+        }
+        Action::Pause { ms } => tokio::time::sleep(Duration::from_millis(ms)).await,
+    }
+}
+
+/// The regular files in the tree (never through a link), relative.
+fn files_in(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![PathBuf::new()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(root.join(&dir)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let rel = dir.join(entry.file_name());
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => dirs.push(rel),
+                Ok(t) if t.is_file() => out.push(rel),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// PUTs beyond one per stored key, over every case run (a file closed several times is
+/// legitimately sent again; a steady rise means a re-upload storm).
+static EXTRA_PUTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static CASES_RUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static KEYS_STORED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Runs one sequence (with `after_upload = "delete"` if `delete`) and checks the model's
+/// rules; the violations found.
+async fn run_case(actions: &[Action], delete: bool) -> Vec<String> {
+    let mut rig = Rig::new(if delete {
+        "after_upload = \"delete\""
+    } else {
+        ""
+    });
+    let outside = rig.dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    // A file producers never write: s3drop must neither store nor touch it.
+    std::fs::write(outside.join("secret.txt"), SECRET).unwrap();
+    rig.start(2);
+    let tree = Arc::new(Tree::open(&rig.watch).unwrap());
+    let watcher = DirWatcher::start(tree.clone()).unwrap();
+    let intake = Intake::new(
+        IntakeConfig {
+            tree,
+            exclude: rig.config.exclude.clone(),
+            settle: SETTLE,
+            quiet_period: QUIET,
+            rescan_interval: Duration::from_secs(3600),
+            skip_recorded: true,
+        },
+        watcher,
+        rig.queue.clone(),
+        rig.ledger.clone(),
+    );
+    let rescan = Arc::new(tokio::sync::Notify::new());
+    // Each request takes a little while, so producers act while uploads are in flight.
+    rig.store.set_delay(Duration::from_millis(250));
+    let (ready, is_ready) = tokio::sync::oneshot::channel();
+    tokio::spawn(intake.run(rescan.clone(), ready, rig.cx.cancel.clone()));
+    is_ready.await.unwrap();
+
+    let mut model = Model::default();
+    for action in actions {
+        apply(&rig, &mut model, action).await;
+    }
+    // Quiet: every file settled and closed, and the bucket has stopped changing. No
+    // rescan is asked for: the periodic one is the safety net, not the way files arrive.
+    tokio::time::sleep(SETTLE * 2 + QUIET).await;
+    let mut last = usize::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let now = rig.store.requests("PutObject") + rig.store.requests("CompleteMultipartUpload");
+        if now == last && rig.queue.depth() == 0 {
+            break;
+        }
+        last = now;
+    }
+    rig.stop();
+
+    let mut violations = Vec::new();
+    let excluded = |rel: &Path| rig.config.exclude.is_excluded(rel);
+    // What the producers left is stored, last, under its key; in delete mode the file is
+    // gone (deleted once that very version was confirmed), in keep mode it is still there.
+    for (relative, bytes) in &model.current {
+        if excluded(Path::new(relative)) {
+            continue;
+        }
+        let key = format!("p/{relative}");
+        if rig.store.versions(&key).last() != Some(bytes) {
+            violations.push(format!(
+                "{relative:?}: its final bytes are not the last version of {key} ({} versions)",
+                rig.store.versions(&key).len()
+            ));
+        }
+    }
+    for rel in files_in(&rig.watch) {
+        if delete && !excluded(&rel) {
+            violations.push(format!("{rel:?}: still there in delete mode"));
+        }
+    }
+    for key in rig.store.keys() {
+        let relative = key.strip_prefix("p/").unwrap();
+        let versions = rig.store.versions(&key);
+        if versions
+            .iter()
+            .any(|v| v == SECRET || model.outside.contains(v))
+        {
+            violations.push(format!("{key}: bytes from outside the tree were stored"));
+        }
+        // The version that stays (an unversioned bucket keeps only it) is one the path
+        // held. An earlier one may not be: a file rewritten in place while its upload
+        // streams is read half old, half new; s3drop sees the change and sends it again.
+        let last = versions.last().unwrap();
+        if !model
+            .history
+            .get(relative)
+            .is_some_and(|h| h.contains(last))
+        {
+            violations.push(format!(
+                "{key}: its last version is bytes the path never held ({} bytes)",
+                last.len()
+            ));
+        }
+        if excluded(Path::new(relative)) {
+            violations.push(format!("{key}: an excluded name was stored"));
+        }
+    }
+    let keys = rig.store.keys();
+    let versions: usize = keys.iter().map(|k| rig.store.versions(k).len()).sum();
+    EXTRA_PUTS.fetch_add(versions - keys.len(), std::sync::atomic::Ordering::Relaxed);
+    CASES_RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    KEYS_STORED.fetch_add(keys.len(), std::sync::atomic::Ordering::Relaxed);
+    if std::fs::read(outside.join("secret.txt")).ok().as_deref() != Some(SECRET) {
+        violations.push("the file outside the tree was changed or removed".into());
+    }
+    violations
+}
+
+#[test]
+fn generated_producer_sequences_keep_the_models_promise() {
+    let var = |name: &str| std::env::var(name).ok().and_then(|n| n.parse::<u64>().ok());
+    let cases = var("S3DROP_MODEL_CASES").unwrap_or(12) as u32;
+    // A run is replayed by its seed (printed whether it passes or not).
+    let seed = var("S3DROP_MODEL_SEED").unwrap_or_else(|| fastrand::u64(..));
+    let mut seed_bytes = [0u8; 32];
+    for (i, b) in seed.to_le_bytes().iter().cycle().take(32).enumerate() {
+        seed_bytes[i] = *b;
+    }
+    let mut runner = TestRunner::new_with_rng(
+        RunnerConfig {
+            cases,
+            max_shrink_iters: 200,
+            failure_persistence: None,
+            ..RunnerConfig::default()
+        },
+        proptest::test_runner::TestRng::from_seed(
+            proptest::test_runner::RngAlgorithm::ChaCha,
+            &seed_bytes,
+        ),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let cases_of = (proptest::collection::vec(action(), 1..14), any::<bool>());
+    let result = runner.run(&cases_of, |(actions, delete)| {
+        let violations = rt.block_on(run_case(&actions, delete));
+        prop_assert!(violations.is_empty(), "{violations:#?}");
+        Ok(())
+    });
+    let run = CASES_RUN.load(std::sync::atomic::Ordering::Relaxed);
+    let extra = EXTRA_PUTS.load(std::sync::atomic::Ordering::Relaxed);
+    let stored = KEYS_STORED.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "model: {run} sequences run (with shrinking), seed {seed}, {stored} keys stored, {extra} PUTs beyond one per key \
+         ({:.2} per sequence); replay: S3DROP_MODEL_SEED={seed} S3DROP_MODEL_CASES={cases}",
+        extra as f64 / run.max(1) as f64
+    );
+    if let Err(e) = result {
+        panic!("seed {seed}: {e}");
+    }
+}
