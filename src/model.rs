@@ -247,6 +247,11 @@ async fn apply(rig: &Rig, model: &mut Model, action: &Action) {
                 parent(&to_path);
                 if std::fs::rename(&from_path, &to_path).is_ok() {
                     model.gone(FILES[from]);
+                    if model.through_link(FILES[from]) && !model.through_link(FILES[to]) {
+                        // The producer moved a file from outside into the tree: from now
+                        // on it is theirs to upload.
+                        model.outside.remove(&bytes);
+                    }
                     model.holds(FILES[to], bytes);
                 }
             }
