@@ -17,8 +17,9 @@ Upload every file dropped in a directory to S3, with least privilege.
 s3drop runs on an EC2 instance. It takes the instance role's temporary credentials from
 the instance metadata service (IMDSv2 only), calls sts:AssumeRole into a dedicated upload
 role with an inline session policy that allows writing under one key prefix and nothing
-else (s3:PutObject, s3:AbortMultipartUpload, and what the object options need), watches a drop directory, and uploads each file once it is complete (closed
-after writing, or renamed into place) to s3://BUCKET/PREFIX/<path relative to watch_dir>.
+else (s3:PutObject, s3:AbortMultipartUpload, and what the object options need), watches a
+drop directory, and uploads each file once it is complete (closed after writing, or
+renamed into place) to s3://BUCKET/PREFIX/<path relative to watch_dir>.
 S3 verifies each upload against a CRC32C checksum; uploads are recorded in state_dir so a
 restart does not send them again.
 
