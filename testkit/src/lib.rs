@@ -919,5 +919,18 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what the daemon said (its end), so a failure in CI can be
+        // read without running it again.
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(80)..];
+            eprintln!(
+                "--- the daemon's log ({} lines, the last {} here) ---\n{}\n--- end ---",
+                lines.len(),
+                tail.len(),
+                tail.join("\n")
+            );
+        }
     }
 }
