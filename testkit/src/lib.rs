@@ -143,62 +143,68 @@ impl FakeCloud {
             std::fs::write(file, "+0\n")?;
         }
         let log_path = dir.path().join("fakecloud.log");
-        let mut last_err = None;
-        // A port picked free can be taken before fakecloud binds it; try a few.
-        for _ in 0..5 {
-            let port = free_port()?;
-            let log = std::fs::File::create(&log_path)?;
-            let child = Command::new(fakecloud_bin())
-                .args(["--addr", &format!("127.0.0.1:{port}")])
-                .args(["--iam", iam, "--verify-sigv4"])
-                .args(["--credentials-role-arn", &role_arn(INSTANCE_ROLE)])
-                .args(["--imds-instance-id", INSTANCE_ID])
-                .args(["--region", REGION, "--log-level", log_level])
-                .env("NO_COLOR", "1")
-                .envs(clock_file.iter().flat_map(|file| {
-                    [
-                        ("LD_PRELOAD", PathBuf::from(LIBFAKETIME)),
-                        ("FAKETIME_TIMESTAMP_FILE", file.clone()),
-                        ("FAKETIME_NO_CACHE", PathBuf::from("1")),
-                        ("FAKETIME_DONT_FAKE_MONOTONIC", PathBuf::from("1")),
-                    ]
-                }))
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .stdin(Stdio::null())
-                .spawn()
-                .with_context(|| {
-                    format!(
-                        "cannot start {} (install it: cargo install fakecloud --version 0.51.0 --locked)",
-                        fakecloud_bin().display()
-                    )
-                })?;
-            let mut fc = FakeCloud {
-                child,
-                endpoint: format!("http://127.0.0.1:{port}"),
-                log_path: log_path.clone(),
-                clock_file: clock_file.clone(),
-                _dir: tempfile::tempdir()?,
-            };
-            match fc.wait_healthy(Duration::from_secs(60)) {
-                Ok(()) => {
-                    fc._dir = dir;
-                    return Ok(fc);
-                }
-                Err(e) => last_err = Some(e),
-            }
-        }
-        Err(last_err.unwrap())
+        let log = std::fs::File::create(&log_path)?;
+        // Port 0: the kernel picks a free port as fakecloud binds it, and fakecloud announces
+        // it (`FAKECLOUD_PORT=`). A port picked free beforehand could be bound by a parallel
+        // test's server in between, and the health check would then pass on that one.
+        let child = Command::new(fakecloud_bin())
+            .args(["--addr", "127.0.0.1:0"])
+            .args(["--iam", iam, "--verify-sigv4"])
+            .args(["--credentials-role-arn", &role_arn(INSTANCE_ROLE)])
+            .args(["--imds-instance-id", INSTANCE_ID])
+            .args(["--region", REGION, "--log-level", log_level])
+            .env("NO_COLOR", "1")
+            .envs(clock_file.iter().flat_map(|file| {
+                [
+                    ("LD_PRELOAD", PathBuf::from(LIBFAKETIME)),
+                    ("FAKETIME_TIMESTAMP_FILE", file.clone()),
+                    ("FAKETIME_NO_CACHE", PathBuf::from("1")),
+                    ("FAKETIME_DONT_FAKE_MONOTONIC", PathBuf::from("1")),
+                ]
+            }))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "cannot start {} (install it: cargo install fakecloud --version 0.51.0 --locked)",
+                    fakecloud_bin().display()
+                )
+            })?;
+        let mut fc = FakeCloud {
+            child,
+            endpoint: String::new(),
+            log_path,
+            clock_file,
+            _dir: dir,
+        };
+        fc.wait_healthy(Duration::from_secs(60))?;
+        Ok(fc)
     }
 
+    /// Waits for the port fakecloud announces, then for its health check on that port.
     fn wait_healthy(&mut self, limit: Duration) -> Result<()> {
         let deadline = Instant::now() + limit;
-        let addr = self.endpoint.trim_start_matches("http://").to_string();
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait()? {
                 bail!("fakecloud exited early ({status}): {}", self.log());
             }
-            if http_get_status(&addr, "/_fakecloud/health").is_ok_and(|s| s == 200) {
+            if self.endpoint.is_empty() {
+                let port = self.log().lines().find_map(|l| {
+                    l.strip_prefix("FAKECLOUD_PORT=")
+                        .and_then(|p| p.trim().parse::<u16>().ok())
+                });
+                match port {
+                    Some(port) => self.endpoint = format!("http://127.0.0.1:{port}"),
+                    None => {
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
+                }
+            }
+            let addr = self.endpoint.trim_start_matches("http://");
+            if http_get_status(addr, "/_fakecloud/health").is_ok_and(|s| s == 200) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(100));
