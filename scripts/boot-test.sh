@@ -74,7 +74,7 @@ deb="${1:-}"
 if [ -z "$deb" ]; then
   say "packaging the debug build"
   cargo build --locked -p s3drop --bin s3drop >&2
-  cargo deb -p s3drop --no-build --profile dev --no-strip -o "$work" >&2 2>/dev/null
+  cargo deb -p s3drop --no-build --profile dev --no-strip --fast -o "$work" >&2 2>/dev/null
   deb="$(ls "$work"/*.deb)"
 fi
 [ -f "$deb" ] || { echo "boot-test: no package at $deb" >&2; exit 2; }

@@ -13,7 +13,9 @@ if [ "${1:-}" = --fast ]; then
 fi
 started=$(date +%s)
 status=0
-cargo nextest run --workspace --locked --no-fail-fast "${filter[@]}" || status=$?
+# failpoints: the kill points the reference model (src/model.rs) kills s3drop at.
+cargo nextest run --workspace --locked --no-fail-fast --features s3drop/failpoints \
+  "${filter[@]}" || status=$?
 # One closing line for the whole run, and where the time went.
 python3 - "$(( $(date +%s) - started ))" <<'PY'
 import sys, xml.etree.ElementTree as ET

@@ -8,6 +8,15 @@
 //! them under [`supervise`], [`check`] walks the same chain for people, [`cli`] is the
 //! command line. See docs/ARCHITECTURE.md.
 
+/// A named point where a test may kill s3drop, to see what a crash there costs (feature
+/// `failpoints`, armed by `src/model.rs`; compiled to nothing otherwise).
+macro_rules! kill_point {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name);
+    };
+}
+
 pub mod auth;
 pub mod chain;
 pub mod check;
@@ -16,6 +25,8 @@ pub mod config;
 pub mod daemon;
 pub mod events;
 pub mod file;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod handoff;
 pub mod keys;
 pub mod ledger;

@@ -67,6 +67,7 @@ impl AfterUploadAction {
         };
         match done {
             Ok(Acted::Done(moved_to)) => {
+                kill_point!("upload::acted"); // deleted or moved; the ledger still has it
                 tracing::debug!(path = %path.display(), moved_to = ?moved_to.as_deref(), "after-upload action done");
                 if let Err(e) = ledger.remove_later(relative).await {
                     tracing::warn!(error = %e, "could not forget a moved or deleted file in the ledger: {e}");

@@ -143,6 +143,13 @@ impl Rig {
         self.cx.cancel.cancel();
     }
 
+    /// Every session minted so far lapses: the store answers its requests `ExpiredToken`.
+    pub fn lapse_sessions(&self) {
+        for n in 0..self.sessions.0.load(Ordering::SeqCst) {
+            self.store.expire(&format!("AKID{n}"));
+        }
+    }
+
     pub fn path(&self, relative: &str) -> PathBuf {
         self.watch.join(relative)
     }

@@ -228,6 +228,7 @@ impl Worker {
             Err(e) if e.is_existing_key() => return self.conflict(&item, hangups).await,
             Err(e) => return self.failed(&item, e, unchanged).await,
         };
+        kill_point!("upload::confirmed"); // S3 has it; the ledger does not know yet
         let parts = self.sender.parts(file.identity.size);
         self.uploaded(&item, &checksum, started, parts);
         let record = FileRecord::new(
@@ -585,6 +586,7 @@ impl Worker {
             .emit();
             return Outcome::Retry(Wait::Permanent);
         }
+        kill_point!("upload::recorded"); // the ledger has it; the file is still there
         self.after_upload
             .run(&self.tree, &relative, &file, &self.ledger)
             .await;

@@ -97,6 +97,21 @@ pub struct Intake {
     root_identity: Option<(u64, u64)>,
     /// What was last said about a missing or refused `watch_dir` (said once).
     root_problem: Option<RootProblem>,
+    #[cfg(test)]
+    pub probe: Arc<std::sync::Mutex<Probe>>,
+    #[cfg(test)]
+    gone: HashSet<PathBuf>,
+}
+
+/// What the reference model (src/model.rs) reads to know the intake has caught up with
+/// the producers, as it stood between two steps of its loop (never halfway through one).
+#[cfg(test)]
+#[derive(Default, Clone, Debug)]
+pub struct Probe {
+    /// Every path whose removal (or move away) was handled.
+    pub gone: HashSet<PathBuf>,
+    /// Files being written, in their quiet period, or settling.
+    pub waiting: usize,
 }
 
 /// What is wrong with `watch_dir` itself.
@@ -150,6 +165,10 @@ impl Intake {
             deferred_set: HashSet::new(),
             reported: HashSet::new(),
             watcher: Some(watcher),
+            #[cfg(test)]
+            probe: Arc::default(),
+            #[cfg(test)]
+            gone: HashSet::new(),
         }
     }
 
@@ -194,6 +213,13 @@ impl Intake {
                 _ = rescan_now.notified() => self.full_scan(RescanReason::Sighup).await,
                 _ = root_check.tick() => self.check_root().await,
                 _ = summary.tick() => self.summarize_new_dirs(),
+            }
+            #[cfg(test)]
+            {
+                *self.probe.lock().unwrap() = Probe {
+                    gone: self.gone.clone(),
+                    waiting: self.writing.len() + self.quiet_keys.len() + self.deferred_set.len(),
+                };
             }
         }
     }
@@ -263,6 +289,10 @@ impl Intake {
     }
 
     async fn on_change(&mut self, change: Change) {
+        #[cfg(test)]
+        if let Change::Gone(path) = &change {
+            self.gone.insert(path.clone());
+        }
         match change {
             Change::Closed(path) | Change::Arrived(path) => {
                 self.writing.finished(&path);

@@ -57,6 +57,11 @@ impl Writers {
         self.files.remove(path);
     }
 
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
     pub fn contains(&self, path: &Path) -> bool {
         self.files.contains_key(path)
     }

@@ -90,14 +90,14 @@ async fn sts_throttling_during_a_refresh_loses_nothing() {
     site.write_config(BUCKET, &format!("metrics_textfile = {textfile:?}"))
         .unwrap();
     let proxy = FaultProxy::start(&fc.endpoint, 0).await.unwrap();
-    proxy.shorten_sessions(Duration::from_secs(40));
+    proxy.shorten_sessions(Duration::from_secs(20));
     let mut daemon =
         Daemon::start_with_env(&site, s3drop(), &fc.sdk_env_via(&proxy.endpoint)).unwrap();
     drop_file(&world, &site, "before.txt", b"before throttling").await;
 
     proxy.throttle_sts(true);
     drop_file(&world, &site, "during.txt", b"the valid session is kept").await;
-    // The refresh comes 2 to 20 s after the 40 s session was minted, and is throttled.
+    // The refresh comes 1 to 10 s after the 20 s session was minted, and is throttled.
     daemon
         .wait_for_event(
             "session_failed",
@@ -120,7 +120,7 @@ async fn sts_throttling_during_a_refresh_loses_nothing() {
         "no session: the file waits"
     );
     let throttled = proxy.stats().sts_throttled;
-    // About 45 s of throttling: a backoff doubling from 2 s makes a handful of calls.
+    // About 20 s of throttling: a backoff doubling from 2 s makes a handful of calls.
     assert!(
         (1..=12).contains(&throttled),
         "{throttled} throttled STS calls: not once per request"
@@ -180,8 +180,8 @@ async fn imds_is_asked_at_start_only_and_its_429_is_retried() {
     let (fc, world, site) = setup(BUCKET, "").await;
     let proxy = FaultProxy::start(&fc.endpoint, 0).await.unwrap();
     proxy.throttle_imds(2);
-    // Sessions of 20 s: refreshed every 10 s or so.
-    proxy.shorten_sessions(Duration::from_secs(20));
+    // Sessions of 10 s: refreshed every 5 s or so.
+    proxy.shorten_sessions(Duration::from_secs(10));
     let env = vec![
         ("AWS_EC2_METADATA_SERVICE_ENDPOINT", proxy.endpoint.clone()),
         ("AWS_ENDPOINT_URL", proxy.endpoint.clone()),

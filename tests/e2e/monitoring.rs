@@ -254,13 +254,13 @@ fn status_cannot_tell_without_a_ledger_and_says_so() {
 
 /// `/health` goes 503 once the session has expired and STS cannot be reached to renew it,
 /// and back to 200 with the next session. fakecloud's sessions last 15 minutes at least, so
-/// the testkit's proxy shortens the expiry STS answers with to 30 s.
+/// the testkit's proxy shortens the expiry STS answers with to 15 s.
 #[tokio::test(flavor = "multi_thread")]
 async fn health_fails_when_the_session_expired_unrenewed_and_recovers() {
     let addr = format!("127.0.0.1:{}", s3drop_testkit::free_port().unwrap());
     let (fc, world, site) = setup(BUCKET, &format!("metrics_listen = \"{addr}\"")).await;
     let proxy = FaultProxy::start(&fc.endpoint, 0).await.unwrap();
-    proxy.shorten_sessions(Duration::from_secs(30));
+    proxy.shorten_sessions(Duration::from_secs(15));
     let mut daemon =
         Daemon::start_with_env(&site, s3drop(), &fc.sdk_env_via(&proxy.endpoint)).unwrap();
     wait_until("healthy", ARRIVAL, || get(&addr, "/health").0 == 200).await;

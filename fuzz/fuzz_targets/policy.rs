@@ -1,0 +1,3 @@
+#![no_main]
+//! `s3drop::fuzz::policy` on the fuzzer's bytes.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| s3drop::fuzz::policy(data));
