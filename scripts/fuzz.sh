@@ -2,7 +2,7 @@
 # Fuzzes everything s3drop reads from untrusted input with libFuzzer (cargo fuzz, nightly
 # Rust): the config, the path → key mapping, templates, the session-policy builder and the
 # ledger's record decoder (targets in fuzz/, checks in src/fuzz.rs). Each target runs for
-# --seconds N (default 60); the corpus grows in fuzz/corpus/TARGET, a crash is kept in
+# --seconds N (default 60); the corpus grows in fuzz/corpus/TARGET (local, not committed), a crash is kept in
 # fuzz/artifacts/TARGET and the script exits non-zero. Prints each target's executions.
 #
 #   scripts/fuzz.sh [--seconds N] [TARGET…]

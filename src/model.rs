@@ -118,6 +118,11 @@ enum Action {
     },
     /// Every session minted so far lapses (ExpiredToken).
     SessionLapse,
+    /// From now on, a worker lingers at `KILL_POINTS[at]` (with the `failpoints` feature),
+    /// holding open the window between two steps of a file's fate for producers.
+    Linger {
+        at: usize,
+    },
 }
 
 /// Where a kill is most telling: S3 confirmed but the ledger does not know; the ledger
@@ -151,6 +156,7 @@ fn action() -> impl Strategy<Value = Action> {
         1 => Just(Action::Overflow),
         1 => (0..OPS.len(), 0..FAULTS.len()).prop_map(|(op, fault)| Action::Fault { op, fault }),
         1 => Just(Action::SessionLapse),
+        3 => (0..KILL_POINTS.len()).prop_map(|at| Action::Linger { at }),
     ]
 }
 
@@ -360,7 +366,8 @@ async fn apply(rig: &Rig, model: &mut Model, action: &Action) {
         | Action::Hangup
         | Action::Overflow
         | Action::Fault { .. }
-        | Action::SessionLapse => {}
+        | Action::SessionLapse
+        | Action::Linger { .. } => {}
     }
 }
 
@@ -441,6 +448,18 @@ fn arm(point: &'static str) {
         }
     })
     .unwrap();
+    #[cfg(not(feature = "failpoints"))]
+    let _ = point;
+}
+
+/// Kill points are process-wide: model tests sharing a process (`cargo test`, not nextest)
+/// take turns.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Makes every worker reaching `point` wait there a while (a slow disk, a busy machine).
+fn linger(point: &'static str) {
+    #[cfg(feature = "failpoints")]
+    fail::cfg(point, &format!("sleep({})", scaled(REQUEST_MS).as_millis())).unwrap();
     #[cfg(not(feature = "failpoints"))]
     let _ = point;
 }
@@ -592,12 +611,16 @@ async fn run_case(actions: &[Action], delete: bool) -> Vec<String> {
             Action::Overflow => life.lost.notify_one(),
             Action::Fault { op, fault } => rig.store.fail_next(OPS[op], FAULTS[fault].clone()),
             Action::SessionLapse => rig.lapse_sessions(),
+            Action::Linger { at } => linger(KILL_POINTS[at]),
             _ => apply(&rig, &mut model, action).await,
         }
     }
     let settled = life.settle(&rig, 0, true).await;
     rig.stop();
     life.kill();
+    for point in KILL_POINTS {
+        disarm(point);
+    }
 
     let mut violations = Vec::new();
     if let Err(e) = settled {
@@ -666,6 +689,7 @@ async fn run_case(actions: &[Action], delete: bool) -> Vec<String> {
 
 #[test]
 fn generated_producer_sequences_keep_the_models_promise() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let var = |name: &str| std::env::var(name).ok().and_then(|n| n.parse::<u64>().ok());
     let cases = var("S3DROP_MODEL_CASES").unwrap_or(32) as u32;
     // A run is replayed by its seed (printed whether it passes or not).
@@ -717,5 +741,52 @@ fn generated_producer_sequences_keep_the_models_promise() {
     );
     if let Err(e) = result {
         panic!("seed {seed}: {e}");
+    }
+}
+
+/// Sequences the search needs many cases to happen upon, run every time: each holds open a
+/// window that a broken guard would lose a file in.
+#[test]
+fn sequences_that_hold_a_narrow_window_open() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    use Action::*;
+    let sequences: [(&[Action], bool); 2] = [
+        // Rewritten while its upload is being recorded (the worker lingers there): the new
+        // version must not be deleted, it is sent in turn.
+        (
+            &[
+                Linger { at: 1 },
+                Write {
+                    file: 0,
+                    len: 100,
+                    closes: 1,
+                },
+                Pause { ms: 420 },
+                Append { file: 0, len: 10 },
+            ],
+            true,
+        ),
+        // Rewritten between S3's answer and the record: the record is of the old version.
+        (
+            &[
+                Linger { at: 0 },
+                Write {
+                    file: 0,
+                    len: 100,
+                    closes: 1,
+                },
+                Pause { ms: 420 },
+                Append { file: 0, len: 10 },
+            ],
+            true,
+        ),
+    ];
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for (actions, delete) in sequences {
+        let violations = rt.block_on(run_case(actions, delete));
+        assert!(violations.is_empty(), "{actions:?}: {violations:#?}");
     }
 }
