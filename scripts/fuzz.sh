@@ -2,8 +2,9 @@
 # Fuzzes everything s3drop reads from untrusted input with libFuzzer (cargo fuzz, nightly
 # Rust): the config, the path → key mapping, templates, the session-policy builder and the
 # ledger's record decoder (targets in fuzz/, checks in src/fuzz.rs). Each target runs for
-# --seconds N (default 60); the corpus grows in fuzz/corpus/TARGET (local, not committed), a crash is kept in
-# fuzz/artifacts/TARGET and the script exits non-zero. Prints each target's executions.
+# --seconds N (default 60); the corpus grows in fuzz/corpus/TARGET (local, not committed),
+# a crash is kept in fuzz/artifacts/TARGET and the script exits non-zero. Prints each
+# target's executions.
 #
 #   scripts/fuzz.sh [--seconds N] [TARGET…]
 #
@@ -19,7 +20,7 @@ targets=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --seconds) seconds="$2"; shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) targets+=("$1"); shift ;;
   esac
 done

@@ -15,6 +15,7 @@ use aws_credential_types::Credentials;
 use serde_json::json;
 
 pub mod fleet;
+pub mod model;
 pub mod proxy;
 
 pub const ACCOUNT: &str = "123456789012";

@@ -9,6 +9,7 @@ mod boot;
 mod crash;
 mod end_to_end;
 mod fleet;
+mod generated;
 mod handoff;
 mod monitoring;
 mod multipart;
