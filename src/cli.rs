@@ -201,8 +201,9 @@ be reached it keeps retrying (files stay queued; the status line says why); a re
 base credentials missing from the environment or profile that the config names, exits
 non-zero with the cause. On SIGTERM it stops taking new files, lets uploads in flight
 finish within shutdown_timeout_seconds, and exits 0. SIGHUP rescans watch_dir and retries
-failed files now (it does not reload the config). A fatal error (a task that dies, a ledger
-that can no longer be written) stops it the same way and exits non-zero with the cause.";
+failed files now, and a lapsed session (it does not reload the config). A fatal error (a
+task that dies, a ledger that can no longer be written) stops it the same way and exits
+non-zero with the cause.";
 
 /// `run --help`: what it does, then every config key (from the one reference).
 fn run_help() -> String {

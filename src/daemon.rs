@@ -70,6 +70,8 @@ struct Running {
     queue: Arc<Queue>,
     supervisor: Supervisor,
     rescan_now: Arc<Notify>,
+    /// SIGHUP: a lapsed session is asked for now (the refresher listens).
+    session_now: Arc<Notify>,
     cx: Context,
     ready: Option<oneshot::Receiver<()>>,
     /// Minting the session, until it is there.
@@ -251,6 +253,7 @@ fn start(
         queue,
         supervisor,
         rescan_now,
+        session_now: Arc::new(Notify::new()),
         cx,
         ready: Some(ready),
         session: Some(session),
@@ -302,6 +305,7 @@ fn start_workers(r: &mut Running, session: Session) -> Result<(), Fatal> {
         refresh(
             session.credentials.clone(),
             r.cx.retry_now.clone(),
+            r.session_now.clone(),
             r.cx.cancel.clone(),
         ),
     );
@@ -378,6 +382,7 @@ async fn watch_over(r: &mut Running, signals: &mut Signals) -> Result<&'static s
                 Hangup.emit();
                 r.cx.hangups.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 r.rescan_now.notify_one();
+                r.session_now.notify_one();
                 r.cx.retry_now.notify_waiters();
             }
         }
@@ -437,10 +442,13 @@ fn until(at: Option<SystemTime>) -> Option<Duration> {
 /// Refreshes the session when its schedule says, whether files arrive or not: the session
 /// held stays fresh, and STS sees the fleet's calls spread as the schedule draws them. A
 /// failure is logged, counted and backed off by the cache (uploads report a refusal).
-/// Files that waited for a lapsed session are retried as soon as a new one is minted.
+/// Files that waited for a lapsed session are retried as soon as a new one is minted. A
+/// SIGHUP (`session_now`) while no session holds asks STS at once instead of after the
+/// backoff: the operator fixed something and wants to see it work.
 async fn refresh(
     credentials: SessionCredentials,
     retry_now: Arc<Notify>,
+    session_now: Arc<Notify>,
     cancel: CancellationToken,
 ) -> Result<(), Fatal> {
     loop {
@@ -452,6 +460,11 @@ async fn refresh(
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
             _ = tokio::time::sleep(wait) => {}
+            _ = session_now.notified() => {
+                if !credentials.hurry().await {
+                    continue;
+                }
+            }
         }
         let lapsed = !credentials.usable().await;
         if credentials.get().await.is_ok() && lapsed {

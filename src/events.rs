@@ -512,7 +512,7 @@ impl Event for Hangup {
     fn emit(self) {
         tracing::info!(
             event = "sighup",
-            "SIGHUP: rescanning watch_dir and retrying failed files now"
+            "SIGHUP: rescanning watch_dir and retrying failed files now (and the session, if it lapsed)"
         );
     }
 }

@@ -58,6 +58,17 @@ impl SessionCredentials {
         self.inner.state.lock().await.schedule.next_call()
     }
 
+    /// SIGHUP: with no usable session, ask STS at the next [`SessionCredentials::get`]
+    /// rather than after the backoff. True if that changed anything.
+    pub async fn hurry(&self) -> bool {
+        self.inner
+            .state
+            .lock()
+            .await
+            .schedule
+            .hurry(SystemTime::now())
+    }
+
     /// Does the cache hold a session that has not expired?
     pub async fn usable(&self) -> bool {
         let state = self.inner.state.lock().await;

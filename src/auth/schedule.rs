@@ -102,6 +102,17 @@ impl Schedule {
             self.next = None;
         }
     }
+
+    /// An operator's SIGHUP at `now`: with no usable session and a failed call's backoff
+    /// running, ask STS now (one call; a session still held waits for its refresh point).
+    /// True if the next call moved.
+    pub fn hurry(&mut self, now: SystemTime) -> bool {
+        if self.usable(now) || self.failures == 0 || self.due(now) {
+            return false;
+        }
+        self.next = Some(now);
+        true
+    }
 }
 
 /// How long after the `failures`-th failed call in a row the next is made: up to 2 s
@@ -178,6 +189,23 @@ mod tests {
             .duration_since(point(at(0), expiry, draw))
             .unwrap()
             .as_secs()
+    }
+
+    #[test]
+    fn a_hangup_asks_at_once_only_while_no_session_holds() {
+        let mut s = Schedule::default();
+        s.minted(at(0), Some(at(100)), 0.5);
+        assert!(
+            !s.hurry(at(10)),
+            "a session holds: it waits for its refresh point"
+        );
+        s.failed(at(95), 1.0);
+        assert!(!s.hurry(at(96)), "the session still holds until 100");
+        s.failed(at(101), 1.0);
+        assert!(!s.due(at(102)), "backing off");
+        assert!(s.hurry(at(102)));
+        assert!(s.due(at(102)));
+        assert!(!s.hurry(at(102)), "already due");
     }
 
     #[test]

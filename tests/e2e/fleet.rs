@@ -127,10 +127,20 @@ async fn sts_throttling_during_a_refresh_loses_nothing() {
     );
 
     proxy.throttle_sts(false);
+    // The operator sees STS work again and sends SIGHUP: the lapsed session is asked for
+    // at once (one call), not after the backoff (up to a minute).
+    let calls = |d: &Daemon| d.events("session_minted").len() + d.events("session_failed").len();
+    let calls_before = calls(&daemon);
+    daemon.signal("-HUP").unwrap();
     let stored = world
-        .wait_for_object(&key("after.txt"), Duration::from_secs(60) + ARRIVAL)
+        .wait_for_object(&key("after.txt"), Duration::from_secs(10))
         .await
         .unwrap();
+    assert_eq!(
+        calls(&daemon) - calls_before,
+        1,
+        "one STS call for the SIGHUP"
+    );
     assert_eq!(stored, b"waits for the next session");
     assert!(daemon.stop().unwrap().success());
     assert!(
