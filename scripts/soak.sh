@@ -42,7 +42,7 @@ started=$(date +%s)
 for j in $(seq 0 $(( jobs - 1 ))); do
   share=$(( cases / jobs + (j < cases % jobs ? 1 : 0) ))
   S3DROP_MODEL_CASES=$share S3DROP_MODEL_SEED=$(( seed + j )) S3DROP_MODEL_TIME_PCT=$pct \
-    "$binary" model::generated_producer_sequences --exact --nocapture --test-threads 1 \
+    "$binary" model::generated_producer_sequences_keep_the_models_promise --exact --nocapture --test-threads 1 \
     >"$out/$j.log" 2>&1 &
 done
 status=0
