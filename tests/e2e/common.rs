@@ -95,3 +95,53 @@ pub fn status_text(site: &Site, fc: &FakeCloud) -> String {
     let out = site.command(s3drop(), fc, &["status"]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A barrier instead of a fixed wait: the running daemon's status (its socket) says
+/// nothing is queued or in flight, and the oldest file pending (if any) waits on a failure
+/// an operator must fix, twice 100 ms apart. Whatever it was going to do with the files
+/// it had (all older than the quiet period) is done.
+pub async fn wait_idle(site: &Site, fc: &FakeCloud) {
+    let deadline = Instant::now() + ARRIVAL;
+    let mut idle_reads = 0;
+    loop {
+        let out = site
+            .command(s3drop(), fc, &["status", "--json"])
+            .output()
+            .unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let oldest = &doc["oldest_pending_path"];
+        let failed = doc["failed"].as_array().cloned().unwrap_or_default();
+        let idle =
+            doc["queue"] == 0 && (oldest.is_null() || failed.iter().any(|f| &f["path"] == oldest));
+        idle_reads = if idle { idle_reads + 1 } else { 0 };
+        if idle_reads >= 2 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon never went idle: {doc}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// SIGHUP, then [`wait_idle`] once the rescan it asks for is done: every settled file was
+/// looked at again and whatever that led to is over.
+pub async fn hangup_and_wait_idle(daemon: &mut Daemon, site: &Site, fc: &FakeCloud) {
+    let scans = daemon
+        .events("scanned")
+        .iter()
+        .filter(|e| e["reason"] == "sighup")
+        .count();
+    daemon.signal("-HUP").unwrap();
+    wait_until("the rescan at SIGHUP", ARRIVAL, || {
+        daemon
+            .events("scanned")
+            .iter()
+            .filter(|e| e["reason"] == "sighup")
+            .count()
+            > scans
+    })
+    .await;
+    wait_idle(site, fc).await;
+}

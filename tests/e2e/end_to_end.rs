@@ -142,7 +142,7 @@ async fn a_restart_uploads_nothing_twice() {
         .wait_for_event("scanned", &[("reason", "startup")], ARRIVAL)
         .unwrap();
     drop_file(&world, &site, "after-restart.dat", b"new").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_idle(&site, &fc).await;
     assert!(second.stop().unwrap().success());
 
     let puts = fc.object_puts(BUCKET);

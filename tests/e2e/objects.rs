@@ -208,12 +208,10 @@ async fn with_overwrite_false_an_existing_object_is_never_replaced() {
 
     // A restart does not try again; a SIGHUP does, once.
     let mut daemon = start_ready(&site, &fc);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_idle(&site, &fc).await;
     assert_eq!(puts("exists.txt"), 2, "a restart retried the conflict");
-    daemon.signal("-HUP").unwrap();
-    wait_until("the retry at SIGHUP", ARRIVAL, || puts("exists.txt") == 3).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(puts("exists.txt"), 3);
+    hangup_and_wait_idle(&mut daemon, &site, &fc).await;
+    assert_eq!(puts("exists.txt"), 3, "a SIGHUP retries it once");
     assert_eq!(
         world.get_object(&key("exists.txt")).await.unwrap().unwrap(),
         b"the original"
@@ -297,7 +295,7 @@ async fn key_templates_use_the_mtime_and_never_let_two_files_share_a_key() {
     })
     .await;
     let stored = world.wait_for_object(&key("x.txt"), ARRIVAL).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_idle(&site, &fc).await;
     assert_eq!(
         fc.object_puts(BUCKET).get(&key("x.txt")),
         Some(&1),

@@ -320,7 +320,7 @@ async fn rsync_inplace_and_tar_touch_files_after_closing_them_and_each_is_sent_o
             assert_eq!(got, want, "{dir}/{name}");
         }
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_idle(&site, &fc).await;
     let puts = fc.object_puts(BUCKET);
     let twice: Vec<_> = puts.iter().filter(|(_, n)| **n != 1).collect();
     assert!(twice.is_empty(), "sent more than once: {twice:?}");
@@ -347,8 +347,7 @@ async fn a_touch_after_the_upload_sends_nothing_but_new_bytes_of_the_same_size_a
         &["-d", "2021-06-01 12:00", path.to_str().unwrap()],
         &site.watch,
     );
-    daemon.signal("-HUP").unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    hangup_and_wait_idle(&mut daemon, &site, &fc).await;
     assert_eq!(puts(), 1, "a touch alone is not a new version");
     // New bytes, same size: sent again.
     std::fs::write(&path, content(8, 4096)).unwrap();
@@ -459,7 +458,7 @@ async fn the_programs_operators_fill_drop_directories_with_each_file_arrives_onc
         let got = world.wait_for_object(&key(rel), ARRIVAL).await.unwrap();
         assert_eq!(&got, body, "{rel}");
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_idle(&site, &fc).await;
     let puts = fc.object_puts(BUCKET);
     for (rel, _) in &expected {
         assert_eq!(puts.get(&key(rel)), Some(&1), "{rel} PUTs: {puts:?}");
