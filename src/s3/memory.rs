@@ -188,15 +188,39 @@ impl Memory {
         Ok(())
     }
 
-    pub async fn put_object(&self, file: &OpenedFile, key: &str) -> Result<Checksum, S3Error> {
+    /// The body is read as the request goes (after the delay), and checked against
+    /// `crc32c` as S3 checks the header: another CRC is `BadDigest`, nothing stored.
+    pub async fn put_object(
+        &self,
+        file: &OpenedFile,
+        key: &str,
+        crc32c: &str,
+    ) -> Result<Checksum, S3Error> {
         const OP: &str = "PutObject";
         with_session(&self.credentials, OP, |signing| async move {
             let fault = self.begin(OP, signing.access_key_id()).await?;
             let body = read(file, 0, file.identity.size)?;
-            let crc32c = crc32c_of(&body);
+            if crc32c_of(&body) != crc32c {
+                return Err(answer(OP, 400, "BadDigest"));
+            }
             self.store(OP, key, body)?;
-            let answered = Self::end(OP, fault, &crc32c)?;
-            confirm(OP, Some(&crc32c), answered.as_deref())
+            let answered = Self::end(OP, fault, crc32c)?;
+            confirm(OP, Some(crc32c), answered.as_deref())
+        })
+        .await
+    }
+
+    pub async fn put_bytes(&self, key: &str, body: bytes::Bytes) -> Result<Checksum, S3Error> {
+        const OP: &str = "PutObject";
+        with_session(&self.credentials, OP, |signing| {
+            let body = body.clone();
+            async move {
+                let fault = self.begin(OP, signing.access_key_id()).await?;
+                let crc32c = crc32c_of(&body);
+                self.store(OP, key, body.to_vec())?;
+                let answered = Self::end(OP, fault, &crc32c)?;
+                confirm(OP, Some(&crc32c), answered.as_deref())
+            }
         })
         .await
     }

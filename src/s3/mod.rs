@@ -61,7 +61,6 @@ use aws_config::SdkConfig;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::IdentityCache;
 use aws_sdk_s3::primitives::{ByteStream, Length};
-use aws_sdk_s3::types::ChecksumAlgorithm;
 use bytes::Bytes;
 
 pub use error::{ErrorClass, S3Error, classify};
@@ -216,28 +215,29 @@ impl S3 {
         .await
     }
 
-    /// PUTs `file` as `key` with its CRC32C; S3 stores it only if the bytes match. A file up
-    /// to [`IN_MEMORY_MAX`] is read once and sent from memory with the checksum in a
-    /// header; a larger one streams from disk, the SDK computing the checksum on the way
-    /// and sending it as a trailer. Either way every byte is read from disk once.
-    pub async fn put_object(&self, file: &OpenedFile, key: &str) -> Result<Checksum, S3Error> {
+    /// PUTs `file` as `key`, streamed from disk, with the CRC32C its bytes had when the
+    /// caller read them (`crc32c`, in a header): S3 checks the body against it, so a file
+    /// rewritten while it streams is refused (`BadDigest`), never stored torn. Files up to
+    /// [`IN_MEMORY_MAX`] go through [`S3::put_bytes`] instead.
+    pub async fn put_object(
+        &self,
+        file: &OpenedFile,
+        key: &str,
+        crc32c: &str,
+    ) -> Result<Checksum, S3Error> {
         const OP: &str = "PutObject";
         let size = file.identity.size;
-        if size <= IN_MEMORY_MAX {
-            let bytes = file.read_all().map_err(S3Error::Body)?;
-            return self.put_bytes(key, bytes.into()).await;
-        }
         let answered = send!(
             self,
             OP,
             object put_object(key)
                 .set_if_none_match(self.options.if_none_match.clone())
                 .content_length(size as i64)
-                .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+                .checksum_crc32_c(crc32c)
                 .body(stream_body(file, 0, size).await?)
         )
         .await?;
-        confirm(OP, None, answered.checksum_crc32_c())
+        confirm(OP, Some(crc32c), answered.checksum_crc32_c())
     }
 
     /// PUTs an in-memory body with its CRC32C in a header (small files, `check`'s probes).

@@ -20,11 +20,25 @@ impl Store {
         }
     }
 
-    /// PUTs the whole file as `key`, checksummed (see [`S3::put_object`]).
-    pub async fn put_object(&self, file: &OpenedFile, key: &str) -> Result<Checksum, S3Error> {
+    /// PUTs the whole file as `key`, streamed, S3 checking it against `crc32c` (see
+    /// [`S3::put_object`]).
+    pub async fn put_object(
+        &self,
+        file: &OpenedFile,
+        key: &str,
+        crc32c: &str,
+    ) -> Result<Checksum, S3Error> {
         match self {
-            Store::S3(s3) => s3.put_object(file, key).await,
-            Store::Memory(m) => m.put_object(file, key).await,
+            Store::S3(s3) => s3.put_object(file, key, crc32c).await,
+            Store::Memory(m) => m.put_object(file, key, crc32c).await,
+        }
+    }
+
+    /// PUTs `body` as `key` with its CRC32C in a header.
+    pub async fn put_bytes(&self, key: &str, body: bytes::Bytes) -> Result<Checksum, S3Error> {
+        match self {
+            Store::S3(s3) => s3.put_bytes(key, body).await,
+            Store::Memory(m) => m.put_bytes(key, body).await,
         }
     }
 

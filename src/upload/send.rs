@@ -17,7 +17,7 @@ use super::pacing::Pacer;
 use crate::config::{Config, MAX_SINGLE_PUT};
 use crate::file::OpenedFile;
 use crate::ledger::{FileRecord, FileState, Ledger, PartRecord};
-use crate::s3::{Checksum, CompletedPart, ErrorClass, S3Error, Store};
+use crate::s3::{Checksum, CompletedPart, ErrorClass, IN_MEMORY_MAX, S3Error, Store};
 use crate::tree::{Now, Tree};
 
 /// S3 allows at most this many parts.
@@ -163,9 +163,39 @@ impl Sender {
         }
         if size <= self.multipart_threshold {
             self.pacer.take(size).await;
-            return Ok(self.s3.put_object(item.file, item.key).await?);
+            return self.send_whole(item).await;
         }
         self.send_multipart(item).await
+    }
+
+    /// One PutObject of one version of the file. A file up to [`IN_MEMORY_MAX`] is read
+    /// into memory and sent from there; a larger one's CRC32C is computed first, and S3
+    /// checks the streamed body against it. Either way, if the file changed while it was
+    /// read, nothing is sent: a read that met a rewrite in place would be stored as a torn
+    /// object, and if the file then moved away, nothing would ever replace it.
+    async fn send_whole(&self, item: &Item<'_>) -> Result<Checksum, SendError> {
+        enum Whole {
+            Bytes(Vec<u8>),
+            Crc32c(String),
+        }
+        let whole = if item.file.identity.size <= IN_MEMORY_MAX {
+            Whole::Bytes(item.file.read_all().map_err(S3Error::Body)?)
+        } else {
+            // Read on a blocking thread (megabytes), through the same descriptor.
+            let clone = item.file.try_clone().map_err(S3Error::Body)?;
+            let crc32c = tokio::task::spawn_blocking(move || crate::s3::crc32c_of_file(&clone))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+                .map_err(S3Error::Body)?;
+            Whole::Crc32c(crc32c)
+        };
+        if item.file.identity_now().ok() != Some(item.file.identity) {
+            return Err(SendError::Changed);
+        }
+        Ok(match whole {
+            Whole::Bytes(bytes) => self.s3.put_bytes(item.key, bytes.into()).await?,
+            Whole::Crc32c(crc32c) => self.s3.put_object(item.file, item.key, &crc32c).await?,
+        })
     }
 
     async fn send_multipart(&self, item: &Item<'_>) -> Result<Checksum, SendError> {

@@ -286,7 +286,12 @@ pub fn apply(folder: &Folder, model: &mut Model, action: &Action) {
                         // on it is theirs to upload.
                         model.outside.remove(&bytes);
                     }
-                    model.holds(FILES[to], bytes);
+                    if model.through_link(FILES[to]) && !model.through_link(FILES[from]) {
+                        // A file of the tree moved out through the link: its bytes were
+                        // in the tree first (and may be stored already); not outside's.
+                    } else {
+                        model.holds(FILES[to], bytes);
+                    }
                 }
             }
         }

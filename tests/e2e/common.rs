@@ -96,11 +96,28 @@ pub fn status_text(site: &Site, fc: &FakeCloud) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A barrier instead of a fixed wait: the running daemon's status (its socket) says
-/// nothing is queued or in flight, and the oldest file pending (if any) waits on a failure
-/// an operator must fix, twice 100 ms apart. Whatever it was going to do with the files
-/// it had (all older than the quiet period) is done.
+/// The time to wait until every file in `dir` (recursively, links not followed) was last
+/// modified more than 1.5 s ago: past the testkit's `settle_seconds = 1` and a quiet
+/// period, so intake holds none of them back and a scan takes each at once.
+fn until_all_settled(dir: &Path) -> Duration {
+    let mut newest = std::time::SystemTime::UNIX_EPOCH;
+    for entry in walkdir::WalkDir::new(dir).into_iter().flatten() {
+        if let Some(modified) = entry.metadata().ok().and_then(|m| m.modified().ok()) {
+            newest = newest.max(modified);
+        }
+    }
+    let settled = newest + Duration::from_millis(1_500);
+    settled
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default()
+}
+
+/// A barrier instead of a fixed wait: once every file in watch_dir has settled, the
+/// running daemon's status (its socket) says nothing is queued or in flight, and the
+/// oldest file pending (if any) waits on a failure an operator must fix, twice 100 ms
+/// apart. Whatever it was going to do with the files it had is done.
 pub async fn wait_idle(site: &Site, fc: &FakeCloud) {
+    tokio::time::sleep(until_all_settled(&site.watch)).await;
     let deadline = Instant::now() + ARRIVAL;
     let mut idle_reads = 0;
     loop {
@@ -125,9 +142,11 @@ pub async fn wait_idle(site: &Site, fc: &FakeCloud) {
     }
 }
 
-/// SIGHUP, then [`wait_idle`] once the rescan it asks for is done: every settled file was
-/// looked at again and whatever that led to is over.
+/// Once every file has settled, SIGHUP, then [`wait_idle`] once the rescan it asks for is
+/// done: every file was looked at again and whatever that led to is over.
 pub async fn hangup_and_wait_idle(daemon: &mut Daemon, site: &Site, fc: &FakeCloud) {
+    // A file younger than settle would only be deferred by the rescan.
+    tokio::time::sleep(until_all_settled(&site.watch)).await;
     let scans = daemon
         .events("scanned")
         .iter()
