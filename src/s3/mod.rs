@@ -71,8 +71,9 @@ pub use store::Store;
 use crate::auth::SessionCredentials;
 use crate::file::OpenedFile;
 
-/// Files up to this size are read once into memory and sent from there; larger ones stream
-/// from disk. Buffers are thus at most `concurrency` × 1 MiB.
+/// Files up to this size are read once into memory and sent from there; larger ones are
+/// checksummed in a first pass, then stream from disk. Buffers are thus at most
+/// `concurrency` × 1 MiB.
 pub const IN_MEMORY_MAX: u64 = 1024 * 1024;
 const READ_CHUNK: usize = 256 * 1024;
 
