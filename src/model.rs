@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config as RunnerConfig, TestRunner};
 
 use tokio::sync::Notify;
 
@@ -29,7 +28,7 @@ use crate::tree::Tree;
 use crate::upload::tests::Rig;
 use crate::watch::{DirWatcher, Intake, IntakeConfig, Probe};
 use s3drop_testkit::model::{
-    Action, Bucket, FAULTS, Folder, KILL_POINTS, Model, OPS, action, apply, check,
+    Action, Bucket, FAULTS, Folder, KILL_POINTS, Model, OPS, action, apply, check, runner,
 };
 
 /// At 100 %: what a file found by a scan must be left alone for, how long a closed file
@@ -309,26 +308,8 @@ async fn run_case(actions: &[Action], delete: bool) -> Vec<String> {
 #[test]
 fn generated_producer_sequences_keep_the_models_promise() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let var = |name: &str| std::env::var(name).ok().and_then(|n| n.parse::<u64>().ok());
-    let cases = var("S3DROP_MODEL_CASES").unwrap_or(32) as u32;
     // A run is replayed by its seed (printed whether it passes or not).
-    let seed = var("S3DROP_MODEL_SEED").unwrap_or_else(|| fastrand::u64(..));
-    let mut seed_bytes = [0u8; 32];
-    for (i, b) in seed.to_le_bytes().iter().cycle().take(32).enumerate() {
-        seed_bytes[i] = *b;
-    }
-    let mut runner = TestRunner::new_with_rng(
-        RunnerConfig {
-            cases,
-            max_shrink_iters: 200,
-            failure_persistence: None,
-            ..RunnerConfig::default()
-        },
-        proptest::test_runner::TestRng::from_seed(
-            proptest::test_runner::RngAlgorithm::ChaCha,
-            &seed_bytes,
-        ),
-    );
+    let (mut runner, cases, seed) = runner("S3DROP_MODEL_CASES", 32, "S3DROP_MODEL_SEED", 200);
     // A kill point's panic is the kill, not a failure: nothing to print.
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use proptest::prelude::*;
+use proptest::test_runner::{Config as RunnerConfig, RngAlgorithm, TestRng, TestRunner};
 
 /// The paths producers use: nested, excluded (hidden, `.tmp`), an odd name, and `d/`,
 /// which a hostile producer may swap for a link to a directory outside the tree.
@@ -470,4 +471,32 @@ pub fn check(
         violations.push("the file outside the tree was changed or removed".into());
     }
     violations
+}
+
+/// A search's runner: `cases` sequences (and `cases_var` in the environment, if set), from
+/// `seed_var`'s seed or a random one (returned, to print: it replays the run), each failure
+/// shrunk at most `max_shrink_iters` times.
+pub fn runner(
+    cases_var: &str,
+    cases: u32,
+    seed_var: &str,
+    max_shrink_iters: u32,
+) -> (TestRunner, u32, u64) {
+    let var = |name: &str| std::env::var(name).ok().and_then(|n| n.parse::<u64>().ok());
+    let cases = var(cases_var).map_or(cases, |n| n as u32);
+    let seed = var(seed_var).unwrap_or_else(|| fastrand::u64(..));
+    let mut seed_bytes = [0u8; 32];
+    for (i, b) in seed.to_le_bytes().iter().cycle().take(32).enumerate() {
+        seed_bytes[i] = *b;
+    }
+    let runner = TestRunner::new_with_rng(
+        RunnerConfig {
+            cases,
+            max_shrink_iters,
+            failure_persistence: None,
+            ..RunnerConfig::default()
+        },
+        TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes),
+    );
+    (runner, cases, seed)
 }

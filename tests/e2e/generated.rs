@@ -12,8 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config as RunnerConfig, TestRng, TestRunner};
-use s3drop_testkit::model::{Action, Bucket, Folder, Model, action, apply, check};
+use s3drop_testkit::model::{Action, Bucket, Folder, Model, action, apply, check, runner};
 use s3drop_testkit::{FakeCloud, Site, World, setup};
 
 use crate::common::*;
@@ -102,24 +101,10 @@ async fn run_case(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn generated_sequences_keep_the_models_promise_against_fakecloud() {
-    let var = |name: &str| std::env::var(name).ok().and_then(|n| n.parse::<u64>().ok());
-    let cases = var("S3DROP_E2E_MODEL_CASES").unwrap_or(8) as u32;
-    let seed = var("S3DROP_E2E_MODEL_SEED").unwrap_or_else(|| fastrand::u64(..));
-    let mut seed_bytes = [0u8; 32];
-    for (i, b) in seed.to_le_bytes().iter().cycle().take(32).enumerate() {
-        seed_bytes[i] = *b;
-    }
     let (fc, world, _site) = setup(BUCKET, "").await;
-    let mut runner = TestRunner::new_with_rng(
-        RunnerConfig {
-            cases,
-            // Each case takes seconds: a short shrink, then the seed replays it.
-            max_shrink_iters: 16,
-            failure_persistence: None,
-            ..RunnerConfig::default()
-        },
-        TestRng::from_seed(proptest::test_runner::RngAlgorithm::ChaCha, &seed_bytes),
-    );
+    // Each case takes seconds: a short shrink, then the seed replays it.
+    let (mut runner, cases, seed) =
+        runner("S3DROP_E2E_MODEL_CASES", 8, "S3DROP_E2E_MODEL_SEED", 16);
     let handle = tokio::runtime::Handle::current();
     let case = std::sync::atomic::AtomicUsize::new(0);
     let here = action().prop_filter("what the real binary and fakecloud can do", |a| {
