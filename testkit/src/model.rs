@@ -282,16 +282,19 @@ pub fn apply(folder: &Folder, model: &mut Model, action: &Action) {
                 parent(&to_path);
                 if std::fs::rename(&from_path, &to_path).is_ok() {
                     model.gone(FILES[from]);
-                    if model.through_link(FILES[from]) && !model.through_link(FILES[to]) {
-                        // The producer moved a file from outside into the tree: from now
-                        // on it is theirs to upload.
-                        model.outside.remove(&bytes);
-                    }
-                    if model.through_link(FILES[to]) && !model.through_link(FILES[from]) {
-                        // A file of the tree moved out through the link: its bytes were
-                        // in the tree first (and may be stored already); not outside's.
-                    } else {
-                        model.holds(FILES[to], bytes);
+                    match (
+                        model.through_link(FILES[from]),
+                        model.through_link(FILES[to]),
+                    ) {
+                        // A file of the tree moved out through the link: its bytes were in
+                        // the tree first (and may be stored already); not outside's.
+                        (false, true) => {}
+                        // Moved from outside into the tree: from now on theirs to upload.
+                        (true, false) => {
+                            model.outside.remove(&bytes);
+                            model.holds(FILES[to], bytes);
+                        }
+                        _ => model.holds(FILES[to], bytes),
                     }
                 }
             }

@@ -667,3 +667,20 @@ async fn startup_jitter_delays_the_first_session_but_not_the_watch() {
     drop_file(&world, &site, "after-jitter.txt", b"x").await;
     assert!(daemon.stop().unwrap().success());
 }
+
+/// A file over 1 MiB and under multipart_threshold goes as one PUT, streamed with the
+/// CRC32C of a first pass in its header (S3 checks the body against it), and arrives whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streamed_single_put_carries_its_checksum_and_arrives_whole() {
+    let (fc, world, site) = s3drop_testkit::setup(BUCKET, "").await;
+    let mut daemon = start_ready(&site, &fc);
+    drop_file(&world, &site, "three.bin", &content(7, 3 * 1024 * 1024)).await;
+    let uploaded = daemon
+        .wait_for_event("uploaded", &[("bytes", "3145728")], ARRIVAL)
+        .unwrap();
+    assert!(
+        uploaded["crc32c"].is_string(),
+        "S3 confirmed the checksum: {uploaded}"
+    );
+    assert!(daemon.stop().unwrap().success());
+}
