@@ -135,6 +135,8 @@ impl Ledger {
             path,
             db: std::sync::RwLock::new(Some(db)),
             commits: Default::default(),
+            #[cfg(test)]
+            failing: Default::default(),
         });
         let (tx, rx) = std::sync::mpsc::channel();
         let writer_store = store.clone();
@@ -295,6 +297,15 @@ impl Ledger {
             }
             Ok(out)
         })
+    }
+
+    /// Tests: the next `n` commits fail as on a full disk (each write in them gets the
+    /// error; nothing of them is stored).
+    #[cfg(test)]
+    pub(crate) fn fail_commits(&self, n: u32) {
+        self.store
+            .failing
+            .store(n, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn len(&self) -> Result<u64, LedgerError> {

@@ -26,6 +26,9 @@ pub(super) struct Store {
     pub(super) db: std::sync::RwLock<Option<Database>>,
     /// Transactions the writer has committed.
     pub(super) commits: std::sync::atomic::AtomicU64,
+    /// Tests: how many of the next commits fail as on a full disk.
+    #[cfg(test)]
+    pub(super) failing: std::sync::atomic::AtomicU32,
 }
 
 /// One change for the writer thread, with where to report the commit's outcome.
@@ -102,6 +105,21 @@ impl Store {
     fn commit(&self, batch: &[Write]) -> Result<(), LedgerError> {
         self.commits
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        #[cfg(test)]
+        if self
+            .failing
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            )
+            .is_ok()
+        {
+            return Err(LedgerError::Store {
+                op: "commit",
+                message: "No space left on device (os error 28)".into(),
+            });
+        }
         self.with_db("commit", |db| {
             let txn = db.begin_write()?;
             {

@@ -128,6 +128,11 @@ impl Memory {
         self.state().requests.get(op).copied().unwrap_or(0)
     }
 
+    /// Every open multipart upload is gone, as when a lifecycle rule aborts stale ones.
+    pub fn forget_uploads(&self) {
+        self.state().uploads.clear();
+    }
+
     /// Multipart uploads created and neither completed nor aborted.
     pub fn open_uploads(&self) -> usize {
         self.state().uploads.len()

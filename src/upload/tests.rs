@@ -460,3 +460,89 @@ async fn a_multipart_upload_whose_file_changed_is_aborted_and_sent_anew() {
     );
     rig.stop();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_record_the_ledger_cannot_write_keeps_the_file_until_it_can() {
+    let mut rig = Rig::new("after_upload = \"delete\"");
+    rig.ledger.fail_commits(1);
+    rig.start(1);
+    rig.drop_file("u.txt", b"x");
+    rig.until("stored", |r| r.store.versions("p/u.txt").len() == 1)
+        .await;
+    rig.idle().await;
+    assert!(rig.path("u.txt").exists(), "not recorded: not deleted");
+    assert_eq!(rig.state("u.txt"), None);
+    assert_eq!(
+        rig.store.requests("PutObject"),
+        1,
+        "waits, not a retry loop"
+    );
+    // SIGHUP (the disk has room again): sent once more, recorded, then deleted.
+    rig.cx.retry_now.notify_waiters();
+    rig.push("u.txt");
+    rig.until("deleted once recorded", |r| !r.path("u.txt").exists())
+        .await;
+    assert!(rig.uploaded("u.txt"));
+    assert_eq!(rig.store.versions("p/u.txt"), vec![b"x".to_vec(); 2]);
+    rig.stop();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_file_is_moved_only_after_its_upload_is_confirmed() {
+    let moved = tempfile::tempdir().unwrap();
+    let mut rig = Rig::new(&format!(
+        "after_upload = \"move\"\nmove_to = {:?}",
+        moved.path()
+    ));
+    rig.store.fail_next("PutObject", Fault::LostAnswer);
+    rig.store.fail_next("PutObject", Fault::INTERNAL_ERROR);
+    rig.store.set_delay(Duration::from_millis(100));
+    rig.start(1);
+    rig.drop_file("m/v.txt", b"x");
+    rig.until("the first (stored, unanswered) request", |r| {
+        r.store.versions("p/m/v.txt").len() == 1
+    })
+    .await;
+    rig.until("the second (refused) request", |r| {
+        r.store.requests("PutObject") == 2
+    })
+    .await;
+    assert!(rig.path("m/v.txt").exists(), "no confirmation: not moved");
+    assert!(!moved.path().join("m/v.txt").exists());
+    rig.until("moved once confirmed", |r| !r.path("m/v.txt").exists())
+        .await;
+    assert_eq!(std::fs::read(moved.path().join("m/v.txt")).unwrap(), b"x");
+    assert_eq!(rig.store.requests("PutObject"), 3);
+    rig.stop();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_multipart_upload_s3_no_longer_knows_is_started_anew() {
+    let mut rig =
+        Rig::new("multipart_threshold = \"5MiB\"\npart_size = \"5MiB\"\npart_concurrency = 1");
+    let body: Vec<u8> = (0..11 * MIB).map(|i| (i % 253) as u8).collect();
+    rig.store
+        .fail_request("UploadPart", 2, Fault::INTERNAL_ERROR);
+    rig.start(1);
+    rig.drop_file("big.bin", &body);
+    rig.until("part 2 refused", |r| r.store.requests("UploadPart") == 2)
+        .await;
+    rig.stop();
+    rig.until("one part recorded", |r| {
+        matches!(r.state("big.bin"), Some(FileState::Uploading { parts, .. }) if parts.len() == 1)
+    })
+    .await;
+    // While the daemon was down a lifecycle rule aborted the upload: its parts are gone.
+    rig.store.forget_uploads();
+    rig.start(1);
+    rig.push("big.bin");
+    rig.until("recorded", |r| r.uploaded("big.bin")).await;
+    assert_eq!(
+        rig.store.requests("CreateMultipartUpload"),
+        2,
+        "a new upload"
+    );
+    assert_eq!(rig.store.versions("p/big.bin"), vec![body]);
+    assert_eq!(rig.store.open_uploads(), 0);
+    rig.stop();
+}
