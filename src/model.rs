@@ -305,18 +305,22 @@ async fn run_case(actions: &[Action], delete: bool) -> Vec<String> {
     violations
 }
 
-#[test]
-fn generated_producer_sequences_keep_the_models_promise() {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    // A run is replayed by its seed (printed whether it passes or not).
-    let (mut runner, cases, seed) = runner("S3DROP_MODEL_CASES", 32, "S3DROP_MODEL_SEED", 200);
-    // A kill point's panic is the kill, not a failure: nothing to print.
+/// A kill point's panic is the kill, not a failure: nothing to print.
+fn quiet_kills() {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         if info.payload().downcast_ref::<&str>() != Some(&KILL) {
             previous(info);
         }
     }));
+}
+
+#[test]
+fn generated_producer_sequences_keep_the_models_promise() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // A run is replayed by its seed (printed whether it passes or not).
+    let (mut runner, cases, seed) = runner("S3DROP_MODEL_CASES", 32, "S3DROP_MODEL_SEED", 200);
+    quiet_kills();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -349,6 +353,7 @@ fn generated_producer_sequences_keep_the_models_promise() {
 #[test]
 fn sequences_that_hold_a_narrow_window_open() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    quiet_kills();
     use Action::*;
     let sequences: [(&[Action], bool); 4] = [
         // Rewritten while its upload is being recorded (the worker lingers there): the new
@@ -383,7 +388,7 @@ fn sequences_that_hold_a_narrow_window_open() {
                     len: 1,
                     closes: 1,
                 },
-                SwapDirForLink,
+                SwapDirForLink { dir: 0 },
             ],
             false,
         ),
@@ -401,7 +406,7 @@ fn sequences_that_hold_a_narrow_window_open() {
                     len: 0,
                     closes: 1,
                 },
-                SwapDirForLink,
+                SwapDirForLink { dir: 0 },
                 Pause { ms: 107 },
                 RenameWithin { from: 0, to: 3 },
             ],

@@ -15,14 +15,15 @@
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, RngAlgorithm, TestRng, TestRunner};
 
-/// The paths producers use: nested, excluded (hidden, `.tmp`), an odd name, and `d/`,
-/// which a hostile producer may swap for a link to a directory outside the tree.
+/// The paths producers use: nested, excluded (hidden, `.tmp`), an odd name, a new tree
+/// (`new/deep/`, made and filled at once), and the directories of [`SWAPPABLE`].
 pub const FILES: [&str; 9] = [
     "a.txt",
     "b.bin",
@@ -34,6 +35,10 @@ pub const FILES: [&str; 9] = [
     "new/deep/n.txt",
     "d/c2.txt",
 ];
+/// The directories a hostile producer may swap for a link to a directory outside the tree:
+/// `d/`, there from the start, and `new/`, made while s3drop runs (swapped, it may be
+/// while s3drop is still scanning it).
+pub const SWAPPABLE: [&str; 2] = ["d", "new"];
 pub const SECRET: &[u8] = b"OUTSIDE: only s3drop may read this";
 
 /// Where a kill is most telling (the daemon's `kill_point!`s): S3 confirmed but the ledger
@@ -82,14 +87,23 @@ pub enum Action {
         file: usize,
         len: usize,
     },
+    /// Written into an unnamed `O_TMPFILE` in the file's directory, then given its name
+    /// with `linkat()` (no close after the name appears, until after the link).
+    TmpfileLink {
+        file: usize,
+        len: usize,
+    },
     Delete {
         file: usize,
     },
     Touch {
         file: usize,
     },
-    /// `d/` renamed to `d.old/` and replaced by a link to a directory outside the tree.
-    SwapDirForLink,
+    /// `SWAPPABLE[dir]` renamed to `<dir>.old/` and replaced by a link to a directory
+    /// outside the tree.
+    SwapDirForLink {
+        dir: usize,
+    },
     Pause {
         ms: u64,
     },
@@ -127,9 +141,10 @@ pub fn action() -> impl Strategy<Value = Action> {
         2 => (file.clone(), 0..3000usize).prop_map(|(file, len)| Action::RenameIn { file, len }),
         1 => (file.clone(), file.clone()).prop_map(|(from, to)| Action::RenameWithin { from, to }),
         1 => (file.clone(), 1..500usize).prop_map(|(file, len)| Action::HardLinkIn { file, len }),
+        1 => (file.clone(), 0..2000usize).prop_map(|(file, len)| Action::TmpfileLink { file, len }),
         1 => file.clone().prop_map(|file| Action::Delete { file }),
         1 => file.clone().prop_map(|file| Action::Touch { file }),
-        1 => Just(Action::SwapDirForLink),
+        1 => (0..SWAPPABLE.len()).prop_map(|dir| Action::SwapDirForLink { dir }),
         2 => (0..400u64).prop_map(|ms| Action::Pause { ms }),
         1 => proptest::option::of(0..KILL_POINTS.len()).prop_map(|at| Action::Kill { at }),
         1 => Just(Action::Hangup),
@@ -149,8 +164,8 @@ pub struct Model {
     pub outside: HashSet<Vec<u8>>,
     /// What each path holds now, as the producers left it (by key of the path).
     pub current: HashMap<String, Vec<u8>>,
-    /// `d/` is a link to the outside directory.
-    pub swapped: bool,
+    /// Which of [`SWAPPABLE`] are links to the outside directory.
+    pub swapped: Vec<&'static str>,
     pub written: u64,
 }
 
@@ -163,8 +178,11 @@ impl Model {
         b
     }
 
+    /// `file` (relative) is reached through a swapped link, outside the tree.
     pub fn through_link(&self, file: &str) -> bool {
-        self.swapped && file.starts_with("d/")
+        self.swapped
+            .iter()
+            .any(|dir| file.strip_prefix(dir).is_some_and(|r| r.starts_with('/')))
     }
 
     /// `path` (relative) has held `content` (not necessarily still).
@@ -309,6 +327,14 @@ pub fn apply(folder: &Folder, model: &mut Model, action: &Action) {
                 model.holds(name, bytes);
             }
         }
+        Action::TmpfileLink { file, len } => {
+            let (name, path) = (FILES[file], at(file));
+            let bytes = model.bytes(name, len);
+            parent(&path);
+            if publish_tmpfile(path.parent().unwrap(), &path, &bytes).is_ok() {
+                model.holds(name, bytes);
+            }
+        }
         Action::Delete { file } => {
             if std::fs::remove_file(at(file)).is_ok() {
                 model.gone(FILES[file]);
@@ -319,32 +345,38 @@ pub fn apply(folder: &Folder, model: &mut Model, action: &Action) {
                 let _ = f.set_modified(std::time::SystemTime::now() + Duration::from_secs(5));
             }
         }
-        Action::SwapDirForLink => {
-            let d = folder.watch.join("d");
+        Action::SwapDirForLink { dir } => {
+            let name = SWAPPABLE[dir];
+            let d = folder.watch.join(name);
             let is_dir = std::fs::symlink_metadata(&d).is_ok_and(|m| m.is_dir());
-            if !model.swapped && is_dir {
-                let old = folder.watch.join("d.old");
+            if !model.swapped.contains(&name) && is_dir {
+                let old = folder.watch.join(format!("{name}.old"));
                 if std::fs::rename(&d, &old).is_ok() {
-                    // What d/ held is now under d.old/.
+                    let inside = format!("{name}/");
+                    let moved = |rest: &str| format!("{name}.old/{rest}");
+                    // What the directory held is now under <dir>.old/.
                     for (key, contents) in model.history.clone() {
-                        if let Some(rest) = key.strip_prefix("d/") {
-                            let moved = format!("d.old/{rest}");
-                            model.history.entry(moved).or_default().extend(contents);
+                        if let Some(rest) = key.strip_prefix(&inside) {
+                            model
+                                .history
+                                .entry(moved(rest))
+                                .or_default()
+                                .extend(contents);
                         }
                     }
                     // Files s3drop deleted (delete mode) before the rename stay stored
-                    // under their old key; those still there moved with d/.
+                    // under their old key; those still there moved with the directory.
                     for (key, content) in model.current.clone() {
-                        if let Some(rest) = key.strip_prefix("d/")
+                        if let Some(rest) = key.strip_prefix(&inside)
                             && let Some(file) = FILES.iter().find(|f| key_of(f) == key)
-                            && old.join(&file[2..]).exists()
+                            && old.join(&file[inside.len()..]).exists()
                         {
                             model.current.remove(&key);
-                            model.current.insert(format!("d.old/{rest}"), content);
+                            model.current.insert(moved(rest), content);
                         }
                     }
                     std::os::unix::fs::symlink(folder.dir.join("outside"), &d).unwrap();
-                    model.swapped = true;
+                    model.swapped.push(name);
                 }
             }
         }
@@ -357,6 +389,35 @@ pub fn apply(folder: &Folder, model: &mut Model, action: &Action) {
         | Action::SessionLapse
         | Action::Linger { .. } => {}
     }
+}
+
+/// Writes `body` into an unnamed `O_TMPFILE` in `dir`, then gives it the name `dest` with
+/// `linkat()`, as careful programs publish a finished file; closes it afterwards. Fails
+/// (nothing named) if `dest` exists.
+pub fn publish_tmpfile(dir: &Path, dest: &Path, body: &[u8]) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .mode(0o644)
+        .open(dir)?;
+    (&file).write_all(body)?;
+    let from = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).unwrap();
+    let to = std::ffi::CString::new(dest.as_os_str().as_bytes())?;
+    // SAFETY: two NUL-terminated paths; the descriptor is open until `file` drops.
+    let rc = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The regular files in the tree (never through a link), relative.

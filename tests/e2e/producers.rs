@@ -2,8 +2,6 @@
 //! links, `linkat()` of an `O_TMPFILE`, and brand-new directory trees filled at once. None
 //! may wait for the safety rescan (5 minutes by default; every test here ends well before).
 
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -11,36 +9,8 @@ use s3drop_testkit::{Daemon, object_key as key, setup};
 
 use crate::common::*;
 
-fn c_path(p: &Path) -> CString {
-    CString::new(p.as_os_str().as_bytes()).unwrap()
-}
-
-/// Writes `body` into an unnamed `O_TMPFILE` in `dir`, then gives it the name `dest` with
-/// `linkat()`, as careful programs publish a finished file; closes it afterwards.
 fn publish_tmpfile(dir: &Path, dest: &Path, body: &[u8]) {
-    // SAFETY: valid NUL-terminated paths; the descriptor is closed below.
-    unsafe {
-        let fd = libc::open(
-            c_path(dir).as_ptr(),
-            libc::O_TMPFILE | libc::O_WRONLY,
-            0o644,
-        );
-        assert!(fd >= 0, "O_TMPFILE: {}", std::io::Error::last_os_error());
-        assert_eq!(
-            libc::write(fd, body.as_ptr().cast(), body.len()),
-            body.len() as isize
-        );
-        let proc = c_path(Path::new(&format!("/proc/self/fd/{fd}")));
-        let rc = libc::linkat(
-            libc::AT_FDCWD,
-            proc.as_ptr(),
-            libc::AT_FDCWD,
-            c_path(dest).as_ptr(),
-            libc::AT_SYMLINK_FOLLOW,
-        );
-        assert_eq!(rc, 0, "linkat: {}", std::io::Error::last_os_error());
-        libc::close(fd);
-    }
+    s3drop_testkit::model::publish_tmpfile(dir, dest, body).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
