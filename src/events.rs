@@ -306,14 +306,7 @@ pub struct Scanned<'a> {
 
 impl Event for Scanned<'_> {
     fn emit(self) {
-        let why = match self.reason {
-            Some(RescanReason::Startup) => "the backlog at start",
-            Some(RescanReason::Sighup) => "SIGHUP",
-            Some(RescanReason::Recreated) => "watch_dir recreated",
-            Some(RescanReason::Periodic) => "the periodic safety rescan",
-            Some(RescanReason::Overflow) => "watch events lost",
-            None => "a directory moved in",
-        };
+        let why = scan_cause(self.reason);
         let ms = self.took.as_millis() as u64;
         tracing::info!(
             event = "scanned",
@@ -326,6 +319,38 @@ impl Event for Scanned<'_> {
             shown(self.dir),
             files(self.files),
             self.queued,
+        );
+    }
+}
+
+/// Why a scan ran, as the operator reads it; `None`: a directory moved in.
+fn scan_cause(reason: Option<RescanReason>) -> &'static str {
+    match reason {
+        Some(RescanReason::Startup) => "the backlog at start",
+        Some(RescanReason::Sighup) => "SIGHUP",
+        Some(RescanReason::Recreated) => "watch_dir recreated",
+        Some(RescanReason::Periodic) => "the periodic safety rescan",
+        Some(RescanReason::Overflow) => "watch events lost",
+        None => "a directory moved in",
+    }
+}
+
+/// A full scan was asked for while watch_dir is missing or not a directory.
+pub struct ScanSkipped<'a> {
+    pub reason: RescanReason,
+    pub dir: &'a Path,
+}
+
+impl Event for ScanSkipped<'_> {
+    fn emit(self) {
+        tracing::warn!(
+            event = "scan_skipped",
+            reason = self.reason.label(),
+            dir = %self.dir.display(),
+            "no scan for {}: watch_dir {} is missing or not a directory; it is scanned once \
+             a directory is back in its place",
+            scan_cause(Some(self.reason)),
+            shown(self.dir),
         );
     }
 }

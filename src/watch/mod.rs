@@ -24,8 +24,8 @@ use tokio_util::time::DelayQueue;
 
 use crate::config::Exclude;
 use crate::events::{
-    DropReason, Dropped, Event, EventsLost, NewDirectoriesScanned, Rescan, Scanned, TakenUnwritten,
-    WatchDir,
+    DropReason, Dropped, Event, EventsLost, NewDirectoriesScanned, Rescan, ScanSkipped, Scanned,
+    TakenUnwritten, WatchDir,
 };
 use crate::file::Kind;
 use crate::ledger::Ledger;
@@ -491,7 +491,12 @@ impl Intake {
     async fn full_scan(&mut self, reason: RescanReason) {
         Rescan(reason).emit();
         if self.root_identity.is_none() {
-            return; // missing or refused: check_root reports it
+            ScanSkipped {
+                reason,
+                dir: self.config.tree.path(),
+            }
+            .emit();
+            return;
         }
         self.walk(self.config.tree.path().to_owned(), ScanOf::Full(reason))
             .await;

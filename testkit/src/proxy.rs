@@ -39,6 +39,8 @@ pub struct ProxyStats {
     pub imds_throttled: u64,
     /// IMDS requests (`/latest/...`) seen, answered or not.
     pub imds_requests: u64,
+    /// S3 PUT requests (objects and parts) that arrived, before any delay.
+    pub s3_puts: u64,
 }
 
 impl ProxyStats {
@@ -74,6 +76,7 @@ struct State {
     imds_429: AtomicU64,
     imds_throttled: AtomicU64,
     imds_requests: AtomicU64,
+    s3_puts: AtomicU64,
     /// Seconds: STS answers get an `<Expiration>` this far from now (0: unchanged).
     session_seconds: AtomicU64,
 }
@@ -222,6 +225,7 @@ impl FaultProxy {
             sts_throttled: s.sts_throttled.load(Ordering::SeqCst),
             imds_throttled: s.imds_throttled.load(Ordering::SeqCst),
             imds_requests: s.imds_requests.load(Ordering::SeqCst),
+            s3_puts: s.s3_puts.load(Ordering::SeqCst),
         }
     }
 }
@@ -308,9 +312,12 @@ async fn handle(
             Bytes::new(),
         ));
     }
+    let s3_put = req.method() == hyper::Method::PUT && !imds;
+    if s3_put {
+        state.s3_puts.fetch_add(1, Ordering::SeqCst);
+    }
     let delay = state.put_delay_ms.load(Ordering::SeqCst);
-    if delay > 0 && req.method() == hyper::Method::PUT && !req.uri().path().starts_with("/latest/")
-    {
+    if delay > 0 && s3_put {
         tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
     }
     let (mut parts, body) = req.into_parts();

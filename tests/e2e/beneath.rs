@@ -115,8 +115,7 @@ async fn a_parent_swapped_for_a_link_during_the_quiet_period_is_not_read() {
             .unwrap();
         assert_eq!(stored, format!("inside {i}\n").as_bytes());
     }
-    // Every quiet period has ended by now (1 s after the last write).
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    wait_idle(&site, &fc).await;
     let keys = world.keys().await.unwrap();
     assert!(
         !keys.iter().any(|k| k.contains("/p") && !k.contains(".old")),
@@ -181,13 +180,17 @@ async fn swap_during_the_upload(move_mode: bool) {
         Daemon::start_with_env(&site, s3drop(), &fc.sdk_env_via(&proxy.endpoint)).unwrap();
     daemon.wait_until_ready(ARRIVAL).unwrap();
     proxy.set_put_delay(Duration::from_secs(3));
+    let before = proxy.stats().s3_puts;
     produce(
         &site,
         &format!("for i in $(seq 1 {TRIES}); do mkdir d$i; echo inside $i > d$i/x; done"),
     );
-    // The PUTs are under way (taken after the 100 ms quiet period, held 3 s by the proxy):
-    // move each directory out and link it back.
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    // Once every PUT is under way (held 3 s by the proxy), move each directory out and link
+    // it back.
+    wait_until("every PUT under way", ARRIVAL, || {
+        proxy.stats().s3_puts >= before + TRIES as u64
+    })
+    .await;
     produce(
         &site,
         &format!(
@@ -293,10 +296,15 @@ async fn watch_dir_replaced_by_a_link_is_not_scanned_until_a_directory_is_back()
     let aside = site.dir.path().join("watch.aside");
     std::fs::rename(&site.watch, &aside).unwrap();
     std::os::unix::fs::symlink(arena.private.join("tree"), &site.watch).unwrap();
-    // Past the root check (every 2 s), then a SIGHUP asks for a full scan.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The root check (every 2 s) sees the link; a SIGHUP's full scan is then refused.
+    daemon
+        .wait_for_event("watch_dir_replaced", &[], ARRIVAL)
+        .unwrap();
     daemon.signal("-HUP").unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    daemon
+        .wait_for_event("scan_skipped", &[("reason", "sighup")], ARRIVAL)
+        .unwrap();
+    wait_idle(&site, &fc).await;
     assert_eq!(world.keys().await.unwrap(), vec![key("first.txt")]);
     // A directory back in its place is watched and scanned again.
     std::fs::remove_file(&site.watch).unwrap();

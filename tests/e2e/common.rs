@@ -112,6 +112,16 @@ fn until_all_settled(dir: &Path) -> Duration {
         .unwrap_or_default()
 }
 
+/// The oldest file the running daemon has taken and not finished, as `status` says.
+pub fn pending_path(site: &Site, fc: &FakeCloud) -> Option<String> {
+    let out = site
+        .command(s3drop(), fc, &["status", "--json"])
+        .output()
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    doc["oldest_pending_path"].as_str().map(String::from)
+}
+
 /// A barrier instead of a fixed wait: once every file in watch_dir has settled, the
 /// running daemon's status (its socket) says nothing is queued or in flight, and the
 /// oldest file pending (if any) waits on a failure an operator must fix, twice 100 ms

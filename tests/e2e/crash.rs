@@ -95,7 +95,7 @@ async fn sigkill_at_random_moments_loses_and_corrupts_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_idle(&site, &fc).await;
     assert!(daemon.stop().unwrap().success());
 
     let mut lost = 0;
@@ -199,7 +199,7 @@ async fn a_damaged_ledger_stops_with_a_sentence_and_reset_costs_one_upload_per_f
         })
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_idle(&site, &fc).await;
     let after = fc.objects_stored(BUCKET);
     for name in &names {
         let key = s3drop_testkit::object_key(name);

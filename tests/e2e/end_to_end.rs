@@ -72,8 +72,8 @@ async fn files_arrive_whole_under_the_right_keys_and_nothing_partial_is_sent() {
         slow_whole
     );
 
-    // Let any stray upload happen before counting.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Any stray upload happens before counting.
+    wait_idle(&site, &fc).await;
     let status = daemon.stop().unwrap();
     assert!(status.success(), "SIGTERM exits 0: {status}");
 

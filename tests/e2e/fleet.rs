@@ -113,7 +113,10 @@ async fn sts_throttling_during_a_refresh_loses_nothing() {
         )
         .unwrap();
     std::fs::write(site.watch.join("after.txt"), b"waits for the next session").unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_until("the file taken, waiting", ARRIVAL, || {
+        pending_path(&site, &fc).is_some_and(|p| p.ends_with("after.txt"))
+    })
+    .await;
     assert_eq!(
         world.get_object(&key("after.txt")).await.unwrap(),
         None,

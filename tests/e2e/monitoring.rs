@@ -96,7 +96,12 @@ async fn metrics_health_and_the_textfile_tell_what_happened() {
             .contains_key("s3drop_upload_failures_total{kind=\"conflict\"}")
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await; // the gauges' next tick
+    // The gauges are set at their next tick.
+    wait_until("the gauges' tick", ARRIVAL, || {
+        let m = samples(&get(&addr, "/metrics").1);
+        m.get("s3drop_failed_files") == Some(&1.0) && m.get("s3drop_queue_files") == Some(&0.0)
+    })
+    .await;
     let (status, text) = get(&addr, "/metrics");
     assert_eq!(status, 200);
     let m = samples(&text);

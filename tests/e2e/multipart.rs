@@ -183,7 +183,7 @@ async fn a_huge_sparse_file_deleted_mid_upload_is_abandoned_and_max_file_size_re
         assert!(Instant::now() < deadline, "the upload was not aborted");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_idle(&site, &fc).await;
     let total = fc.parts_stored(BUCKET, &k);
     // At most a check interval (4 parts) and the parts in flight (2) after the delete.
     assert!(

@@ -229,7 +229,7 @@ async fn sqlite_backups_over_an_existing_file_upload_the_database_and_never_its_
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Settled: a journal, had it been taken, would be stored by now.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_idle(&site, &fc).await;
     let keys = world.keys().await.unwrap();
     assert_eq!(
         keys,
@@ -535,7 +535,7 @@ async fn curl_and_the_documented_logrotate_setup_deliver_whole_files_once() {
         let out = gunzip.wait_with_output().unwrap();
         assert_eq!(&out.stdout, log, "{key}");
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_idle(&site, &fc).await;
     let puts = fc.object_puts(BUCKET);
     assert!(puts.values().all(|n| *n == 1), "{puts:?}");
     assert_eq!(

@@ -363,8 +363,12 @@ async fn a_file_truncated_during_its_upload_is_sent_again_and_a_deleted_one_is_d
     // The first file's PUT is held by the proxy; meanwhile it is truncated in place
     // (truncate(2): no close event), and a second file waits its turn and is deleted.
     let changing = site.watch.join("changing.log");
+    let puts = proxy.stats().s3_puts;
     std::fs::write(&changing, content(7, 10_000)).unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until("its PUT under way", ARRIVAL, || {
+        proxy.stats().s3_puts > puts
+    })
+    .await;
     let doomed = site.watch.join("doomed.txt");
     std::fs::write(&doomed, b"deleted before its turn").unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -406,7 +410,7 @@ async fn a_file_truncated_during_its_upload_is_sent_again_and_a_deleted_one_is_d
     again
         .wait_for_event("scanned", &[("reason", "startup")], ARRIVAL)
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_idle(&site, &fc).await;
     assert!(again.stop().unwrap().success());
     assert_eq!(fc.objects_stored(BUCKET), before);
 }
@@ -506,7 +510,7 @@ async fn a_full_state_dir_loses_no_file_and_recovers() {
     again
         .wait_for_event("scanned", &[("reason", "startup")], ARRIVAL)
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_idle(&site, &fc).await;
     assert!(again.stop().unwrap().success());
     assert_eq!(
         fc.objects_stored(BUCKET),
@@ -552,8 +556,12 @@ async fn sigterm_lets_the_upload_in_flight_finish_and_sigint_past_the_deadline_l
     let mut daemon = run(&site);
     daemon.wait_until_ready(ARRIVAL).unwrap();
     proxy.set_put_delay(Duration::from_secs(2));
+    let puts = proxy.stats().s3_puts;
     std::fs::write(site.watch.join("in-flight.txt"), b"finish me").unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_until("its PUT under way", ARRIVAL, || {
+        proxy.stats().s3_puts > puts
+    })
+    .await;
     daemon.signal("-TERM").unwrap();
     let status = daemon.stop().unwrap();
     assert!(status.success(), "{status}");
@@ -572,8 +580,12 @@ async fn sigterm_lets_the_upload_in_flight_finish_and_sigint_past_the_deadline_l
     let mut daemon = run(&site);
     daemon.wait_until_ready(ARRIVAL).unwrap();
     proxy.set_put_delay(Duration::from_secs(8));
+    let puts = proxy.stats().s3_puts;
     std::fs::write(site.watch.join("cut-off.txt"), b"next time").unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_until("its PUT under way", ARRIVAL, || {
+        proxy.stats().s3_puts > puts
+    })
+    .await;
     let stopping = Instant::now();
     daemon.signal("-INT").unwrap();
     let status = daemon.stop().unwrap();
