@@ -93,6 +93,8 @@ async fn run_case(
     while !done(&model, &snapshot(world, &prefix).await) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Whatever it was still going to send (a stray re-send would replace a final version).
+    wait_idle(&site, fc).await;
     assert!(daemon.stop().unwrap().success(), "{}", daemon.log());
     let stored = snapshot(world, &prefix).await;
     STORED.fetch_add(stored.0.len(), std::sync::atomic::Ordering::Relaxed);
