@@ -135,6 +135,9 @@ a narrower one (--prefix), or exactly one key (--key). Formats:
   env   export lines: eval \"$(s3drop credentials --format env)\"
   ini   a shared-credentials-file section ([NAME], aws_session_token, ...); with --output
         FILE it is written atomically, mode 0600.
+With broker = true and the daemon running, the daemon answers instead (its own session, or
+one it minted once for this --prefix/--key): no IMDS or STS call per invocation. Without a
+daemon, or with --duration, the session is minted here as above.
 On success nothing is logged; on failure one line names the broken link, as `check` does,
 and the exit status is non-zero.";
 
@@ -363,7 +366,7 @@ fn exec(args: ExecArgs) -> ExitCode {
 fn handoff_session(config: &Path, args: &ReachArgs) -> anyhow::Result<crate::handoff::Handed> {
     let config = load(config)?;
     let reach = crate::handoff::reach(args.key.as_deref(), args.prefix.as_deref())?;
-    let minting = crate::handoff::mint(&config, reach, args.duration);
+    let minting = crate::handoff::session(&config, reach, args.duration);
     Ok(runtime()?.block_on(minting)?)
 }
 

@@ -86,6 +86,8 @@ struct Running {
     tree: Arc<Tree>,
     /// The after-upload action, with `move_to` held.
     after_upload: Option<AfterUploadAction>,
+    /// The credential broker, set once the session is there (`broker = true`).
+    broker: Arc<std::sync::OnceLock<crate::broker::Broker>>,
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -246,6 +248,12 @@ fn start(
         cancel,
         tracker,
     )?;
+    let broker = Arc::new(std::sync::OnceLock::new());
+    if let Some(socket) = &config.broker {
+        crate::broker::bind(socket)
+            .map_err(anyhow::Error::msg)?
+            .serve(broker.clone(), waiting_for.clone(), cancel, tracker);
+    }
     Ok(Running {
         progress,
         config,
@@ -261,6 +269,7 @@ fn start(
         worker: None,
         tree,
         after_upload: Some(after_upload),
+        broker,
     })
 }
 
@@ -300,6 +309,9 @@ fn start_workers(r: &mut Running, session: Session) -> Result<(), Fatal> {
             .spawn("upload worker", worker.clone().run(r.cx.clone()));
     }
     r.worker = Some(worker);
+    if config.broker.is_some() {
+        let _ = r.broker.set(crate::broker::Broker::new(config, &session));
+    }
     r.supervisor.spawn(
         "session refresher",
         refresh(

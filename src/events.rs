@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::message::{explain, printable};
-use crate::metrics::{FailureKind, RescanReason, StsResult};
+use crate::metrics::{BrokerResult, FailureKind, RescanReason, StsResult};
 use crate::s3::Checksum;
 use crate::upload::progress::Progress;
 
@@ -414,6 +414,101 @@ impl Event for SessionMinted<'_> {
             refresh_in.map_or("?".into(), |s| s.to_string()),
         );
     }
+}
+
+/// The credential broker minted a session for a narrower scope (or a fresh one for the
+/// whole prefix when the daemon's own had too little time left).
+pub struct BrokerMinted<'a> {
+    pub scope: &'a str,
+    pub expiry: Option<std::time::SystemTime>,
+}
+
+impl Event for BrokerMinted<'_> {
+    fn emit(self) {
+        crate::metrics::get().sts(StsResult::Ok);
+        let expires_in = self
+            .expiry
+            .and_then(|e| e.duration_since(std::time::SystemTime::now()).ok())
+            .map(|d| d.as_secs());
+        tracing::info!(
+            event = "broker_minted",
+            scope = self.scope,
+            expires_in_s = expires_in,
+            "credential broker: minted a session for {} (expires in {} s); it is handed out \
+             until it has less than 15 minutes left",
+            printable(self.scope),
+            expires_in.map_or("?".into(), |s| s.to_string()),
+        );
+    }
+}
+
+/// The credential broker handed a session to a local program.
+pub struct CredentialsHanded<'a> {
+    pub uid: Option<u32>,
+    pub pid: Option<i32>,
+    pub scope: &'a str,
+    pub expiry: Option<std::time::SystemTime>,
+}
+
+impl Event for CredentialsHanded<'_> {
+    fn emit(self) {
+        crate::metrics::get()
+            .broker_requests
+            .with_label_values(&[BrokerResult::Ok.label()])
+            .inc();
+        let expires = self.expiry.map(crate::message::rfc3339);
+        tracing::info!(
+            event = "credentials_handed",
+            uid = self.uid,
+            pid = self.pid,
+            scope = self.scope,
+            expires = expires.as_deref(),
+            "credential broker: a session for {} to uid {} (pid {}), expiring {}",
+            printable(self.scope),
+            shown_id(self.uid),
+            shown_id(self.pid),
+            expires.as_deref().unwrap_or("never"),
+        );
+    }
+}
+
+/// The credential broker did not hand out a session.
+pub struct BrokerRefused<'a> {
+    pub uid: Option<u32>,
+    pub pid: Option<i32>,
+    /// The scope, when the question named a valid one.
+    pub scope: Option<&'a str>,
+    pub error: &'a crate::broker::HandOutError,
+}
+
+impl Event for BrokerRefused<'_> {
+    fn emit(self) {
+        let result = self.error.result();
+        crate::metrics::get()
+            .broker_requests
+            .with_label_values(&[result.label()])
+            .inc();
+        let error = crate::message::fit(&self.error.to_string(), crate::message::MAX_CHARS);
+        tracing::warn!(
+            event = "broker_refused",
+            uid = self.uid,
+            pid = self.pid,
+            scope = self.scope,
+            result = result.label(),
+            error = %error,
+            "credential broker: no session for uid {} (pid {}){}: {error}",
+            shown_id(self.uid),
+            shown_id(self.pid),
+            self.scope
+                .map(|s| format!(" for {}", printable(s)))
+                .unwrap_or_default(),
+        );
+    }
+}
+
+/// A uid or pid from `SO_PEERCRED`, or `?`.
+fn shown_id(id: Option<impl std::fmt::Display>) -> String {
+    id.map_or("?".into(), |id| id.to_string())
 }
 
 /// STS did not mint a session.

@@ -77,6 +77,81 @@ pub fn reach(key: Option<&str>, prefix: Option<&str>) -> Result<Reach, HandoffEr
     }
 }
 
+/// The session `reach` asks for: from the running daemon's credential broker when it is on
+/// (`broker = true`) and answers, which costs no STS call; else minted here. A `duration`
+/// other than the config's is always minted here (the broker's sessions are
+/// `session_duration_seconds` long).
+pub async fn session(
+    config: &Config,
+    reach: Reach,
+    duration: Option<u64>,
+) -> Result<Handed, HandoffError> {
+    if duration.is_none()
+        && let Some(socket) = &config.broker
+        && let Some(answered) = from_broker(socket, &reach).await
+    {
+        return answered;
+    }
+    mint(config, reach, duration).await
+}
+
+/// Asks the broker on `socket`; `None` when it cannot serve (no daemon, no session yet,
+/// this user may not open the socket): the caller mints its own.
+async fn from_broker(socket: &Path, reach: &Reach) -> Option<Result<Handed, HandoffError>> {
+    use crate::broker::wire::{Answer, Ask, ask};
+    let question = match reach {
+        Reach::Prefix => Ask::default(),
+        Reach::Under(sub) => Ask {
+            prefix: Some(sub.clone()),
+            ..Ask::default()
+        },
+        Reach::Key(key) => Ask {
+            key: Some(key.clone()),
+            ..Ask::default()
+        },
+    };
+    match ask(socket, &question).await {
+        Ok(Answer::Session {
+            access_key_id,
+            secret_access_key,
+            session_token,
+            expiration,
+            region,
+        }) => Some(Ok(Handed {
+            credentials: Credentials::new(
+                access_key_id,
+                secret_access_key,
+                Some(session_token),
+                expiration.map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s)),
+                "s3drop credential broker",
+            ),
+            region,
+        })),
+        Ok(Answer::Refused { error }) => Some(Err(HandoffError(format!(
+            "the credential broker refused: {error}"
+        )))),
+        Ok(Answer::Failed { error }) => Some(Err(HandoffError(format!(
+            "the credential broker could not mint the session: {error}"
+        )))),
+        Ok(Answer::Unavailable { reason }) => {
+            tracing::debug!("the credential broker cannot serve yet ({reason}); minting here");
+            None
+        }
+        Err(e) if e.denied => {
+            tracing::warn!(
+                "cannot use the credential broker ({}; is this user in the s3drop group?); \
+                 minting a session here instead",
+                e.message
+            );
+            None
+        }
+        Err(e) => {
+            tracing::debug!("no credential broker answers ({}); minting here", e.message);
+            None
+        }
+    }
+}
+
 /// Mints the session: `reach` under the configured prefix, for `duration` seconds (the
 /// config's by default, within the limits of its session type).
 pub async fn mint(

@@ -18,10 +18,12 @@ macro_rules! kill_point {
 }
 
 pub mod auth;
+pub mod broker;
 pub mod chain;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod connections;
 pub mod daemon;
 pub mod events;
 pub mod file;

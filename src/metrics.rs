@@ -20,6 +20,18 @@ use prometheus::{
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::connections::Connections;
+
+/// At most this many connections at once: a new one closes the oldest, so idle or slow
+/// clients cannot take every descriptor or shut out a scrape.
+const MAX_CONNECTIONS: usize = 64;
+/// A request's headers must arrive this soon (slowloris), also on a kept-alive connection.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// No connection lives longer (Prometheus simply opens the next).
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+/// After a failed accept (no descriptor left), before the next try.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
 /// Declares a closed set of label values: the enum, every value (`ALL`), and its label.
 macro_rules! labels {
     ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $label:literal),+ $(,)? }) => {
@@ -100,6 +112,17 @@ labels! {
 }
 
 labels! {
+    /// How the credential broker answered: the `result` of `s3drop_broker_requests_total`.
+    BrokerResult {
+        Ok => "ok",
+        /// The scope asked for cannot be granted (the caller's to fix).
+        Refused => "refused",
+        /// STS did not mint the session.
+        Failed => "failed",
+    }
+}
+
+labels! {
     /// Why watch_dir was scanned whole: the `reason` of `s3drop_rescans_total`.
     RescanReason {
         Startup => "startup",
@@ -138,6 +161,8 @@ pub struct Metrics {
     pub session_expiry: IntGauge,
     pub last_upload: IntGauge,
     pub rescans: IntCounterVec,
+    pub broker_requests: IntCounterVec,
+    pub broker_scopes: IntGauge,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -259,6 +284,23 @@ impl Metrics {
                 ),
                 RescanReason::ALL.iter().map(|k| k.label()),
             ),
+            broker_requests: with_zeros(
+                counter_vec(
+                    &r,
+                    "s3drop_broker_requests_total",
+                    &format!(
+                        "Sessions asked of the credential broker, by result ({}).",
+                        listed(BrokerResult::ALL.iter().map(|k| k.label()))
+                    ),
+                    "result",
+                ),
+                BrokerResult::ALL.iter().map(|k| k.label()),
+            ),
+            broker_scopes: gauge(
+                &r,
+                "s3drop_broker_scopes",
+                "Narrower scopes the credential broker holds a session for.",
+            ),
             registry: r,
         }
     }
@@ -315,7 +357,7 @@ pub fn unix(time: SystemTime) -> i64 {
 
 /// Answers `GET /metrics` and `GET /health` on `addr` until `cancel`.
 pub async fn serve(listener: tokio::net::TcpListener, cancel: CancellationToken) {
-    let open = Connections::default();
+    let open = Connections::new(MAX_CONNECTIONS);
     let mut failing_since: Option<std::time::Instant> = None;
     loop {
         let stream = tokio::select! {
@@ -350,49 +392,6 @@ pub async fn serve(listener: tokio::net::TcpListener, cancel: CancellationToken)
             }
             open.forget(id);
         });
-    }
-}
-
-/// At most this many connections at once: a new one closes the oldest, so idle or slow
-/// clients cannot take every descriptor or shut out a scrape.
-const MAX_CONNECTIONS: usize = 64;
-/// A request's headers must arrive this soon (slowloris), also on a kept-alive connection.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// No connection lives longer (Prometheus simply opens the next).
-const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
-/// After a failed accept (no descriptor left), before the next try.
-const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
-
-/// The open connections, oldest first, each with the token that closes it.
-#[derive(Clone, Default)]
-struct Connections(
-    std::sync::Arc<std::sync::Mutex<(u64, std::collections::BTreeMap<u64, CancellationToken>)>>,
-);
-
-impl Connections {
-    /// Registers a new connection, closing the oldest if there are too many.
-    fn admit(&self) -> (u64, CancellationToken) {
-        let mut guard = self.0.lock().expect("connections lock");
-        let (next, open) = &mut *guard;
-        while open.len() >= MAX_CONNECTIONS {
-            if let Some((_, oldest)) = open.pop_first() {
-                oldest.cancel();
-            }
-        }
-        *next += 1;
-        let token = CancellationToken::new();
-        open.insert(*next, token.clone());
-        (*next, token)
-    }
-
-    fn close_oldest(&self) {
-        if let Some((_, oldest)) = self.0.lock().expect("connections lock").1.pop_first() {
-            oldest.cancel();
-        }
-    }
-
-    fn forget(&self, id: u64) {
-        self.0.lock().expect("connections lock").1.remove(&id);
     }
 }
 
@@ -456,7 +455,10 @@ mod tests {
         let rescans = RescanReason::ALL
             .iter()
             .map(|k| ("s3drop_rescans_total", k.label()));
-        failures.chain(sts).chain(rescans).collect()
+        let broker = BrokerResult::ALL
+            .iter()
+            .map(|k| ("s3drop_broker_requests_total", k.label()));
+        failures.chain(sts).chain(rescans).chain(broker).collect()
     }
 
     #[test]
@@ -465,7 +467,7 @@ mod tests {
         for (metric, label) in declared() {
             let name = match metric {
                 "s3drop_upload_failures_total" => "kind",
-                "s3drop_sts_requests_total" => "result",
+                "s3drop_sts_requests_total" | "s3drop_broker_requests_total" => "result",
                 _ => "reason",
             };
             let series = format!("{metric}{{{name}=\"{label}\"}} 0\n");

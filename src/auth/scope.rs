@@ -7,7 +7,7 @@ use policy::Writable;
 
 /// How much under the configured prefix a session may write. Both narrowings are relative
 /// to the prefix, so nothing can reach outside it.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub enum Reach {
     /// Every key under the prefix (the daemon's own session).
     #[default]

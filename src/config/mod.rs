@@ -181,6 +181,18 @@ struct RawConfig {
     metrics_textfile: Option<PathBuf>,
     #[serde(default)]
     startup_jitter_seconds: u64,
+    #[serde(default)]
+    broker: bool,
+    #[serde(default = "default_broker_socket")]
+    broker_socket: PathBuf,
+}
+
+/// Where the broker listens by default: the unit's `RuntimeDirectory=s3drop` (0750, group
+/// s3drop).
+pub const DEFAULT_BROKER_SOCKET: &str = "/run/s3drop/broker.sock";
+
+fn default_broker_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_BROKER_SOCKET)
 }
 
 fn default_key_template() -> String {
@@ -316,6 +328,8 @@ pub struct Config {
     /// May an upload replace an existing object? With `false` every write is conditional
     /// (`If-None-Match: *`) and a file whose key exists is left alone, recorded as a conflict.
     pub overwrite: bool,
+    /// The credential broker's socket, when the broker is on (`broker = true`).
+    pub broker: Option<PathBuf>,
 }
 
 impl Config {
@@ -382,6 +396,9 @@ impl RawConfig {
         {
             return Err(invalid("metrics_textfile", "must be an absolute path"));
         }
+        if self.broker && !self.broker_socket.is_absolute() {
+            return Err(invalid("broker_socket", "must be an absolute path"));
+        }
         let object = object::RawObject {
             storage_class: self.storage_class.as_deref(),
             sse: self.sse.as_deref(),
@@ -424,6 +441,7 @@ impl RawConfig {
             metrics_listen,
             metrics_textfile: self.metrics_textfile.clone(),
             startup_jitter: Duration::from_secs(self.startup_jitter_seconds),
+            broker: self.broker.then(|| self.broker_socket.clone()),
         })
     }
 

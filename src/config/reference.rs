@@ -259,6 +259,21 @@ pub const KEYS: &[KeyDoc] = &[
                   node_exporter's textfile collector",
     },
     KeyDoc {
+        name: "broker",
+        default: "`false`",
+        meaning: "`true`: the running daemon hands sessions to `s3drop credentials` and \
+                  `s3drop exec` on `broker_socket` (its own for the whole prefix, or one it \
+                  mints once per `--prefix`/`--key` and caches), so other programs cost no \
+                  STS call each. Whoever may open the socket (group `s3drop`: those who may \
+                  drop files) may write under the prefix",
+    },
+    KeyDoc {
+        name: "broker_socket",
+        default: "`/run/s3drop/broker.sock`",
+        meaning: "the broker's Unix socket (mode 0660, the daemon's group); its directory \
+                  must not be writable by others",
+    },
+    KeyDoc {
         name: "force_path_style",
         default: "`false`",
         meaning: "path-style URLs, for S3-compatible servers behind a host name",

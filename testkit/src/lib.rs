@@ -228,6 +228,17 @@ impl FakeCloud {
         self.count_puts(bucket, |line| line.contains("status=200"))
     }
 
+    /// STS calls of `action` (`AssumeRole`, …) fakecloud handled (from its log), whatever
+    /// their answer.
+    pub fn sts_calls(&self, action: &str) -> usize {
+        let action = format!("action={action} ");
+        self.log()
+            .lines()
+            .filter(|l| l.contains("handling request") && l.contains("service=sts"))
+            .filter(|l| l.contains(&action))
+            .count()
+    }
+
     /// Parts of multipart uploads to `key` that fakecloud stored (UploadPart answered 200).
     pub fn parts_stored(&self, bucket: &str, key: &str) -> usize {
         let uri = format!("uri=/{bucket}/{key}?");

@@ -6,6 +6,7 @@ mod common;
 
 mod beneath;
 mod boot;
+mod broker;
 mod crash;
 mod end_to_end;
 mod fleet;
