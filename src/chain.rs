@@ -84,7 +84,9 @@ impl Link {
                 .into(),
             Link::InstanceMetadata => "run on EC2 with the metadata service enabled and IMDSv2 \
                                        allowed; in a container, set the instance's \
-                                       HttpPutResponseHopLimit to 2"
+                                       HttpPutResponseHopLimit to 2; if only the s3drop user \
+                                       may reach 169.254.169.254 (docs/IMDS.md), ask the \
+                                       running daemon instead (broker = true)"
                 .into(),
             Link::Region => "set `region` in the config or AWS_REGION".into(),
             Link::SessionPolicy => "correct `key_prefix`".into(),

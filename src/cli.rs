@@ -142,12 +142,22 @@ On success nothing is logged; on failure one line names the broken link, as `che
 and the exit status is non-zero.";
 
 const EXEC_ABOUT: &str = "\
-Run COMMAND with a freshly minted scoped session in its environment (AWS_ACCESS_KEY_ID,
-AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_CREDENTIAL_EXPIRATION, AWS_REGION; the
-caller's AWS_PROFILE and own keys removed). s3drop replaces itself with COMMAND, so stdin,
-stdout, stderr, signals and the exit status are COMMAND's own. The session lasts --duration
-(default session_duration_seconds) and is not refreshed: for longer jobs give the program a
-credential_process profile instead (see `s3drop credentials --help`).
+Run COMMAND with the scoped session. s3drop replaces itself with COMMAND, so stdin, stdout,
+stderr, signals and the exit status are COMMAND's own.
+
+With broker = true and the daemon running, COMMAND is registered with the daemon and gets
+AWS_CONTAINER_CREDENTIALS_FULL_URI (a loopback URL the daemon serves) and
+AWS_CONTAINER_AUTHORIZATION_TOKEN (random, its own) instead of keys: every AWS SDK and
+aws-cli fetch the session there and refresh it themselves, so COMMAND keeps working past
+the one-hour limit of a role-chained session. The token opens nothing once COMMAND exits
+(or after --max-duration). COMMAND sees no shared config or credentials file
+(AWS_CONFIG_FILE and AWS_SHARED_CREDENTIALS_FILE are /dev/null), so no profile of the
+caller's can outrank the scoped session.
+
+Otherwise (no broker, no daemon, or --duration) the session is minted here and put in
+COMMAND's environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
+AWS_CREDENTIAL_EXPIRATION, AWS_REGION; the caller's AWS_PROFILE and own keys removed). It
+lasts --duration (default session_duration_seconds) and is not refreshed.
 
 Example: s3drop exec --key nightly/db.dump -- aws s3 cp db.dump s3://BUCKET/PREFIX/nightly/db.dump";
 
@@ -188,6 +198,10 @@ struct ExecArgs {
     config: ConfigArg,
     #[command(flatten)]
     reach: ReachArgs,
+    /// With the broker: stop serving the command's sessions after SECONDS even if it still
+    /// runs [default: until it exits].
+    #[arg(long, value_name = "SECONDS")]
+    max_duration: Option<u64>,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<OsString>,
@@ -345,14 +359,53 @@ fn status(args: &StatusArgs) -> ExitCode {
 
 /// `exec`: returns only if the command could not be started.
 fn exec(args: ExecArgs) -> ExitCode {
-    let handed = match handoff_session(&args.config.config, &args.reach) {
-        Ok(handed) => handed,
+    use crate::handoff::{self, Registration};
+    let prepared = load(&args.config.config).and_then(|config| {
+        let reach = handoff::reach(args.reach.key.as_deref(), args.reach.prefix.as_deref())?;
+        Ok((config, reach, runtime()?))
+    });
+    let (config, reach, rt) = match prepared {
+        Ok(prepared) => prepared,
         Err(e) => return fail(&e),
     };
-    let error = crate::handoff::exec(&handed, &args.command);
+    let mut not_served = None;
+    if args.reach.duration.is_none()
+        && let Some(socket) = &config.broker
+    {
+        match rt.block_on(handoff::register(socket, &reach, args.max_duration)) {
+            Registration::Served(endpoint) => {
+                return cannot_run(
+                    &args.command,
+                    handoff::exec_with_endpoint(&endpoint, &args.command),
+                );
+            }
+            Registration::Refused(e) => return fail(&anyhow::Error::new(e)),
+            Registration::NotServed(why) => not_served = Some(why),
+        }
+    }
+    let handed = match rt.block_on(handoff::mint(&config, reach, args.reach.duration)) {
+        Ok(handed) => handed,
+        Err(e) => return fail(&anyhow::Error::new(e)),
+    };
+    if let Some(why) = not_served {
+        let until = handed
+            .credentials
+            .expiry()
+            .map_or("never".into(), crate::message::rfc3339);
+        tracing::warn!(
+            "no credential broker served this exec ({why}): {} gets a session that is not \
+             refreshed and expires at {until}",
+            args.command[0].to_string_lossy()
+        );
+    }
+    cannot_run(&args.command, handoff::exec(&handed, &args.command))
+}
+
+/// `command` could not be started: says why; the exit status a shell would give.
+fn cannot_run(command: &[OsString], error: std::io::Error) -> ExitCode {
     eprintln!(
         "s3drop: error: cannot run {}: {error}",
-        args.command[0].to_string_lossy()
+        command[0].to_string_lossy()
     );
     // As shells do: 127 for a command not found, 126 for one that cannot be run.
     ExitCode::from(if error.kind() == std::io::ErrorKind::NotFound {

@@ -241,18 +241,30 @@ fn start(
         fatal: supervisor.reporter(),
     };
     let progress = Arc::new(Progress::default());
+    let children = Arc::new(crate::broker::children::Children::default());
     crate::status::serve(
         &config.state_dir,
         queue.clone(),
         progress.clone(),
+        children.clone(),
         cancel,
         tracker,
     )?;
     let broker = Arc::new(std::sync::OnceLock::new());
     if let Some(socket) = &config.broker {
+        let endpoint = crate::broker::endpoint::bind()
+            .context("cannot listen on 127.0.0.1 for the credential broker's endpoint")?;
+        let shared = crate::broker::Shared {
+            broker: broker.clone(),
+            waiting_for: waiting_for.clone(),
+            children: children.clone(),
+            endpoint: endpoint.local_addr()?,
+            cancel: cancel.clone(),
+        };
         crate::broker::bind(socket)
             .map_err(anyhow::Error::msg)?
-            .serve(broker.clone(), waiting_for.clone(), cancel, tracker);
+            .serve(shared, tracker);
+        crate::broker::endpoint::serve(endpoint, broker.clone(), children, cancel, tracker);
     }
     Ok(Running {
         progress,

@@ -421,6 +421,8 @@ impl Event for SessionMinted<'_> {
 pub struct BrokerMinted<'a> {
     pub scope: &'a str,
     pub expiry: Option<std::time::SystemTime>,
+    /// It is handed out while at least this much of it is left.
+    pub min_left: Duration,
 }
 
 impl Event for BrokerMinted<'_> {
@@ -435,9 +437,10 @@ impl Event for BrokerMinted<'_> {
             scope = self.scope,
             expires_in_s = expires_in,
             "credential broker: minted a session for {} (expires in {} s); it is handed out \
-             until it has less than 15 minutes left",
+             while {} s or more of it are left",
             printable(self.scope),
             expires_in.map_or("?".into(), |s| s.to_string()),
+            self.min_left.as_secs(),
         );
     }
 }
@@ -448,6 +451,8 @@ pub struct CredentialsHanded<'a> {
     pub pid: Option<i32>,
     pub scope: &'a str,
     pub expiry: Option<std::time::SystemTime>,
+    /// `socket` (`s3drop credentials`) or `endpoint` (a program `s3drop exec` started).
+    pub via: &'static str,
 }
 
 impl Event for CredentialsHanded<'_> {
@@ -463,10 +468,16 @@ impl Event for CredentialsHanded<'_> {
             pid = self.pid,
             scope = self.scope,
             expires = expires.as_deref(),
-            "credential broker: a session for {} to uid {} (pid {}), expiring {}",
+            via = self.via,
+            "credential broker: a session for {} to uid {} (pid {}{}), expiring {}",
             printable(self.scope),
             shown_id(self.uid),
             shown_id(self.pid),
+            if self.via == "endpoint" {
+                ", started by s3drop exec"
+            } else {
+                ""
+            },
             expires.as_deref().unwrap_or("never"),
         );
     }
@@ -502,6 +513,62 @@ impl Event for BrokerRefused<'_> {
             self.scope
                 .map(|s| format!(" for {}", printable(s)))
                 .unwrap_or_default(),
+        );
+    }
+}
+
+/// `s3drop exec` registered a program with the broker: it fetches (and refreshes) its
+/// sessions from the loopback endpoint while it runs.
+pub struct ExecRegistered<'a> {
+    pub uid: u32,
+    pub pid: i32,
+    pub scope: &'a str,
+    pub max: Option<Duration>,
+}
+
+impl Event for ExecRegistered<'_> {
+    fn emit(self) {
+        let max_s = self.max.map(|d| d.as_secs());
+        tracing::info!(
+            event = "exec_registered",
+            uid = self.uid,
+            pid = self.pid,
+            scope = self.scope,
+            max_duration_s = max_s,
+            "credential broker: pid {} (uid {}) registered by s3drop exec for {}; its sessions \
+             are refreshed until it exits{}",
+            self.pid,
+            self.uid,
+            printable(self.scope),
+            max_s
+                .map(|s| format!(" or {s} s have passed"))
+                .unwrap_or_default(),
+        );
+    }
+}
+
+/// A program `s3drop exec` registered is no longer served.
+pub struct ExecEnded<'a> {
+    pub uid: u32,
+    pub pid: i32,
+    pub scope: &'a str,
+    /// `exited`, `max_duration` or `the daemon stopped`.
+    pub why: &'a str,
+}
+
+impl Event for ExecEnded<'_> {
+    fn emit(self) {
+        tracing::info!(
+            event = "exec_ended",
+            uid = self.uid,
+            pid = self.pid,
+            scope = self.scope,
+            why = self.why,
+            "credential broker: pid {} (uid {}) is no longer served ({}); its token opens \
+             nothing now",
+            self.pid,
+            self.uid,
+            self.why.replace('_', " "),
         );
     }
 }

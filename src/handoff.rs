@@ -98,19 +98,8 @@ pub async fn session(
 /// Asks the broker on `socket`; `None` when it cannot serve (no daemon, no session yet,
 /// this user may not open the socket): the caller mints its own.
 async fn from_broker(socket: &Path, reach: &Reach) -> Option<Result<Handed, HandoffError>> {
-    use crate::broker::wire::{Answer, Ask, ask};
-    let question = match reach {
-        Reach::Prefix => Ask::default(),
-        Reach::Under(sub) => Ask {
-            prefix: Some(sub.clone()),
-            ..Ask::default()
-        },
-        Reach::Key(key) => Ask {
-            key: Some(key.clone()),
-            ..Ask::default()
-        },
-    };
-    match ask(socket, &question).await {
+    use crate::broker::wire::{Answer, ask};
+    match ask(socket, &question(reach)).await {
         Ok(Answer::Session {
             access_key_id,
             secret_access_key,
@@ -130,6 +119,9 @@ async fn from_broker(socket: &Path, reach: &Reach) -> Option<Result<Handed, Hand
         Ok(Answer::Refused { error }) => Some(Err(HandoffError(format!(
             "the credential broker refused: {error}"
         )))),
+        Ok(Answer::Endpoint { .. }) => Some(Err(HandoffError(
+            "the credential broker answered a question it was not asked".into(),
+        ))),
         Ok(Answer::Failed { error }) => Some(Err(HandoffError(format!(
             "the credential broker could not mint the session: {error}"
         )))),
@@ -149,6 +141,68 @@ async fn from_broker(socket: &Path, reach: &Reach) -> Option<Result<Handed, Hand
             tracing::debug!("no credential broker answers ({}); minting here", e.message);
             None
         }
+    }
+}
+
+/// Where a program `exec` starts fetches its sessions (the container credentials
+/// protocol), when the broker registered it.
+pub struct Endpoint {
+    pub uri: String,
+    pub token: String,
+    pub region: String,
+}
+
+/// What the broker made of an `exec` registration.
+pub enum Registration {
+    Served(Endpoint),
+    /// Refused or failed: the command is not run.
+    Refused(HandoffError),
+    /// No broker could serve (why): the command gets a session minted here.
+    NotServed(String),
+}
+
+/// Registers this process (which then becomes the command: `exec(2)` keeps the pid) with
+/// the broker on `socket` for `reach`, until it exits or `max_seconds` pass.
+pub async fn register(socket: &Path, reach: &Reach, max_seconds: Option<u64>) -> Registration {
+    use crate::broker::wire::{Answer, ExecAsk, ask};
+    let mut question = question(reach);
+    question.exec = Some(ExecAsk {
+        max_duration_seconds: max_seconds,
+    });
+    match ask(socket, &question).await {
+        Ok(Answer::Endpoint { uri, token, region }) => {
+            Registration::Served(Endpoint { uri, token, region })
+        }
+        Ok(Answer::Refused { error }) => Registration::Refused(HandoffError(format!(
+            "the credential broker refused: {error}"
+        ))),
+        Ok(Answer::Failed { error }) => Registration::Refused(HandoffError(format!(
+            "the credential broker could not mint the session: {error}"
+        ))),
+        Ok(Answer::Session { .. }) => Registration::Refused(HandoffError(
+            "the credential broker answered a question it was not asked".into(),
+        )),
+        Ok(Answer::Unavailable { reason }) => Registration::NotServed(reason),
+        Err(e) if e.denied => {
+            Registration::NotServed(format!("{}; is this user in the s3drop group?", e.message))
+        }
+        Err(e) => Registration::NotServed(e.message),
+    }
+}
+
+/// The broker's question for `reach`.
+fn question(reach: &Reach) -> crate::broker::wire::Ask {
+    use crate::broker::wire::Ask;
+    match reach {
+        Reach::Prefix => Ask::default(),
+        Reach::Under(sub) => Ask {
+            prefix: Some(sub.clone()),
+            ..Ask::default()
+        },
+        Reach::Key(key) => Ask {
+            key: Some(key.clone()),
+            ..Ask::default()
+        },
     }
 }
 
@@ -258,6 +312,38 @@ pub fn check_profile_name(name: &str) -> Result<(), HandoffError> {
 /// Writes `text` to `path` atomically with mode 0600 (see [`crate::file::replace_atomically`]).
 pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     crate::file::replace_atomically(path, text.as_bytes(), 0o600, ".s3drop-credentials")
+}
+
+/// What a program fetching its sessions from the broker's endpoint must not see: anything
+/// the SDKs' default chains would take before the container credentials (keys, a profile,
+/// web identity, a relative container URI or a token file). The shared config and
+/// credentials files are set to /dev/null for the same reason: a `[default]` profile with
+/// keys would otherwise outrank the scoped session.
+const REMOVED_FOR_ENDPOINT: [&str; 5] = [
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_ROLE_SESSION_NAME",
+];
+
+/// Replaces this process with `command`, which fetches (and refreshes) its sessions from
+/// the broker's `endpoint`. Returns only if the command could not be started.
+pub fn exec_with_endpoint(endpoint: &Endpoint, command: &[OsString]) -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    let mut child = std::process::Command::new(&command[0]);
+    child.args(&command[1..]);
+    for name in REMOVED_FOR_CHILD.iter().chain(&REMOVED_FOR_ENDPOINT) {
+        child.env_remove(name);
+    }
+    child
+        .env("AWS_CONTAINER_CREDENTIALS_FULL_URI", &endpoint.uri)
+        .env("AWS_CONTAINER_AUTHORIZATION_TOKEN", &endpoint.token)
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("AWS_REGION", &endpoint.region)
+        .env("AWS_DEFAULT_REGION", &endpoint.region);
+    child.exec()
 }
 
 /// Replaces this process with `command`, the session in its environment. Returns only if

@@ -163,6 +163,7 @@ pub struct Metrics {
     pub rescans: IntCounterVec,
     pub broker_requests: IntCounterVec,
     pub broker_scopes: IntGauge,
+    pub broker_children: IntGauge,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -300,6 +301,11 @@ impl Metrics {
                 &r,
                 "s3drop_broker_scopes",
                 "Narrower scopes the credential broker holds a session for.",
+            ),
+            broker_children: gauge(
+                &r,
+                "s3drop_broker_children",
+                "Programs started by s3drop exec that fetch their sessions from the broker.",
             ),
             registry: r,
         }

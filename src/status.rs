@@ -59,6 +59,9 @@ pub struct Snapshot {
     pub session_expires: Option<String>,
     pub failed_total: usize,
     pub failed: Vec<Failed>,
+    /// Programs `s3drop exec` started that fetch their sessions from the broker.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exec_children: Vec<crate::broker::children::Listed>,
 }
 
 /// Listens on [`socket_path`] and answers each connection with a [`Snapshot`] until
@@ -68,6 +71,7 @@ pub fn serve(
     state_dir: &Path,
     queue: Arc<Queue>,
     progress: Arc<Progress>,
+    children: Arc<crate::broker::children::Children>,
     cancel: &CancellationToken,
     tracker: &TaskTracker,
 ) -> std::io::Result<()> {
@@ -85,7 +89,9 @@ pub fn serve(
                     Err(_) => continue,
                 },
             };
-            let doc = serde_json::to_vec(&running(&since, &queue, &progress)).unwrap_or_default();
+            let mut snapshot = running(&since, &queue, &progress);
+            snapshot.exec_children = children.list();
+            let doc = serde_json::to_vec(&snapshot).unwrap_or_default();
             let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, &doc).await;
         }
         let _ = std::fs::remove_file(&path);
@@ -121,6 +127,7 @@ fn running(since: &str, queue: &Queue, progress: &Progress) -> Snapshot {
                 seconds_ago: Some(ago),
             })
             .collect(),
+        exec_children: Vec::new(),
     }
 }
 
@@ -166,6 +173,7 @@ fn recorded(config: &Config) -> Result<Snapshot, String> {
                 seconds_ago: None,
             })
             .collect(),
+        exec_children: Vec::new(),
     })
 }
 
@@ -218,6 +226,23 @@ pub fn print(snapshot: &Snapshot, out: &mut impl Write) -> std::io::Result<()> {
     }
     if let Some(expires) = &snapshot.session_expires {
         writeln!(out, "session expires: {expires}")?;
+    }
+    if !snapshot.exec_children.is_empty() {
+        writeln!(
+            out,
+            "exec programs served by the broker: {}",
+            snapshot.exec_children.len()
+        )?;
+        for child in &snapshot.exec_children {
+            writeln!(
+                out,
+                "  pid {} (uid {}) for {} since {}",
+                child.pid,
+                child.uid,
+                printable(&child.scope),
+                child.since
+            )?;
+        }
     }
     if snapshot.failed_total == 0 {
         return writeln!(out, "failed: none");

@@ -13,6 +13,8 @@
 //! does). Every hand-out is logged and counted with the caller's uid and pid
 //! (`SO_PEERCRED`) and the scope; no secret is ever logged.
 
+pub mod children;
+pub mod endpoint;
 mod server;
 pub mod wire;
 
@@ -29,7 +31,7 @@ use crate::auth::{Facts, Reach, Scope, Session, SessionCredentials};
 use crate::config::Config;
 use crate::events::{BrokerMinted, Event};
 
-pub use server::{Bound, bind};
+pub use server::{Bound, Shared, bind};
 
 /// Scopes cached at most; the least recently used is dropped for a new one.
 pub const MAX_SCOPES: usize = 64;
@@ -60,10 +62,10 @@ impl HandOutError {
     }
 }
 
-/// The least time left a session handed out has: [`MIN_LEFT`], or half the session's length
-/// for sessions under 30 minutes (which could never have 15 left).
-fn min_left(session_duration: Duration) -> Duration {
-    MIN_LEFT.min(session_duration / 2)
+/// The least time left a session `lifetime` long has when handed out: [`MIN_LEFT`], or half
+/// its length for sessions under 30 minutes (which could never have 15 left).
+fn min_left(lifetime: Duration) -> Duration {
+    MIN_LEFT.min(lifetime / 2)
 }
 
 /// Has `credentials` at least `left` ahead of it at `now`?
@@ -73,10 +75,10 @@ fn fresh_at(credentials: &Credentials, now: SystemTime, left: Duration) -> bool 
         .is_none_or(|expiry| expiry >= now + left)
 }
 
-/// One scope's minting, and the session it last minted.
+/// One scope's minting, and the session it last minted (with when).
 struct Cached {
     provider: SharedCredentialsProvider,
-    credentials: Option<Credentials>,
+    credentials: Option<(Credentials, SystemTime)>,
 }
 
 /// A scope's entry: held while its session is minted, so a burst of callers mints once.
@@ -156,13 +158,14 @@ impl Broker {
         }
     }
 
-    /// Has `credentials` at least [`min_left`] ahead of it?
-    fn fresh(&self, credentials: &Credentials) -> bool {
-        fresh_at(
-            credentials,
-            SystemTime::now(),
-            min_left(self.config.session_duration),
-        )
+    /// Has `credentials`, minted at `minted` (the daemon's own: a configured length ago at
+    /// most), at least [`min_left`] ahead of it?
+    fn fresh(&self, credentials: &Credentials, minted: Option<SystemTime>) -> bool {
+        let lifetime = match (minted, credentials.expiry()) {
+            (Some(minted), Some(expiry)) => expiry.duration_since(minted).unwrap_or_default(),
+            _ => self.config.session_duration,
+        };
+        fresh_at(credentials, SystemTime::now(), min_left(lifetime))
     }
 
     /// A session for `reach` with at least [`Broker::min_left`] ahead of it: the daemon's
@@ -171,17 +174,17 @@ impl Broker {
     pub async fn hand_out(&self, reach: &Reach) -> Result<Credentials, HandOutError> {
         if *reach == Reach::Prefix
             && let Ok(own) = self.own.get().await
-            && self.fresh(&own)
+            && self.fresh(&own, None)
         {
             return Ok(own);
         }
         let entry = self.scopes.lock().expect("scopes lock").entry(reach);
         let mut cached = entry.lock().await;
         if let Some(Cached {
-            credentials: Some(credentials),
+            credentials: Some((credentials, minted)),
             ..
         }) = cached.as_ref()
-            && self.fresh(credentials)
+            && self.fresh(credentials, Some(*minted))
         {
             return Ok(credentials.clone());
         }
@@ -192,14 +195,20 @@ impl Broker {
             });
         }
         let cached = cached.as_mut().expect("set above");
+        let asked = SystemTime::now();
         match cached.provider.provide_credentials().await {
             Ok(credentials) => {
+                let lifetime = credentials
+                    .expiry()
+                    .and_then(|e| e.duration_since(asked).ok())
+                    .unwrap_or(self.config.session_duration);
                 BrokerMinted {
                     scope: &self.describe(reach),
                     expiry: credentials.expiry(),
+                    min_left: min_left(lifetime),
                 }
                 .emit();
-                cached.credentials = Some(credentials.clone());
+                cached.credentials = Some((credentials.clone(), asked));
                 Ok(credentials)
             }
             Err(e) => {
@@ -253,10 +262,12 @@ mod tests {
     fn a_session_is_handed_out_only_with_fifteen_minutes_ahead() {
         let now = SystemTime::now();
         let hour = Duration::from_secs(3600);
+        // (A session's lifetime, from its mint to its expiry.)
         assert!(fresh_at(&expiring_in(3600), now, min_left(hour)));
         assert!(fresh_at(&expiring_in(15 * 60 + 5), now, min_left(hour)));
         assert!(!fresh_at(&expiring_in(15 * 60 - 5), now, min_left(hour)));
-        // A 15-minute session (STS's shortest) is handed out for its first half.
+        // A 15-minute session (STS's shortest) is handed out for its first half, and so is a
+        // shorter one (an S3-compatible server's, or a test's).
         let short = Duration::from_secs(900);
         assert_eq!(min_left(short), Duration::from_secs(450));
         assert!(fresh_at(&expiring_in(890), now, min_left(short)));

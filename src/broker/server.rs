@@ -12,6 +12,7 @@ use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::children::Children;
 use super::wire::{Answer, Ask, MAX_ASK_BYTES};
 use super::{Broker, HandOutError};
 use crate::connections::Connections;
@@ -83,23 +84,29 @@ pub fn bind(path: &Path) -> Result<Bound, String> {
     })
 }
 
+/// What every connection needs.
+pub struct Shared {
+    /// The broker, once the daemon has its session.
+    pub broker: Arc<OnceLock<Broker>>,
+    /// Why the daemon has no session yet.
+    pub waiting_for: Arc<std::sync::Mutex<String>>,
+    pub children: Arc<Children>,
+    /// Where registered programs fetch their sessions.
+    pub endpoint: std::net::SocketAddr,
+    /// Ends every registration when the daemon stops.
+    pub cancel: CancellationToken,
+}
+
 impl Bound {
-    /// Answers on the socket until `cancel`: with `broker` once it is set, before that
-    /// "unavailable" with `waiting_for` (why the daemon has no session yet).
-    pub fn serve(
-        self,
-        broker: Arc<OnceLock<Broker>>,
-        waiting_for: Arc<std::sync::Mutex<String>>,
-        cancel: &CancellationToken,
-        tracker: &TaskTracker,
-    ) {
-        let cancel = cancel.clone();
+    /// Answers on the socket until `cancel`.
+    pub fn serve(self, shared: Shared, tracker: &TaskTracker) {
         let Bound { listener, path } = self;
+        let shared = Arc::new(shared);
         tracker.spawn(async move {
             let open = Connections::new(MAX_CONNECTIONS);
             loop {
                 let stream = tokio::select! {
-                    _ = cancel.cancelled() => break,
+                    _ = shared.cancel.cancelled() => break,
                     accepted = listener.accept() => match accepted {
                         Ok((stream, _)) => stream,
                         Err(_) => {
@@ -110,11 +117,10 @@ impl Bound {
                     },
                 };
                 let (id, closed) = open.admit();
-                let (open, broker, waiting_for) =
-                    (open.clone(), broker.clone(), waiting_for.clone());
+                let (open, shared) = (open.clone(), shared.clone());
                 tokio::spawn(async move {
                     tokio::select! {
-                        _ = answer(stream, &broker, &waiting_for) => {}
+                        _ = answer(stream, &shared) => {}
                         _ = closed.cancelled() => {}
                         _ = tokio::time::sleep(CONNECTION_LIFETIME) => {}
                     }
@@ -127,11 +133,7 @@ impl Bound {
 }
 
 /// One connection: the question, the answer.
-async fn answer(
-    stream: tokio::net::UnixStream,
-    broker: &OnceLock<Broker>,
-    waiting_for: &std::sync::Mutex<String>,
-) {
+async fn answer(stream: tokio::net::UnixStream, shared: &Shared) {
     let peer = stream.peer_cred().ok();
     let (uid, pid) = (
         peer.as_ref().map(|p| p.uid()),
@@ -148,59 +150,84 @@ async fn answer(
             .map_err(|e| format!("the question is unreadable: {e}")),
         Err(e) => Err(format!("cannot read the question: {e}")),
     };
-    let reach = asked.and_then(|ask| {
-        crate::handoff::reach(ask.key.as_deref(), ask.prefix.as_deref()).map_err(|e| e.to_string())
-    });
-    let answer = match (reach, broker.get()) {
-        (Err(error), _) => {
-            let error = HandOutError::Refused(error);
-            BrokerRefused {
-                uid,
-                pid,
-                scope: None,
-                error: &error,
-            }
-            .emit();
-            Answer::Refused {
-                error: error.to_string(),
-            }
-        }
-        (Ok(_), None) => Answer::Unavailable {
-            reason: format!(
-                "the daemon has no session yet ({})",
-                waiting_for.lock().expect("status lock")
-            ),
-        },
-        (Ok(reach), Some(broker)) => {
-            let scope = broker.describe(&reach);
-            match broker.hand_out(&reach).await {
-                Ok(credentials) => {
-                    CredentialsHanded {
-                        uid,
-                        pid,
-                        scope: &scope,
-                        expiry: credentials.expiry(),
-                    }
-                    .emit();
-                    Answer::session(&credentials, broker.region())
-                }
-                Err(error) => {
-                    BrokerRefused {
-                        uid,
-                        pid,
-                        scope: Some(&scope),
-                        error: &error,
-                    }
-                    .emit();
-                    match error {
-                        HandOutError::Refused(error) => Answer::Refused { error },
-                        HandOutError::Failed(error) => Answer::Failed { error },
-                    }
-                }
-            }
-        }
+    let answer = match asked {
+        Err(error) => refused(uid, pid, None, HandOutError::Refused(error)),
+        Ok(ask) => answer_ask(ask, uid, pid, shared).await,
     };
     let mut doc = serde_json::to_vec(&answer).expect("an answer serializes");
     doc.push(b'\n');
     let _ = write.write_all(&doc).await;
+}
+
+async fn answer_ask(ask: Ask, uid: Option<u32>, pid: Option<i32>, shared: &Shared) -> Answer {
+    let reach = match crate::handoff::reach(ask.key.as_deref(), ask.prefix.as_deref()) {
+        Ok(reach) => reach,
+        Err(e) => return refused(uid, pid, None, HandOutError::Refused(e.to_string())),
+    };
+    let Some(broker) = shared.broker.get() else {
+        return Answer::Unavailable {
+            reason: format!(
+                "the daemon has no session yet ({})",
+                shared.waiting_for.lock().expect("status lock")
+            ),
+        };
+    };
+    let scope = broker.describe(&reach);
+    if let Some(exec) = ask.exec {
+        let (Some(uid), Some(pid)) = (uid, pid) else {
+            let error = HandOutError::Refused("the asking process cannot be identified".into());
+            return refused(uid, pid, Some(&scope), error);
+        };
+        let max = exec.max_duration_seconds.map(Duration::from_secs);
+        // The scope must be one the broker can mint (a policy too long is refused now,
+        // not at the program's first call).
+        if let Err(error) = broker.hand_out(&reach).await {
+            return refused(Some(uid), Some(pid), Some(&scope), error);
+        }
+        return match shared
+            .children
+            .register(reach, scope.clone(), uid, pid, max, &shared.cancel)
+        {
+            Ok(token) => Answer::Endpoint {
+                uri: super::endpoint::uri(shared.endpoint),
+                token,
+                region: broker.region().to_string(),
+            },
+            Err(error) => refused(
+                Some(uid),
+                Some(pid),
+                Some(&scope),
+                HandOutError::Refused(error),
+            ),
+        };
+    }
+    match broker.hand_out(&reach).await {
+        Ok(credentials) => {
+            CredentialsHanded {
+                uid,
+                pid,
+                scope: &scope,
+                expiry: credentials.expiry(),
+                via: "socket",
+            }
+            .emit();
+            Answer::session(&credentials, broker.region())
+        }
+        Err(error) => refused(uid, pid, Some(&scope), error),
+    }
+}
+
+/// Logs and counts a refusal; its answer.
+fn refused(uid: Option<u32>, pid: Option<i32>, scope: Option<&str>, error: HandOutError) -> Answer {
+    BrokerRefused {
+        uid,
+        pid,
+        scope,
+        error: &error,
+    }
+    .emit();
+    match error {
+        HandOutError::Refused(error) => Answer::Refused { error },
+        HandOutError::Failed(error) => Answer::Failed { error },
+    }
 }

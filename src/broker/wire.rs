@@ -24,6 +24,18 @@ pub struct Ask {
     pub key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
+    /// `s3drop exec`: register the asking process (which then becomes the command) for
+    /// sessions from the loopback endpoint, instead of one session now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecAsk>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecAsk {
+    /// The registration ends then, if the program has not exited before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_duration_seconds: Option<u64>,
 }
 
 /// What the broker answers.
@@ -37,6 +49,12 @@ pub enum Answer {
         /// Unix seconds.
         #[serde(skip_serializing_if = "Option::is_none")]
         expiration: Option<u64>,
+        region: String,
+    },
+    /// `exec`: fetch sessions from `uri` with `token` (the container credentials protocol).
+    Endpoint {
+        uri: String,
+        token: String,
         region: String,
     },
     /// The scope cannot be granted: the caller's to fix.
@@ -55,6 +73,10 @@ impl std::fmt::Debug for Answer {
             Answer::Session { expiration, .. } => f
                 .debug_struct("Session")
                 .field("expiration", expiration)
+                .finish_non_exhaustive(),
+            Answer::Endpoint { uri, .. } => f
+                .debug_struct("Endpoint")
+                .field("uri", uri)
                 .finish_non_exhaustive(),
             Answer::Refused { error } => f.debug_struct("Refused").field("error", error).finish(),
             Answer::Failed { error } => f.debug_struct("Failed").field("error", error).finish(),

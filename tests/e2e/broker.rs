@@ -7,7 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use s3drop_testkit::{FakeCloud, Site, object_key, setup};
+use s3drop_testkit::proxy::FaultProxy;
+use s3drop_testkit::{Daemon, FakeCloud, Site, object_key, setup};
 
 use crate::common::*;
 
@@ -229,4 +230,250 @@ async fn only_the_daemons_group_may_ask_and_a_bad_question_is_refused() {
     assert_eq!(daemon.events("credentials_handed").len(), 2);
     assert!(daemon.stop().unwrap().success());
     assert!(!socket.exists(), "the socket is removed at stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_program_started_by_exec_keeps_writing_across_every_expiry_and_its_token_dies_with_it() {
+    const LIFETIME: u64 = 4;
+    const WRITES: usize = 13; // over three session lifetimes, one write a second
+    let (fc, world, site) = setup(BUCKET, "").await;
+    broker_site(&site);
+    let proxy = FaultProxy::start(&fc.endpoint, 0).await.unwrap();
+    proxy.shorten_sessions(std::time::Duration::from_secs(LIFETIME));
+    let mut daemon =
+        Daemon::start_with_env(&site, s3drop(), &fc.sdk_env_via(&proxy.endpoint)).unwrap();
+    daemon.wait_until_ready(ARRIVAL).unwrap();
+    daemon
+        .wait_for_event("session_minted", &[], ARRIVAL)
+        .unwrap();
+
+    // botocore (aws-cli's library) in one long-lived process: its container provider
+    // fetches the session from the endpoint and again each time it nears expiry. It also
+    // tries a wrong token, and prints its own for the check after it exits.
+    let script = format!(
+        r#"
+import botocore.session, json, os, time, urllib.request, urllib.error
+client = botocore.session.get_session().create_client("s3")
+for i in range({WRITES}):
+    client.put_object(Bucket="{BUCKET}", Key="{prefix}exec/" + str(i) + ".txt", Body=b"write %d" % i)
+    time.sleep(1)
+try:
+    client.put_object(Bucket="{BUCKET}", Key="{prefix}elsewhere.txt", Body=b"no")
+    print("OUTSIDE-ALLOWED")
+except botocore.exceptions.ClientError as e:
+    print("outside:", e.response["Error"]["Code"])
+uri, token = os.environ["AWS_CONTAINER_CREDENTIALS_FULL_URI"], os.environ["AWS_CONTAINER_AUTHORIZATION_TOKEN"]
+try:
+    urllib.request.urlopen(urllib.request.Request(uri, headers={{"Authorization": token[::-1]}}))
+    print("WRONG-TOKEN-ACCEPTED")
+except urllib.error.HTTPError as e:
+    print("wrong token:", e.code)
+print(json.dumps({{"uri": uri, "token": token, "keys": "AWS_ACCESS_KEY_ID" in os.environ}}))
+"#,
+        prefix = object_key("")
+    );
+    let mut exec = site.command(
+        s3drop(),
+        &fc,
+        &["exec", "--prefix", "exec", "--", "python3", "-c", &script],
+    );
+    // The child's S3 calls go straight to fakecloud; only the daemon's STS calls pass the
+    // proxy (which shortens them). (The `--config` the site appends goes to python.)
+    // fakecloud does not expire sessions, so what shows the refreshes is the broker's
+    // count of sessions minted and handed out across the expiries.
+    let child = exec
+        .env("S3DROP_CONFIG", &site.config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // While it runs, `status` lists it: its pid (exec keeps it), uid and scope.
+    let pid = child.id();
+    wait_until("status lists the program", ARRIVAL, || {
+        let out = site
+            .command(s3drop(), &fc, &["status", "--json"])
+            .output()
+            .unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        doc["exec_children"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["pid"] == pid && c["scope"] == format!("{}*", object_key("exec/")))
+        })
+    })
+    .await;
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("outside: AccessDenied"), "{stdout}");
+    assert!(stdout.contains("wrong token: 401"), "{stdout}");
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        last["keys"], false,
+        "no static keys in the child's environment"
+    );
+    for i in 0..WRITES {
+        let key = object_key(&format!("exec/{i}.txt"));
+        assert_eq!(
+            world.get_object(&key).await.unwrap().unwrap(),
+            format!("write {i}").into_bytes()
+        );
+    }
+    // It fetched a new session across each expiry (the broker minted them).
+    let minted = daemon.events("broker_minted").len();
+    let handed: Vec<_> = daemon
+        .events("credentials_handed")
+        .into_iter()
+        .filter(|e| e["via"] == "endpoint")
+        .collect();
+    eprintln!(
+        "exec: {WRITES} writes over {LIFETIME} s sessions: {minted} minted, {} handed",
+        handed.len()
+    );
+    assert!(
+        minted as u64 >= WRITES as u64 / LIFETIME,
+        "{minted} sessions minted"
+    );
+    assert!(handed.len() >= minted, "{} hand-outs", handed.len());
+
+    // The program is gone: its registration ended, and its token opens nothing.
+    daemon
+        .wait_for_event("exec_ended", &[("why", "exited")], ARRIVAL)
+        .unwrap();
+    let uri = last["uri"].as_str().unwrap();
+    let token = last["token"].as_str().unwrap();
+    let curl = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
+        .arg(format!("Authorization: {token}"))
+        .arg(uri)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&curl.stdout), "401");
+    // …and nothing listens for it but on loopback.
+    assert!(uri.starts_with("http://127.0.0.1:"), "{uri}");
+    assert!(daemon.stop().unwrap().success());
+    let log = daemon.log();
+    assert!(!log.contains(token), "a token in the log");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_imds_blackholed_for_a_user_the_broker_still_serves_and_minting_says_why() {
+    let (fc, _world, site) = setup(BUCKET, "").await;
+    broker_site(&site);
+    // What a caller meets when a firewall drops its packets to IMDS (docs/IMDS.md): a
+    // metadata service that takes the connection and never answers.
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut blackholed = fc.sdk_env();
+    for (name, value) in blackholed.iter_mut() {
+        if *name == "AWS_EC2_METADATA_SERVICE_ENDPOINT" {
+            *value = format!("http://{}", hole.local_addr().unwrap());
+        }
+    }
+    let credentials = || {
+        site.command_with(&[], s3drop(), &blackholed, &["credentials"])
+            .output()
+            .unwrap()
+    };
+
+    // No daemon: minting here fails with a sentence that names the likely cause.
+    let started = std::time::Instant::now();
+    let out = credentials();
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{out:?}");
+    for needle in [
+        "instance metadata (IMDSv2)",
+        "docs/IMDS.md",
+        "broker = true",
+    ] {
+        assert!(stderr.contains(needle), "{needle:?} missing: {stderr}");
+    }
+    eprintln!("blackholed IMDS: credentials failed after {took:?}: {stderr}");
+
+    // The daemon (which may reach IMDS) runs the broker: the same call needs no IMDS.
+    let mut daemon = start_ready(&site, &fc);
+    daemon
+        .wait_for_event("session_minted", &[], ARRIVAL)
+        .unwrap();
+    let out = credentials();
+    assert!(out.status.success(), "{out:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["Version"], 1);
+    assert_eq!(daemon.events("credentials_handed").len(), 1);
+    assert!(daemon.stop().unwrap().success());
+    drop(hole);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_secret_the_broker_hands_out_reaches_its_log_metrics_or_status_even_at_trace() {
+    let (fc, _world, site) = setup(BUCKET, "").await;
+    let (_, textfile) = broker_site(&site);
+    let mut run = site.command_with(
+        &[],
+        s3drop(),
+        &fc.sdk_env(),
+        &["run", "--log-format", "json"],
+    );
+    run.env("RUST_LOG", "trace");
+    let mut daemon = Daemon::spawn(&site, run).unwrap();
+    daemon.wait_until_ready(ARRIVAL).unwrap();
+    daemon
+        .wait_for_event("session_minted", &[], ARRIVAL)
+        .unwrap();
+    let mut secrets = Vec::new();
+    for args in [&[][..], &["--key", "t/one.txt"][..]] {
+        let out = credentials(&site, &fc, args);
+        assert!(out.status.success(), "{out:?}");
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        secrets.push(doc["SecretAccessKey"].as_str().unwrap().to_string());
+        secrets.push(doc["SessionToken"].as_str().unwrap().to_string());
+    }
+    // A program started by exec: its token, and what the endpoint gave it.
+    let out = site
+        .command(
+            s3drop(),
+            &fc,
+            &[
+                "exec",
+                "--prefix",
+                "t",
+                "--",
+                "sh",
+                "-c",
+                "echo \"$AWS_CONTAINER_AUTHORIZATION_TOKEN\"; curl -s -H \
+                 \"Authorization: $AWS_CONTAINER_AUTHORIZATION_TOKEN\" \
+                 \"$AWS_CONTAINER_CREDENTIALS_FULL_URI\"",
+            ],
+        )
+        .env("S3DROP_CONFIG", &site.config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let (token, fetched) = stdout.split_once('\n').unwrap();
+    let doc: serde_json::Value = serde_json::from_str(fetched.lines().next().unwrap()).unwrap();
+    secrets.push(token.to_string());
+    secrets.push(doc["SecretAccessKey"].as_str().unwrap().to_string());
+    secrets.push(doc["Token"].as_str().unwrap().to_string());
+    let status = site
+        .command(s3drop(), &fc, &["status", "--json"])
+        .output()
+        .unwrap();
+    assert!(daemon.stop().unwrap().success());
+    let log = daemon.log();
+    assert!(log.lines().count() > 100, "trace level logged");
+    assert!(
+        log.contains("credentials_handed"),
+        "the hand-outs were logged"
+    );
+    let metrics = std::fs::read_to_string(&textfile).unwrap();
+    let status = String::from_utf8(status.stdout).unwrap();
+    for secret in &secrets {
+        assert!(secret.len() >= 16, "{secret:?}");
+        assert!(!log.contains(secret.as_str()), "a secret in the log");
+        assert!(
+            !metrics.contains(secret.as_str()),
+            "a secret in the metrics"
+        );
+        assert!(!status.contains(secret.as_str()), "a secret in status");
+    }
 }
