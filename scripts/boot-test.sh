@@ -386,6 +386,36 @@ done
 [ -f "$root/srv/private/x" ] || fail "a file outside the drop directory was deleted through the link"
 ok "a producer swapping a directory for a link to s3drop-readable /srv/private (30 tries, delete mode): nothing read, nothing deleted; the real files arrived"
 
+# The credential broker under the hardened unit (the strict filter still on): a member of
+# the s3drop group is served over /run/s3drop/broker.sock without IMDS or STS of its own;
+# a program it starts with `s3drop exec` fetches its session from the loopback endpoint
+# (pidfd_open under the filter); an outsider is refused by the kernel.
+sed -i 's/^after_upload = "delete"$/after_upload = "delete"\nbroker = true/' "$root/etc/s3drop/s3drop.toml"
+timeout 60 nsenter -t "$sd_pid" -a systemctl restart s3drop.service || fail "restart with the broker failed"
+for _ in $(seq 100); do in_box test -S /run/s3drop/broker.sock && break; sleep 0.2; done
+[ "$(in_box stat -c '%a %U:%G' /run/s3drop)" = "750 s3drop:s3drop" ] \
+  || fail "/run/s3drop is $(in_box stat -c '%a %U:%G' /run/s3drop)"
+[ "$(in_box stat -c '%a %U:%G' /run/s3drop/broker.sock)" = "660 s3drop:s3drop" ] \
+  || fail "the broker's socket is $(in_box stat -c '%a %U:%G' /run/s3drop/broker.sock)"
+served=""
+for _ in $(seq 50); do
+  served="$(in_box runuser -u producer -- s3drop credentials --config /etc/s3drop/s3drop.toml 2>&1)" && break
+  sleep 0.2
+done
+case "$served" in *'"SessionToken"'*) ;; *) fail "a member of the s3drop group was not served: $served" ;; esac
+in_box journalctl -u s3drop.service --no-pager -o cat | grep -q "credential broker: a session for ${PREFIX}\* to uid $(in_box id -u producer) " \
+  || fail "the hand-out is not in the journal with the caller's uid"
+fetched="$(in_box runuser -u producer -- s3drop exec --config /etc/s3drop/s3drop.toml --prefix exec -- \
+  sh -c 'curl -s -H "Authorization: $AWS_CONTAINER_AUTHORIZATION_TOKEN" "$AWS_CONTAINER_CREDENTIALS_FULL_URI"' 2>&1)"
+case "$fetched" in *'"AccessKeyId"'*) ;; *) fail "the program s3drop exec started got no session from the endpoint: $fetched" ;; esac
+[ "$(journal_count "status=31/SYS")" = 0 ] || fail "a filtered syscall killed s3drop (pidfd_open?)"
+in_box journalctl -u s3drop.service --no-pager -o cat | grep -q "is no longer served (exited)" \
+  || fail "the exec registration did not end with the program"
+outsider="$(in_box runuser -u nobody -- s3drop credentials --config /etc/s3drop/s3drop.toml 2>&1)" \
+  && fail "an outsider got a session: $outsider"
+case "$outsider" in *"Permission denied"*) ;; *) fail "the outsider was not refused by the socket: $outsider" ;; esac
+ok "the broker under the hardened unit: /run/s3drop 750 and its socket 660 s3drop:s3drop; a group member served (journal names its uid), a program started by exec fetched its session from the endpoint (pidfd_open under the strict filter), an outsider refused"
+
 # A name with ESC, BEL, CR and LF: what journalctl shows an operator carries none raw.
 evil="$(printf 'evil\033[31mred\007\r\nFORGED line')"
 printf 'x' > "$work/evil.bin"

@@ -169,6 +169,11 @@ async fn credentials_answered_by_the_daemon_cost_no_sts_call_each() {
         calls as f64
     );
     assert_eq!(sample(&text, "s3drop_broker_scopes"), 2.0);
+    // The daemon's own session and one per scope: what fakecloud counted too.
+    assert_eq!(
+        sample(&text, "s3drop_sts_requests_total{result=\"ok\"}"),
+        1.0 + minted as f64
+    );
 
     // The daemon gone: minted here, as before (one AssumeRole each).
     let before = fc.sts_calls("AssumeRole");
@@ -527,4 +532,40 @@ async fn no_secret_the_broker_hands_out_reaches_its_log_metrics_or_status_even_a
         );
         assert!(!status.contains(secret.as_str()), "a secret in status");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_duration_ends_a_programs_sessions_while_it_still_runs() {
+    let (fc, _world, site) = setup(BUCKET, "").await;
+    broker_site(&site);
+    let mut daemon = start_ready(&site, &fc);
+    daemon
+        .wait_for_event("session_minted", &[], ARRIVAL)
+        .unwrap();
+    let fetch = "curl -s -o /dev/null -w '%{http_code} ' -H \
+                 \"Authorization: $AWS_CONTAINER_AUTHORIZATION_TOKEN\" \
+                 \"$AWS_CONTAINER_CREDENTIALS_FULL_URI\"";
+    let out = site
+        .command(
+            s3drop(),
+            &fc,
+            &[
+                "exec",
+                "--max-duration",
+                "1",
+                "--",
+                "sh",
+                "-c",
+                &format!("{fetch}; sleep 2.5; {fetch}"),
+            ],
+        )
+        .env("S3DROP_CONFIG", &site.config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200 401 ");
+    daemon
+        .wait_for_event("exec_ended", &[("why", "max_duration")], ARRIVAL)
+        .unwrap();
+    assert!(daemon.stop().unwrap().success());
 }
