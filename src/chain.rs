@@ -82,11 +82,10 @@ impl Link {
             Link::MoveTo => "create move_to on watch_dir's filesystem, writable by the s3drop \
                              user (systemd: ReadWritePaths=)"
                 .into(),
-            Link::InstanceMetadata => "run on EC2 with the metadata service enabled and IMDSv2 \
-                                       allowed; in a container, set the instance's \
-                                       HttpPutResponseHopLimit to 2; if only the s3drop user \
-                                       may reach 169.254.169.254 (docs/IMDS.md), ask the \
-                                       running daemon instead (broker = true)"
+            Link::InstanceMetadata => "run on EC2 with IMDSv2 enabled (in a container, set \
+                                       HttpPutResponseHopLimit to 2); if IMDS is closed to \
+                                       all but the s3drop user (docs/IMDS.md), let the \
+                                       daemon answer: broker = true"
                 .into(),
             Link::Region => "set `region` in the config or AWS_REGION".into(),
             Link::SessionPolicy => "correct `key_prefix`".into(),

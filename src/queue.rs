@@ -73,14 +73,17 @@ impl Queue {
         Some(path)
     }
 
-    /// The upload of `path` is over; if it was reported again meanwhile, requeue it.
-    pub fn finish(&self, path: &Path) {
+    /// The upload of `path` is over; if it was reported again meanwhile, requeue it (and
+    /// say so).
+    pub fn finish(&self, path: &Path) -> bool {
         let mut state = self.state.lock().expect("queue lock");
         state.in_flight.remove(path);
         if state.dirty.remove(path) {
             drop(state);
             self.push(path.to_owned());
+            return true;
         }
+        false
     }
 
     /// `path` is settled (uploaded, gone, dropped): it no longer counts as pending, unless

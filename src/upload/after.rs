@@ -54,9 +54,16 @@ impl AfterUploadAction {
     /// on the very version that was uploaded, found beneath `tree` without following a
     /// link. Each step is safe to repeat: after a crash the ledger still says "uploaded" and
     /// the action runs again; once the file is gone, its record is forgotten.
-    pub async fn run(&self, tree: &Tree, relative: &Path, file: &OpenedFile, ledger: &Ledger) {
+    /// True if the file was deleted or moved (by this call).
+    pub async fn run(
+        &self,
+        tree: &Tree,
+        relative: &Path,
+        file: &OpenedFile,
+        ledger: &Ledger,
+    ) -> bool {
         if matches!(self, AfterUploadAction::Keep) || !tree.unchanged(relative, file) {
-            return;
+            return false;
         }
         let path = tree.path().join(relative);
         // A few syscalls on local directories: not worth a blocking thread.
@@ -72,20 +79,25 @@ impl AfterUploadAction {
                 if let Err(e) = ledger.remove_later(relative).await {
                     tracing::warn!(error = %e, "could not forget a moved or deleted file in the ledger: {e}");
                 }
+                true
             }
             Ok(Acted::NotThatVersion) => {
-                tracing::debug!(path = %path.display(), "changed since its upload; the after-upload action is left to its next version")
+                tracing::debug!(path = %path.display(), "changed since its upload; the after-upload action is left to its next version");
+                false
             }
-            Err(e) => AfterUploadFailed {
-                path: &path,
-                action: match self {
-                    AfterUploadAction::Move(_) => "moved",
-                    _ => "deleted",
-                },
-                error: &e.to_string(),
-                fix: fix_for(&path, &e).as_deref(),
+            Err(e) => {
+                AfterUploadFailed {
+                    path: &path,
+                    action: match self {
+                        AfterUploadAction::Move(_) => "moved",
+                        _ => "deleted",
+                    },
+                    error: &e.to_string(),
+                    fix: fix_for(&path, &e).as_deref(),
+                }
+                .emit();
+                false
             }
-            .emit(),
         }
     }
 }

@@ -38,6 +38,8 @@ enum Outcome {
     /// Nothing (more) to do: recorded, or already uploaded before, or dropped with a log
     /// line.
     Done,
+    /// Done, and the after-upload action deleted or moved the file.
+    Acted,
     /// Tried again after the wait the failure calls for.
     Retry(Wait),
     /// Left alone until SIGHUP or a change (a conflict): not retried, still failed.
@@ -76,6 +78,8 @@ pub struct Worker {
     /// With a key template that can map two files to one key: which file has each key in
     /// this run, so a second one is refused instead of overwriting the first.
     claimed: std::sync::Mutex<std::collections::HashMap<String, PathBuf>>,
+    /// Paths requeued after s3drop deleted or moved their file (see [`Worker::finish`]).
+    acted: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
 }
 
 /// What a worker needs from the daemon: where helper tasks go, SIGHUP's "retry now", the
@@ -112,6 +116,7 @@ impl Worker {
             warned_unverified: AtomicBool::new(false),
             conflicts: Default::default(),
             claimed: Default::default(),
+            acted: Default::default(),
         }
     }
 
@@ -135,7 +140,7 @@ impl Worker {
                             }
                             outcome => outcome,
                         };
-                        worker.queue.finish(&path);
+                        worker.finish(&path, &outcome);
                         worker.conclude(path, outcome, &cx2);
                     });
                 }
@@ -144,10 +149,22 @@ impl Worker {
                     return Err(fatal);
                 }
                 outcome => {
-                    self.queue.finish(&path);
+                    self.finish(&path, &outcome);
                     self.conclude(path, outcome, &cx);
                 }
             }
+        }
+    }
+
+    /// The queue hears that `path`'s turn is over. A path reported again meanwhile (a
+    /// rescan while it was sent) comes back; if s3drop itself deleted or moved it, that
+    /// return is remembered, so finding it gone is not reported as a producer's delete.
+    fn finish(&self, path: &Path, outcome: &Outcome) {
+        if self.queue.finish(path) && matches!(outcome, Outcome::Acted) {
+            self.acted
+                .lock()
+                .expect("acted lock")
+                .insert(path.to_owned());
         }
     }
 
@@ -200,8 +217,8 @@ impl Worker {
                 }
                 return Outcome::Held;
             }
-            if self.nothing_to_send(path, relative, &file, record).await {
-                return Outcome::Done;
+            if let Some(done) = self.nothing_to_send(path, relative, &file, record).await {
+                return done;
             }
         }
         let key = match self.key_for(relative, &file, record.as_ref()) {
@@ -292,7 +309,7 @@ impl Worker {
         relative: &Path,
         file: &OpenedFile,
         record: &FileRecord,
-    ) -> bool {
+    ) -> Option<Outcome> {
         let uploaded = record.is_uploaded_as(&file.identity);
         if uploaded {
             tracing::debug!(path = %path.display(), "already uploaded");
@@ -300,12 +317,13 @@ impl Worker {
         if uploaded
             || (only_touched(record, file) && self.same_content(path, relative, file, record).await)
         {
-            self.after_upload
+            let acted = self
+                .after_upload
                 .run(&self.tree, relative, file, &self.ledger)
                 .await;
-            return true;
+            return Some(if acted { Outcome::Acted } else { Outcome::Done });
         }
-        false
+        None
     }
 
     /// The path relative to `watch_dir` (none for `watch_dir` itself).
@@ -354,10 +372,15 @@ impl Worker {
     }
 
     async fn open(&self, path: &Path, relative: &Path) -> Result<OpenedFile, Outcome> {
+        let acted_on = self.acted.lock().expect("acted lock").remove(path);
         let error = match self.tree.open_file(relative) {
             Ok(file) => return Ok(file),
             Err(e) => e,
         };
+        if acted_on && matches!(error, OpenError::Vanished) {
+            tracing::debug!(path = %path.display(), "gone: s3drop deleted or moved it after its upload");
+            return Err(Outcome::Done);
+        }
         let dropped = |why| {
             self.progress.emit(Dropped { path, why });
             Err(Outcome::Done)
@@ -587,10 +610,11 @@ impl Worker {
             return Outcome::Retry(Wait::Permanent);
         }
         kill_point!("upload::recorded"); // the ledger has it; the file is still there
-        self.after_upload
+        let acted = self
+            .after_upload
             .run(&self.tree, &relative, &file, &self.ledger)
             .await;
-        Outcome::Done
+        if acted { Outcome::Acted } else { Outcome::Done }
     }
 }
 

@@ -687,3 +687,38 @@ async fn control_characters_in_names_are_escaped_in_the_text_log_and_status() {
     }
     assert!(daemon.stop().unwrap().success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rescan_during_an_upload_in_delete_mode_reports_no_producer_delete() {
+    let (fc, world, site) = setup(BUCKET, "after_upload = \"delete\"").await;
+    let proxy = FaultProxy::start(&fc.endpoint, 0).await.unwrap();
+    let mut daemon =
+        Daemon::start_with_env(&site, s3drop(), &fc.sdk_env_via(&proxy.endpoint)).unwrap();
+    daemon.wait_until_ready(ARRIVAL).unwrap();
+    proxy.set_put_delay(Duration::from_secs(3));
+    let puts = proxy.stats().s3_puts;
+    std::fs::write(site.watch.join("twice.txt"), b"seen twice").unwrap();
+    wait_until("its PUT under way", ARRIVAL, || {
+        proxy.stats().s3_puts > puts
+    })
+    .await;
+    // While it is sent, a SIGHUP's full scan finds it again (queued once more when settled).
+    daemon.signal("-HUP").unwrap();
+    daemon
+        .wait_for_event("scanned", &[("reason", "sighup")], ARRIVAL)
+        .unwrap();
+    world
+        .wait_for_object(&key("twice.txt"), ARRIVAL)
+        .await
+        .unwrap();
+    wait_until("deleted after its upload", ARRIVAL, || {
+        !site.watch.join("twice.txt").exists()
+    })
+    .await;
+    proxy.set_put_delay(Duration::ZERO);
+    wait_idle(&site, &fc).await;
+    // s3drop deleted it itself: no line says a producer deleted it before its upload.
+    assert_eq!(daemon.events("uploaded").len(), 1, "{}", daemon.log());
+    assert!(daemon.events("dropped").is_empty(), "{}", daemon.log());
+    assert!(daemon.stop().unwrap().success());
+}
