@@ -187,10 +187,16 @@ async fn swap_during_the_upload(move_mode: bool) {
     );
     // Once every PUT is under way (held 3 s by the proxy), move each directory out and link
     // it back.
-    wait_until("every PUT under way", ARRIVAL, || {
-        proxy.stats().s3_puts >= before + TRIES as u64
-    })
-    .await;
+    let deadline = std::time::Instant::now() + ARRIVAL;
+    while proxy.stats().s3_puts < before + TRIES as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every PUT under way: {:?} (before: {before})\n{}",
+            proxy.stats(),
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     produce(
         &site,
         &format!(
