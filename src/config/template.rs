@@ -17,9 +17,20 @@ pub const FACTS: [&str; 3] = ["instance_id", "region", "hostname"];
 /// A template as written, its placeholders checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
+    /// As written (or with the facts filled in, for [`Template::with_facts`]).
     text: String,
+    /// The text cut into literal runs and placeholders once, at parse: a value filled in
+    /// later is never read as template text again, so a host name with a `{` (or one
+    /// spelling `{path}`) stays literal.
+    parts: Vec<Part>,
     /// The config key it came from, for errors.
     key: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Literal(String),
+    Placeholder(String),
 }
 
 impl Template {
@@ -34,6 +45,7 @@ impl Template {
         text: &str,
         known: &[&str],
     ) -> Result<Template, ConfigError> {
+        let mut parts = Vec::new();
         let mut rest = text;
         while let Some(start) = rest.find('{') {
             let Some(len) = rest[start..].find('}') else {
@@ -50,29 +62,44 @@ impl Template {
                     ),
                 ));
             }
+            if rest[..start].contains('}') {
+                return Err(invalid(key, "has a `}` without an opening `{`"));
+            }
+            if start > 0 {
+                parts.push(Part::Literal(rest[..start].to_string()));
+            }
+            parts.push(Part::Placeholder(name.to_string()));
             rest = &rest[start + len + 1..];
         }
         if rest.contains('}') {
             return Err(invalid(key, "has a `}` without an opening `{`"));
         }
+        if !rest.is_empty() {
+            parts.push(Part::Literal(rest.to_string()));
+        }
         Ok(Template {
             text: text.to_string(),
+            parts,
             key,
         })
     }
 
     /// Does the template use `{name}`?
     pub fn uses(&self, name: &str) -> bool {
-        self.text.contains(&format!("{{{name}}}"))
+        self.parts
+            .iter()
+            .any(|p| matches!(p, Part::Placeholder(n) if n == name))
     }
 
     /// The text without its placeholders: what must already fit a limit.
     pub fn literal(&self) -> String {
-        let mut out = self.text.clone();
-        for name in FACTS {
-            out = out.replace(&format!("{{{name}}}"), "");
-        }
-        out
+        self.parts
+            .iter()
+            .filter_map(|p| match p {
+                Part::Literal(text) => Some(text.as_str()),
+                Part::Placeholder(_) => None,
+            })
+            .collect()
     }
 
     pub fn literal_len(&self) -> usize {
@@ -86,8 +113,21 @@ impl Template {
     /// The facts filled in, other placeholders kept (for the key template, whose file
     /// placeholders are filled per file).
     pub fn with_facts(&self, facts: &PrefixFacts<'_>) -> Result<Template, ConfigError> {
+        self.check_facts(facts)?;
+        let parts = self
+            .parts
+            .iter()
+            .map(|part| match part {
+                Part::Placeholder(name) => match fact(facts, name) {
+                    Some(value) => Part::Literal(value),
+                    None => part.clone(),
+                },
+                literal => literal.clone(),
+            })
+            .collect();
         Ok(Template {
             text: self.expand(facts)?,
+            parts,
             key: self.key,
         })
     }
@@ -95,23 +135,29 @@ impl Template {
     /// Fills `{name}` placeholders from `value`; placeholders it has no value for stay.
     pub fn render(&self, value: impl Fn(&str) -> Option<String>) -> String {
         let mut out = String::with_capacity(self.text.len());
-        let mut rest = self.text.as_str();
-        while let Some(start) = rest.find('{') {
-            out.push_str(&rest[..start]);
-            let len = rest[start..].find('}').expect("checked at parse");
-            let name = &rest[start + 1..start + len];
-            match value(name) {
-                Some(v) => out.push_str(&v),
-                None => out.push_str(&rest[start..=start + len]),
+        for part in &self.parts {
+            match part {
+                Part::Literal(text) => out.push_str(text),
+                Part::Placeholder(name) => match value(name) {
+                    Some(v) => out.push_str(&v),
+                    None => {
+                        out.push('{');
+                        out.push_str(name);
+                        out.push('}');
+                    }
+                },
             }
-            rest = &rest[start + len + 1..];
         }
-        out.push_str(rest);
         out
     }
 
     /// The facts filled in; other placeholders (a key template's) stay.
     pub fn expand(&self, facts: &PrefixFacts<'_>) -> Result<String, ConfigError> {
+        self.check_facts(facts)?;
+        Ok(self.render(|name| fact(facts, name)))
+    }
+
+    fn check_facts(&self, facts: &PrefixFacts<'_>) -> Result<(), ConfigError> {
         if self.uses("instance_id") && facts.instance_id.is_none() {
             return Err(invalid(
                 self.key,
@@ -119,12 +165,17 @@ impl Template {
                  metadata service did not answer): off EC2, use {hostname} instead",
             ));
         }
-        Ok(self.render(|name| match name {
-            "instance_id" => facts.instance_id.map(String::from),
-            "region" => Some(facts.region.to_string()),
-            "hostname" => Some(facts.hostname.to_string()),
-            _ => None,
-        }))
+        Ok(())
+    }
+}
+
+/// The value of fact placeholder `name`, if it is one and known here.
+fn fact(facts: &PrefixFacts<'_>, name: &str) -> Option<String> {
+    match name {
+        "instance_id" => facts.instance_id.map(String::from),
+        "region" => Some(facts.region.to_string()),
+        "hostname" => Some(facts.hostname.to_string()),
+        _ => None,
     }
 }
 
@@ -179,4 +230,23 @@ pub fn describe_segment(segment: &str) -> &'static str {
 pub fn unsafe_segment(key: &str) -> Option<&str> {
     key.split('/')
         .find(|segment| matches!(*segment, "" | "." | ".."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fact_with_braces_stays_literal_when_the_key_template_is_filled_per_file() {
+        let template = parse_key_template("{hostname}/{path}").unwrap();
+        let facts = PrefixFacts {
+            instance_id: None,
+            region: "eu-west-1",
+            hostname: "{odd{path}host",
+        };
+        let rule = template.with_facts(&facts).unwrap();
+        assert!(rule.uses("path"));
+        let key = rule.render(|name| (name == "path").then(|| "a/b.txt".to_string()));
+        assert_eq!(key, "{odd{path}host/a/b.txt");
+    }
 }
