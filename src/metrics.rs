@@ -13,7 +13,6 @@ use std::time::{Duration, SystemTime};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
@@ -25,10 +24,6 @@ use crate::connections::Connections;
 /// At most this many connections at once: a new one closes the oldest, so idle or slow
 /// clients cannot take every descriptor or shut out a scrape.
 const MAX_CONNECTIONS: usize = 64;
-/// A request's headers must arrive this soon (slowloris), also on a kept-alive connection.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// No connection lives longer (Prometheus simply opens the next).
-const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// After a failed accept (no descriptor left), before the next try.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
@@ -385,19 +380,10 @@ pub async fn serve(listener: tokio::net::TcpListener, cancel: CancellationToken)
         };
         let (id, closed) = open.admit();
         let open = open.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(answer);
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                _ = connection => {}
-                _ = closed.cancelled() => {}
-                _ = tokio::time::sleep(CONNECTION_LIFETIME) => {}
-            }
-            open.forget(id);
-        });
+        let service = hyper::service::service_fn(answer);
+        tokio::spawn(crate::connections::serve_http1(
+            stream, service, open, id, closed,
+        ));
     }
 }
 

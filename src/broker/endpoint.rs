@@ -13,7 +13,6 @@ use std::time::Duration;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -26,8 +25,6 @@ use crate::events::{BrokerRefused, CredentialsHanded, Event};
 /// The path programs are given.
 pub const PATH: &str = "/credentials";
 const MAX_CONNECTIONS: usize = 64;
-const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// Binds 127.0.0.1 on a port the kernel picks (within a runtime).
@@ -66,22 +63,13 @@ pub fn serve(
             }
             let (id, closed) = open.admit();
             let (open, broker, children) = (open.clone(), broker.clone(), children.clone());
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request| {
-                    let (broker, children) = (broker.clone(), children.clone());
-                    async move { Ok::<_, Infallible>(answer(request, &broker, &children).await) }
-                });
-                let connection = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT)
-                    .serve_connection(TokioIo::new(stream), service);
-                tokio::select! {
-                    _ = connection => {}
-                    _ = closed.cancelled() => {}
-                    _ = tokio::time::sleep(CONNECTION_LIFETIME) => {}
-                }
-                open.forget(id);
+            let service = hyper::service::service_fn(move |request| {
+                let (broker, children) = (broker.clone(), children.clone());
+                async move { Ok::<_, Infallible>(answer(request, &broker, &children).await) }
             });
+            tokio::spawn(crate::connections::serve_http1(
+                stream, service, open, id, closed,
+            ));
         }
     });
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code, unused_imports)]
 
 use std::path::Path;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 pub use s3drop_testkit::content;
@@ -173,4 +174,54 @@ pub async fn hangup_and_wait_idle(daemon: &mut Daemon, site: &Site, fc: &FakeClo
     })
     .await;
     wait_idle(site, fc).await;
+}
+
+/// `aws` with the emulator's endpoint and nothing of the caller's AWS settings, plus `env`.
+pub fn aws(fc: &FakeCloud, env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut cmd = Command::new("aws");
+    s3drop_testkit::without_callers_aws(&mut cmd)
+        .envs(fc.sdk_env())
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env(s3drop_testkit::EMULATOR_ENV, "1")
+        .envs(env.iter().copied())
+        .args(args)
+        .output()
+        .expect("aws-cli is installed (scripts/install-deps.sh)")
+}
+
+/// `aws s3 cp` of a small file to `key` of the bucket.
+pub fn cp_to(fc: &FakeCloud, env: &[(&str, &str)], dir: &Path, key: &str) -> Output {
+    let file = dir.join("payload.txt");
+    std::fs::write(&file, format!("to {key}\n")).unwrap();
+    aws(
+        fc,
+        env,
+        &[
+            "s3",
+            "cp",
+            "--only-show-errors",
+            file.to_str().unwrap(),
+            &format!("s3://{BUCKET}/{key}"),
+        ],
+    )
+}
+
+/// `aws --profile drop s3 cp` to `key`, the profile's credential_process being `s3drop
+/// credentials` with `args`.
+pub fn cp_via_credential_process(fc: &FakeCloud, site: &Site, args: &str, key: &str) -> Output {
+    let config = site.dir.path().join("aws-config");
+    std::fs::write(
+        &config,
+        format!(
+            "[profile drop]\ncredential_process = {S3DROP} credentials --config {} {args}\n",
+            site.config.display()
+        ),
+    )
+    .unwrap();
+    let env = [
+        ("AWS_CONFIG_FILE", config.to_str().unwrap()),
+        ("AWS_PROFILE", "drop"),
+    ];
+    cp_to(fc, &env, site.dir.path(), key)
 }

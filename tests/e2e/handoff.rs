@@ -4,7 +4,6 @@
 //! profile file (an IAM user made through the IAM API) with IMDS switched off; and
 //! GetFederationToken (seed 000), where the emulator can only partly decide (see the test).
 
-use std::path::Path;
 use std::process::{Command, Output};
 
 use crate::common::*;
@@ -19,37 +18,6 @@ fn text(out: &Output) -> String {
         out.status.code(),
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// `aws` with the emulator's endpoint and nothing of the caller's AWS settings, plus `env`.
-fn aws(fc: &FakeCloud, env: &[(&str, &str)], args: &[&str]) -> Output {
-    let mut cmd = Command::new("aws");
-    s3drop_testkit::without_callers_aws(&mut cmd)
-        .envs(fc.sdk_env())
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .env(s3drop_testkit::EMULATOR_ENV, "1")
-        .envs(env.iter().copied())
-        .args(args)
-        .output()
-        .expect("aws-cli is installed (scripts/install-deps.sh)")
-}
-
-/// `aws s3 cp` of a small file to `key` of the bucket.
-fn cp_to(fc: &FakeCloud, env: &[(&str, &str)], dir: &Path, key: &str) -> Output {
-    let file = dir.join("payload.txt");
-    std::fs::write(&file, format!("to {key}\n")).unwrap();
-    aws(
-        fc,
-        env,
-        &[
-            "s3",
-            "cp",
-            "--only-show-errors",
-            file.to_str().unwrap(),
-            &format!("s3://{BUCKET}/{key}"),
-        ],
     )
 }
 
@@ -79,25 +47,6 @@ fn assert_denied(out: &Output, key: &str) {
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("AccessDenied"), "{key}: {}", text(out));
-}
-
-/// `aws --profile drop s3 cp` to `key`, the profile's credential_process being `s3drop
-/// credentials` with `args`.
-fn cp_via_credential_process(fc: &FakeCloud, site: &Site, args: &str, key: &str) -> Output {
-    let config = site.dir.path().join("aws-config");
-    std::fs::write(
-        &config,
-        format!(
-            "[profile drop]\ncredential_process = {S3DROP} credentials --config {} {args}\n",
-            site.config.display()
-        ),
-    )
-    .unwrap();
-    let env = [
-        ("AWS_CONFIG_FILE", config.to_str().unwrap()),
-        ("AWS_PROFILE", "drop"),
-    ];
-    cp_to(fc, &env, site.dir.path(), key)
 }
 
 #[tokio::test(flavor = "multi_thread")]
