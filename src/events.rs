@@ -795,6 +795,29 @@ impl Event for WatchDir<'_> {
     }
 }
 
+/// The kernel's inotify watch limit was met: the directories beyond it are not watched,
+/// and their files are found by the periodic rescan instead (said once per run).
+pub struct WatchLimitReached<'a> {
+    pub first_unwatched: &'a Path,
+    pub watched: usize,
+}
+
+impl Event for WatchLimitReached<'_> {
+    fn emit(self) {
+        tracing::warn!(
+            event = "watch_limit_reached",
+            watched = self.watched,
+            first_unwatched = %self.first_unwatched.display(),
+            "the inotify watch limit is reached at {} watched directories ({} and others are \
+             not watched): their files are found by the periodic rescan instead, up to \
+             rescan_interval_seconds late; raise the limit with `sysctl \
+             fs.inotify.max_user_watches=524288` (and persist it in /etc/sysctl.d/)",
+            self.watched,
+            shown(self.first_unwatched),
+        );
+    }
+}
+
 /// Watch events were lost (inotify's queue or s3drop's channel overflowed, the watch
 /// failed): a full scan follows.
 pub struct EventsLost<'a>(pub &'a str);

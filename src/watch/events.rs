@@ -18,6 +18,7 @@ use futures_util::StreamExt;
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
 use tokio::sync::{Notify, mpsc};
 
+use crate::events::{Event, WatchLimitReached};
 use crate::tree::Tree;
 
 const CHANNEL_CAPACITY: usize = 16 * 1024;
@@ -106,10 +107,25 @@ fn test_event_delay() -> Option<std::time::Duration> {
     Some(std::time::Duration::from_micros(micros))
 }
 
+/// Test-only: the variable [`MAX_WATCHES_VAR`] makes the watcher behave as if the kernel's
+/// `fs.inotify.max_user_watches` were reached after that many watches (a sysctl is global:
+/// lowering it would starve every other test's watcher).
+pub const MAX_WATCHES_VAR: &str = "S3DROP_TEST_MAX_WATCHES";
+
+fn test_max_watches() -> Option<usize> {
+    let max: usize = std::env::var(MAX_WATCHES_VAR).ok()?.parse().ok()?;
+    tracing::warn!("{MAX_WATCHES_VAR} is set: at most {max} watches (tests only)");
+    Some(max)
+}
+
 /// The watch descriptors and the directories (relative to `watch_dir`) they watch.
 struct Watched {
     watches: Watches,
     dirs: HashMap<WatchDescriptor, PathBuf>,
+    /// The watch limit was met (said once per run).
+    limit_reported: bool,
+    /// Tests: the limit ([`MAX_WATCHES_VAR`]).
+    max: Option<usize>,
 }
 
 struct Shared {
@@ -130,6 +146,11 @@ impl Shared {
         };
         let named = format!("/proc/self/fd/{}", handle.as_raw_fd());
         let mut watched = self.watched.lock().expect("watch lock");
+        if watched.max.is_some_and(|max| watched.dirs.len() >= max) {
+            return Err(WatchError::WatchLimit {
+                path: self.tree.path().join(rel),
+            });
+        }
         match watched.watches.add(&named, MASK) {
             Ok(wd) => {
                 watched.dirs.insert(wd, rel.to_owned());
@@ -146,13 +167,31 @@ impl Shared {
         }
     }
 
-    /// Watches `rel` and every directory below it.
+    /// Watches `rel` and every directory below it. At the kernel's watch limit it watches
+    /// what it can and says so once (the periodic rescan finds the files of the rest).
     fn watch_tree(&self, rel: &Path) -> Result<(), WatchError> {
-        self.watch_one(rel)?;
-        for dir in self.tree.subdirectories(rel) {
-            self.watch_one(&dir)?;
+        let result = self.watch_one(rel).and_then(|()| {
+            self.tree
+                .subdirectories(rel)
+                .iter()
+                .try_for_each(|dir| self.watch_one(dir))
+        });
+        match result {
+            Err(WatchError::WatchLimit { path }) => {
+                let mut watched = self.watched.lock().expect("watch lock");
+                if !std::mem::replace(&mut watched.limit_reported, true) {
+                    let count = watched.dirs.len();
+                    drop(watched);
+                    WatchLimitReached {
+                        first_unwatched: &path,
+                        watched: count,
+                    }
+                    .emit();
+                }
+                Ok(())
+            }
+            other => other,
         }
-        Ok(())
     }
 
     /// A directory moved out of sight: its watches (and its subdirectories') go. Moved
@@ -245,6 +284,8 @@ impl DirWatcher {
             watched: Mutex::new(Watched {
                 watches: inotify.watches(),
                 dirs: HashMap::new(),
+                limit_reported: false,
+                max: test_max_watches(),
             }),
             tree,
         });

@@ -35,7 +35,7 @@ use crate::supervise::Fatal;
 use crate::tree::{Entry, Tree};
 
 use events::Change;
-pub use events::{DirWatcher, SLOW_EVENTS_VAR, WatchError};
+pub use events::{DirWatcher, MAX_WATCHES_VAR, SLOW_EVENTS_VAR, WatchError};
 use scan::Found;
 use writers::Writers;
 

@@ -722,3 +722,41 @@ async fn a_rescan_during_an_upload_in_delete_mode_reports_no_producer_delete() {
     assert!(daemon.events("dropped").is_empty(), "{}", daemon.log());
     assert!(daemon.stop().unwrap().success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn at_the_inotify_watch_limit_it_says_so_once_and_the_rescan_finds_the_rest() {
+    let (fc, world, site) = setup(BUCKET, "rescan_interval_seconds = 10").await;
+    // Directories made before the start: the first few are watched, the rest are not.
+    for i in 0..6 {
+        std::fs::create_dir(site.watch.join(format!("before{i}"))).unwrap();
+    }
+    let mut env = fc.sdk_env();
+    env.push((s3drop::watch::MAX_WATCHES_VAR, "4".to_string()));
+    let mut daemon = Daemon::start_with_env(&site, s3drop(), &env).unwrap();
+    daemon.wait_until_ready(ARRIVAL).unwrap();
+    // Directories made while it runs, and a file in each directory, old and new.
+    for i in 0..6 {
+        std::fs::create_dir(site.watch.join(format!("after{i}"))).unwrap();
+    }
+    let mut keys = Vec::new();
+    for dir in (0..6).flat_map(|i| [format!("before{i}"), format!("after{i}")]) {
+        let rel = format!("{dir}/f.txt");
+        std::fs::write(site.watch.join(&rel), rel.as_bytes()).unwrap();
+        keys.push(key(&rel));
+    }
+    // Every file arrives: in a watched directory at once, in the others by the rescan.
+    world
+        .wait_for_keys(&keys, Duration::from_secs(45))
+        .await
+        .unwrap();
+    let said = daemon.events("watch_limit_reached");
+    assert_eq!(said.len(), 1, "said once: {said:?}");
+    assert!(
+        said[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("fs.inotify.max_user_watches"),
+        "{said:?}"
+    );
+    assert!(daemon.stop().unwrap().success());
+}
