@@ -332,6 +332,12 @@ impl DirWatcher {
         })
     }
 
+    /// How many directories are watched now.
+    #[cfg(test)]
+    fn watched(&self) -> usize {
+        self.shared.watched.lock().expect("watch lock").dirs.len()
+    }
+
     /// Makes sure `dir` (a directory that just appeared) and everything below it is
     /// watched before it is scanned: the watcher adds the watch itself, but a scan started
     /// on the event could otherwise run before, and directories made inside it before its
@@ -416,5 +422,45 @@ mod tests {
         std::fs::write(dir.path().join("b-out/g"), b"x").unwrap();
         std::fs::write(root.join("canary"), b"x").unwrap();
         assert_eq!(next(&mut w).await, Change::Created(root.join("canary")));
+    }
+
+    /// Directories removed or moved away release their watches: cycles of creating and
+    /// removing many directories end with watch_dir's own watch alone.
+    #[tokio::test]
+    async fn directories_removed_or_moved_away_release_their_watches() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("drop");
+        std::fs::create_dir_all(&root).unwrap();
+        let tree = Arc::new(Tree::open(&root).unwrap());
+        let mut w = DirWatcher::start(tree).unwrap();
+        for cycle in 0..5 {
+            for i in 0..300 {
+                let d = root.join(format!("c{cycle}-{i}"));
+                std::fs::create_dir_all(d.join("inner")).unwrap();
+                w.watch_new_dir(&d).unwrap();
+            }
+            assert_eq!(w.watched(), 1 + 600, "cycle {cycle}: all watched");
+            for i in 0..300 {
+                let d = root.join(format!("c{cycle}-{i}"));
+                if i % 2 == 0 {
+                    std::fs::remove_dir_all(&d).unwrap();
+                } else {
+                    std::fs::rename(&d, dir.path().join(format!("away-{cycle}-{i}"))).unwrap();
+                }
+            }
+            // The watcher takes the kernel's IN_IGNORED (removed) and MOVED_FROM (moved
+            // away) in turn; the changes are drained meanwhile.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while w.watched() > 1 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{} watched",
+                    w.watched()
+                );
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_millis(50), w.changes.recv())
+                        .await;
+            }
+        }
     }
 }
