@@ -98,9 +98,9 @@ pub async fn session(
 /// Asks the broker on `socket`; `None` when it cannot serve (no daemon, no session yet,
 /// this user may not open the socket): the caller mints its own.
 async fn from_broker(socket: &Path, reach: &Reach) -> Option<Result<Handed, HandoffError>> {
-    use crate::broker::wire::{Answer, ask};
-    match ask(socket, &question(reach)).await {
-        Ok(Answer::Session {
+    use crate::broker::wire::Answer;
+    match ask_broker(socket, &question(reach)).await {
+        Asked::Answered(Answer::Session {
             access_key_id,
             secret_access_key,
             session_token,
@@ -116,32 +116,59 @@ async fn from_broker(socket: &Path, reach: &Reach) -> Option<Result<Handed, Hand
             ),
             region,
         })),
-        Ok(Answer::Refused { error }) => Some(Err(HandoffError(format!(
-            "the credential broker refused: {error}"
-        )))),
-        Ok(Answer::Endpoint { .. }) => Some(Err(HandoffError(
-            "the credential broker answered a question it was not asked".into(),
-        ))),
-        Ok(Answer::Failed { error }) => Some(Err(HandoffError(format!(
-            "the credential broker could not mint the session: {error}"
-        )))),
-        Ok(Answer::Unavailable { reason }) => {
-            tracing::debug!("the credential broker cannot serve yet ({reason}); minting here");
-            None
-        }
-        Err(e) if e.denied => {
+        Asked::Answered(_) => Some(Err(not_asked())),
+        Asked::Refused(e) => Some(Err(e)),
+        Asked::NotServed { why, denied: true } => {
             tracing::warn!(
-                "cannot use the credential broker ({}; is this user in the s3drop group?); \
-                 minting a session here instead",
-                e.message
+                "cannot use the credential broker ({why}); minting a session here instead"
             );
             None
         }
-        Err(e) => {
-            tracing::debug!("no credential broker answers ({}); minting here", e.message);
+        Asked::NotServed { why, denied: false } => {
+            tracing::debug!("no credential broker serves ({why}); minting here");
             None
         }
     }
+}
+
+/// What asking the broker came to.
+enum Asked {
+    /// A session or an endpoint (which one the caller checks).
+    Answered(crate::broker::wire::Answer),
+    /// Refused, or STS did not mint it: the caller fails with it.
+    Refused(HandoffError),
+    /// No broker could serve (no daemon, no session yet, this user may not open the
+    /// socket: `denied`): the caller mints its own.
+    NotServed { why: String, denied: bool },
+}
+
+async fn ask_broker(socket: &Path, question: &crate::broker::wire::Ask) -> Asked {
+    use crate::broker::wire::{Answer, ask};
+    match ask(socket, question).await {
+        Ok(Answer::Refused { error }) => Asked::Refused(HandoffError(format!(
+            "the credential broker refused: {error}"
+        ))),
+        Ok(Answer::Failed { error }) => Asked::Refused(HandoffError(format!(
+            "the credential broker could not mint the session: {error}"
+        ))),
+        Ok(Answer::Unavailable { reason }) => Asked::NotServed {
+            why: reason,
+            denied: false,
+        },
+        Ok(answer) => Asked::Answered(answer),
+        Err(e) if e.denied => Asked::NotServed {
+            why: format!("{}; is this user in the s3drop group?", e.message),
+            denied: true,
+        },
+        Err(e) => Asked::NotServed {
+            why: e.message,
+            denied: false,
+        },
+    }
+}
+
+fn not_asked() -> HandoffError {
+    HandoffError("the credential broker answered a question it was not asked".into())
 }
 
 /// Where a program `exec` starts fetches its sessions (the container credentials
@@ -164,29 +191,18 @@ pub enum Registration {
 /// Registers this process (which then becomes the command: `exec(2)` keeps the pid) with
 /// the broker on `socket` for `reach`, until it exits or `max_seconds` pass.
 pub async fn register(socket: &Path, reach: &Reach, max_seconds: Option<u64>) -> Registration {
-    use crate::broker::wire::{Answer, ExecAsk, ask};
+    use crate::broker::wire::{Answer, ExecAsk};
     let mut question = question(reach);
     question.exec = Some(ExecAsk {
         max_duration_seconds: max_seconds,
     });
-    match ask(socket, &question).await {
-        Ok(Answer::Endpoint { uri, token, region }) => {
+    match ask_broker(socket, &question).await {
+        Asked::Answered(Answer::Endpoint { uri, token, region }) => {
             Registration::Served(Endpoint { uri, token, region })
         }
-        Ok(Answer::Refused { error }) => Registration::Refused(HandoffError(format!(
-            "the credential broker refused: {error}"
-        ))),
-        Ok(Answer::Failed { error }) => Registration::Refused(HandoffError(format!(
-            "the credential broker could not mint the session: {error}"
-        ))),
-        Ok(Answer::Session { .. }) => Registration::Refused(HandoffError(
-            "the credential broker answered a question it was not asked".into(),
-        )),
-        Ok(Answer::Unavailable { reason }) => Registration::NotServed(reason),
-        Err(e) if e.denied => {
-            Registration::NotServed(format!("{}; is this user in the s3drop group?", e.message))
-        }
-        Err(e) => Registration::NotServed(e.message),
+        Asked::Answered(_) => Registration::Refused(not_asked()),
+        Asked::Refused(e) => Registration::Refused(e),
+        Asked::NotServed { why, .. } => Registration::NotServed(why),
     }
 }
 

@@ -355,22 +355,24 @@ fn sequences_that_hold_a_narrow_window_open() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     quiet_kills();
     use Action::*;
+    // A file rewritten while a worker lingers at kill point `at`, in delete mode: 0,
+    // between S3's answer and the record (the record is of the old version); 1, while its
+    // upload is being recorded (the new version must not be deleted: it is sent in turn).
+    let rewritten_while_lingering = |at| {
+        vec![
+            Linger { at },
+            Write {
+                file: 0,
+                len: 100,
+                closes: 1,
+            },
+            Pause { ms: 420 },
+            Append { file: 0, len: 10 },
+        ]
+    };
+    let (at_answer, at_record) = (rewritten_while_lingering(0), rewritten_while_lingering(1));
     let sequences: [(&[Action], bool); 4] = [
-        // Rewritten while its upload is being recorded (the worker lingers there): the new
-        // version must not be deleted, it is sent in turn.
-        (
-            &[
-                Linger { at: 1 },
-                Write {
-                    file: 0,
-                    len: 100,
-                    closes: 1,
-                },
-                Pause { ms: 420 },
-                Append { file: 0, len: 10 },
-            ],
-            true,
-        ),
+        (&at_record, true),
         // Found by the soak (at 20 % time): killed once S3 had the file, restarted, the file
         // rewritten in place while the restart's upload read it, then its directory moved
         // away. The torn read was stored, and its re-send never came (the path was gone):
@@ -412,20 +414,7 @@ fn sequences_that_hold_a_narrow_window_open() {
             ],
             false,
         ),
-        // Rewritten between S3's answer and the record: the record is of the old version.
-        (
-            &[
-                Linger { at: 0 },
-                Write {
-                    file: 0,
-                    len: 100,
-                    closes: 1,
-                },
-                Pause { ms: 420 },
-                Append { file: 0, len: 10 },
-            ],
-            true,
-        ),
+        (&at_answer, true),
     ];
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

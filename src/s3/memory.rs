@@ -11,6 +11,7 @@ use std::time::Duration;
 use super::{Checksum, CompletedPart, S3Error, classify, confirm, crc32c_of, with_session};
 use crate::auth::SessionCredentials;
 use crate::file::OpenedFile;
+use aws_credential_types::Credentials;
 
 /// What the store does instead of answering normally, once.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,33 +202,40 @@ impl Memory {
         key: &str,
         crc32c: &str,
     ) -> Result<Checksum, S3Error> {
-        const OP: &str = "PutObject";
-        with_session(&self.credentials, OP, |signing| async move {
-            let fault = self.begin(OP, signing.access_key_id()).await?;
-            let body = read(file, 0, file.identity.size)?;
-            if crc32c_of(&body) != crc32c {
-                return Err(answer(OP, 400, "BadDigest"));
-            }
-            self.store(OP, key, body)?;
-            let answered = Self::end(OP, fault, crc32c)?;
-            confirm(OP, Some(crc32c), answered.as_deref())
+        with_session(&self.credentials, "PutObject", |signing| async move {
+            let body = || read(file, 0, file.identity.size);
+            self.put(&signing, key, body, Some(crc32c)).await
         })
         .await
     }
 
     pub async fn put_bytes(&self, key: &str, body: bytes::Bytes) -> Result<Checksum, S3Error> {
-        const OP: &str = "PutObject";
-        with_session(&self.credentials, OP, |signing| {
+        with_session(&self.credentials, "PutObject", |signing| {
             let body = body.clone();
-            async move {
-                let fault = self.begin(OP, signing.access_key_id()).await?;
-                let crc32c = crc32c_of(&body);
-                self.store(OP, key, body.to_vec())?;
-                let answered = Self::end(OP, fault, &crc32c)?;
-                confirm(OP, Some(&crc32c), answered.as_deref())
-            }
+            async move { self.put(&signing, key, || Ok(body.to_vec()), None).await }
         })
         .await
+    }
+
+    /// One PutObject: the request (its delay, session check and fault), the body taken as
+    /// it goes, checked against the CRC32C `sent` in a header if any, stored, answered.
+    async fn put(
+        &self,
+        signing: &Credentials,
+        key: &str,
+        body: impl FnOnce() -> Result<Vec<u8>, S3Error>,
+        sent: Option<&str>,
+    ) -> Result<Checksum, S3Error> {
+        const OP: &str = "PutObject";
+        let fault = self.begin(OP, signing.access_key_id()).await?;
+        let body = body()?;
+        let crc32c = crc32c_of(&body);
+        if sent.is_some_and(|sent| sent != crc32c) {
+            return Err(answer(OP, 400, "BadDigest"));
+        }
+        self.store(OP, key, body)?;
+        let answered = Self::end(OP, fault, &crc32c)?;
+        confirm(OP, Some(&crc32c), answered.as_deref())
     }
 
     pub async fn create_multipart(&self, key: &str) -> Result<String, S3Error> {
