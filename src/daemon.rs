@@ -127,6 +127,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     {
         ShutdownDeadline(config.shutdown_timeout).emit();
     }
+    crate::events::flush_summaries(true);
     Stopped.emit();
     match fatal {
         None => Ok(()),
@@ -202,13 +203,13 @@ fn start(
     cancel: &CancellationToken,
     tracker: &TaskTracker,
 ) -> anyhow::Result<Running> {
-    let queue = Arc::new(Queue::new());
     let mut supervisor = Supervisor::new(tracker.clone());
     let (rescan_now, retry_now) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     let tree = Arc::new(
         Tree::open(&config.watch_dir)
             .with_context(|| format!("cannot open watch_dir {}", config.watch_dir.display()))?,
     );
+    let queue = Arc::new(Queue::new(tree.path()));
     let after_upload =
         AfterUploadAction::new(&config.after_upload).context("cannot open move_to")?;
     // Watch before the backlog scan, so nothing that lands during the scan is missed.
@@ -395,6 +396,7 @@ async fn watch_over(r: &mut Running, signals: &mut Signals) -> Result<&'static s
             }
             _ = heartbeat.tick() => notify(&[sd_notify::NotifyState::Watchdog]),
             _ = status_tick.tick() => {
+                crate::events::flush_summaries(false);
                 set_gauges(r);
                 let status = status_line(r);
                 if status != last_status {

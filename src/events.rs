@@ -6,11 +6,12 @@
 //! event; they never word a log line or name a label. Tests wait for an event's name and
 //! fields, not for its wording.
 
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::message::{explain, printable};
-use crate::metrics::{BrokerResult, FailureKind, RescanReason, StsResult};
+use crate::metrics::{BrokerResult, DropKind, FailureKind, RescanReason, StsResult};
 use crate::s3::Checksum;
 use crate::upload::progress::Progress;
 
@@ -200,8 +201,127 @@ pub enum DropReason {
     Linked,
 }
 
+impl DropReason {
+    fn kind(self) -> DropKind {
+        match self {
+            DropReason::GoneBeforeUpload => DropKind::GoneBeforeUpload,
+            DropReason::GoneDuringUpload => DropKind::GoneDuringUpload,
+            DropReason::NotRegular(_) => DropKind::NotRegular,
+            DropReason::Linked => DropKind::Linked,
+        }
+    }
+}
+
+/// Files deleted while they waited come in floods (an operator clearing a backlog of
+/// 180,000): the first few of a burst are said one by one, the rest once, in a summary
+/// ([`GoneSummary`]) when the burst pauses for a second or each minute while it lasts
+/// ([`flush_summaries`], on the daemon's one-second tick). The metric counts each.
+struct GoneBurst {
+    /// Said one by one in this burst.
+    said: u32,
+    /// Held for the summary: how many, since when, the last one.
+    held: u64,
+    held_since: Option<Instant>,
+    last_path: PathBuf,
+    last_at: Option<Instant>,
+}
+
+static GONE: Mutex<GoneBurst> = Mutex::new(GoneBurst {
+    said: 0,
+    held: 0,
+    held_since: None,
+    last_path: PathBuf::new(),
+    last_at: None,
+});
+
+/// Said one by one at the start of a burst.
+const GONE_SAID: u32 = 5;
+/// A burst ends after this long without a deleted waiting file.
+const GONE_BURST_GAP: Duration = Duration::from_secs(10);
+/// The summary of held lines comes once they paused this long, or every minute.
+const GONE_PAUSE: Duration = Duration::from_secs(1);
+const GONE_SUMMARY_EVERY: Duration = Duration::from_secs(60);
+
+/// Whether this deleted waiting file is said on its own (else it is held for the summary).
+fn gone_said_alone(path: &Path) -> bool {
+    let now = Instant::now();
+    let mut burst = GONE.lock().expect("burst lock");
+    if burst.held == 0
+        && burst
+            .last_at
+            .is_none_or(|at| now.duration_since(at) >= GONE_BURST_GAP)
+    {
+        burst.said = 0;
+    }
+    burst.last_at = Some(now);
+    if burst.said < GONE_SAID {
+        burst.said += 1;
+        return true;
+    }
+    burst.held += 1;
+    burst.held_since.get_or_insert(now);
+    burst.last_path = path.to_owned();
+    false
+}
+
+/// Says what was held for a summary, if it is time (`now`: at shutdown, whatever is held).
+pub fn flush_summaries(now: bool) {
+    let at = Instant::now();
+    let mut burst = GONE.lock().expect("burst lock");
+    let due = burst.held > 0
+        && (now
+            || burst
+                .last_at
+                .is_none_or(|t| at.duration_since(t) >= GONE_PAUSE)
+            || burst
+                .held_since
+                .is_some_and(|t| at.duration_since(t) >= GONE_SUMMARY_EVERY));
+    if !due {
+        return;
+    }
+    let files = std::mem::take(&mut burst.held);
+    let since = burst.held_since.take().map_or(Duration::ZERO, |t| at - t);
+    let last = std::mem::take(&mut burst.last_path);
+    drop(burst);
+    GoneSummary {
+        files,
+        over: since,
+        last: &last,
+    }
+    .emit();
+}
+
+/// Many waiting files were deleted; said once instead of once per file.
+pub struct GoneSummary<'a> {
+    pub files: u64,
+    pub over: Duration,
+    pub last: &'a Path,
+}
+
+impl Event for GoneSummary<'_> {
+    fn emit(self) {
+        tracing::info!(
+            event = "dropped_summary",
+            reason = DropKind::GoneBeforeUpload.label(),
+            files = self.files,
+            seconds = self.over.as_secs(),
+            last_path = %self.last.display(),
+            "{} more waiting files were deleted before their upload (over {} s; the last: {}); \
+             nothing to do",
+            self.files,
+            self.over.as_secs(),
+            shown(self.last)
+        );
+    }
+}
+
 impl Event for Dropped<'_> {
     fn emit(self) {
+        crate::metrics::get().dropped(self.why.kind());
+        if self.why == DropReason::GoneBeforeUpload && !gone_said_alone(self.path) {
+            tracing::debug!(event = "dropped", path = %self.path.display(), reason = "gone_before_upload", "{} was deleted before its upload; nothing to do", shown(self.path));
+            return;
+        }
         let path = shown(self.path);
         let (level, sentence) = match self.why {
             DropReason::GoneBeforeUpload => (
@@ -227,12 +347,7 @@ impl Event for Dropped<'_> {
                 format!("skipped {path}: a symbolic link on its path; s3drop never follows one"),
             ),
         };
-        let reason = match self.why {
-            DropReason::GoneBeforeUpload => "gone_before_upload",
-            DropReason::GoneDuringUpload => "gone_during_upload",
-            DropReason::NotRegular(_) => "not_regular",
-            DropReason::Linked => "linked",
-        };
+        let reason = self.why.kind().label();
         log_at!(level, event = "dropped", path = %self.path.display(), reason, "{sentence}");
     }
 }

@@ -47,3 +47,5 @@ pub mod watch;
 mod model;
 #[cfg(test)]
 mod properties;
+#[cfg(test)]
+mod test_alloc;

@@ -97,6 +97,18 @@ impl FailureKind {
 }
 
 labels! {
+    /// Why a file needed nothing more: the `reason` of `s3drop_dropped_files_total`.
+    DropKind {
+        GoneBeforeUpload => "gone_before_upload",
+        GoneDuringUpload => "gone_during_upload",
+        /// A symlink, directory, socket, device or FIFO.
+        NotRegular => "not_regular",
+        /// A symbolic link on its path.
+        Linked => "linked",
+    }
+}
+
+labels! {
     /// What STS answered: the `result` of `s3drop_sts_requests_total`.
     StsResult {
         Ok => "ok",
@@ -148,6 +160,7 @@ pub struct Metrics {
     pub uploaded_files: IntCounter,
     pub uploaded_bytes: IntCounter,
     pub upload_failures: IntCounterVec,
+    pub dropped_files: IntCounterVec,
     pub upload_duration: Histogram,
     pub queue_files: IntGauge,
     pub failed_files: IntGauge,
@@ -238,6 +251,18 @@ impl Metrics {
                 ),
                 FailureKind::ALL.iter().map(|k| k.label()),
             ),
+            dropped_files: with_zeros(
+                counter_vec(
+                    &r,
+                    "s3drop_dropped_files_total",
+                    &format!(
+                        "Files that needed nothing more, by reason ({}).",
+                        listed(DropKind::ALL.iter().map(|k| k.label()))
+                    ),
+                    "reason",
+                ),
+                DropKind::ALL.iter().map(|k| k.label()),
+            ),
             upload_duration,
             queue_files: gauge(&r, "s3drop_queue_files", "Files waiting or being uploaded."),
             failed_files: gauge(
@@ -327,6 +352,10 @@ impl Metrics {
         self.upload_failures
             .with_label_values(&[kind.label()])
             .inc();
+    }
+
+    pub fn dropped(&self, kind: DropKind) {
+        self.dropped_files.with_label_values(&[kind.label()]).inc();
     }
 
     pub fn sts(&self, result: StsResult) {
@@ -450,7 +479,15 @@ mod tests {
         let broker = BrokerResult::ALL
             .iter()
             .map(|k| ("s3drop_broker_requests_total", k.label()));
-        failures.chain(sts).chain(rescans).chain(broker).collect()
+        let dropped = DropKind::ALL
+            .iter()
+            .map(|k| ("s3drop_dropped_files_total", k.label()));
+        failures
+            .chain(sts)
+            .chain(rescans)
+            .chain(broker)
+            .chain(dropped)
+            .collect()
     }
 
     #[test]

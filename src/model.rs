@@ -159,7 +159,7 @@ impl Life {
             .enable_all()
             .build()
             .unwrap();
-        rig.queue = Arc::new(Queue::new());
+        rig.queue = Arc::new(Queue::new(&rig.watch));
         let (life, is_ready) = {
             let _inside = rt.enter();
             rig.start(2);

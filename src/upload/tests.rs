@@ -96,7 +96,7 @@ impl Rig {
             dir,
             watch,
             ledger,
-            queue: Arc::new(Queue::new()),
+            queue: Arc::new(Queue::new(&config.watch_dir)),
             progress: Arc::new(Progress::default()),
             store,
             sessions,

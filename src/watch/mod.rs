@@ -601,7 +601,7 @@ mod tests {
     }
 
     fn intake(root: &Path, settle: Duration) -> Fixture {
-        let queue = Arc::new(Queue::new());
+        let queue = Arc::new(Queue::new(root));
         let state = tempfile::tempdir().unwrap();
         let ledger = Arc::new(Ledger::open(state.path()).unwrap());
         let tree = Arc::new(Tree::open(root).unwrap());

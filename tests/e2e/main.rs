@@ -19,4 +19,5 @@ mod overflow;
 mod packaging;
 mod producers;
 mod robustness;
+mod scale;
 mod sentences;
