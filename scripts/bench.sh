@@ -3,7 +3,10 @@
 # server; prints the table, and a full run writes docs/BENCHMARKS.md.
 #   scripts/bench.sh                   the published figures (P1 and P2: median of 3 runs)
 #   scripts/bench.sh --quick           smaller sizes (a smoke test; prints only)
-#   scripts/bench.sh --only p1 --runs 1   one part, once (prints only)
+#   scripts/bench.sh --only p1 --runs 1   one part, once (prints only); parts: p1 … p5, drain
+#                                      (P5's backlog uploaded), first, linear, dirs
+#   S3DROP_BENCH_BEFORE=PATH scripts/bench.sh   the published figures, with an older s3drop
+#                                      binary measured beside this one (before/after, one run)
 # The server defaults to a release build of fakecloud 0.51.0 (installed once into
 # ~/.cache/fakecloud-release: 30-40 minutes on 2 cores), since the debug build caps every
 # client at the same figures; S3DROP_BENCH_SERVER=debug uses the tests' debug build.
@@ -30,7 +33,9 @@ command -v rclone >/dev/null 2>&1 || {
 cargo build --release --locked -p s3drop -p s3drop-testkit --bins
 target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
 results="$(mktemp)"
-"$target_dir/release/s3drop-bench" "$@" --report "$results"
+before=()
+[ -n "${S3DROP_BENCH_BEFORE:-}" ] && before=(--before "$S3DROP_BENCH_BEFORE")
+"$target_dir/release/s3drop-bench" "${before[@]}" "$@" --report "$results"
 if [ "$#" -gt 0 ]; then
   rm -f "$results"
   exit 0 # a partial or quick run is not the published table

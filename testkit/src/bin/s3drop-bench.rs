@@ -532,6 +532,10 @@ enum Part {
     Drain,
     /// The first files after a start.
     First,
+    /// P1 at 1,000, 10,000 and 100,000 files: cost per file.
+    Linear,
+    /// 100,000 directories of one file each: watched, scanned, uploaded.
+    Dirs,
 }
 
 /// The raw-SDK clients (credentials and endpoint from the environment), run as their own
@@ -1284,6 +1288,136 @@ impl Bench {
     }
 }
 
+impl Bench {
+    /// Linear cost: P1's 4 KiB files dropped at once, s3drop and the raw loop, at three
+    /// sizes: time and CPU per file should stay flat.
+    async fn linear(&mut self, quick: bool) -> Result<()> {
+        let sizes: &[usize] = if quick {
+            &[1_000, 5_000]
+        } else {
+            &[1_000, 10_000, 100_000]
+        };
+        let mut rows = Vec::new();
+        for &files in sizes {
+            for client in [P1Client::S3drop, P1Client::RawLoop] {
+                eprintln!("linear: {} with {files} files", client.name());
+                let dir = self
+                    .work()
+                    .join(format!("linear-{files}-{}", client as usize));
+                make_files(&dir, files, 4096)?;
+                let saved = self.sizes.p1_files;
+                self.sizes.p1_files = files;
+                let usage = self.p1_run(client, &dir).await?.context("measured")?;
+                self.sizes.p1_files = saved;
+                rows.push((client.name(), files, usage));
+            }
+        }
+        let table = &mut self.table;
+        writeln!(
+            table,
+            "\n**Linear cost** P1 (4 KiB files dropped at once) at {} files, one run each\n",
+            sizes
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )?;
+        writeln!(
+            table,
+            "| client | files | seconds | ms per file | CPU ms per file |\n|---|---|---|---|---|"
+        )?;
+        for (name, files, u) in &rows {
+            writeln!(
+                table,
+                "| {name} | {files} | {:.2} | {:.3} | {:.3} |",
+                u.wall.as_secs_f64(),
+                u.wall.as_secs_f64() * 1000.0 / *files as f64,
+                u.cpu.as_secs_f64() * 1000.0 / *files as f64
+            )?;
+        }
+        let ours: Vec<f64> = rows
+            .iter()
+            .filter(|r| r.0 == "s3drop")
+            .map(|(_, files, u)| u.cpu.as_secs_f64() / *files as f64)
+            .collect();
+        let (lo, hi) = ours
+            .iter()
+            .fold((f64::MAX, 0f64), |(lo, hi), c| (lo.min(*c), hi.max(*c)));
+        self.notes.push(format!(
+            "Linear: s3drop's CPU per file varies by {:.0} % between {} and {} files (target ≤ 10 %)",
+            100.0 * (hi - lo) / lo,
+            sizes[0],
+            sizes[sizes.len() - 1]
+        ));
+        Ok(())
+    }
+
+    /// Many directories: 100,000 directories of one file each, made before the start
+    /// (watched and scanned at start-up, every file uploaded), with the inotify limit of
+    /// this machine.
+    async fn dirs(&mut self, quick: bool) -> Result<()> {
+        let count = if quick { 10_000 } else { 100_000 };
+        eprintln!("dirs: {count} directories");
+        let server = Server::start().await?;
+        let site = Site::new(BUCKET, &format!("concurrency = {CONCURRENCY}"))?;
+        let day_ago = SystemTime::now() - Duration::from_secs(86_400);
+        for i in 0..count {
+            let dir = site
+                .watch
+                .join(format!("t{:02}", i % 100))
+                .join(format!("d{i:06}"));
+            std::fs::create_dir_all(&dir)?;
+            let file = std::fs::File::create(dir.join("f.dat"))?;
+            use std::io::Write;
+            (&file).write_all(b"x")?;
+            file.set_modified(day_ago)?;
+        }
+        let started = Instant::now();
+        let mut daemon = Daemon::start(&site, &self.s3drop, &server.fc)?;
+        let scanned = daemon.wait_for_event(
+            "scanned",
+            &[("reason", "startup")],
+            Duration::from_secs(600),
+        )?;
+        daemon.wait_until_ready(Duration::from_secs(60))?;
+        let ready_after = started.elapsed();
+        let (_, rss) = proc_cpu_and_rss(daemon.pid())?;
+        UploadCounter::new(&daemon)?.wait_for(count, Duration::from_secs(1800))?;
+        let wall = started.elapsed();
+        let limit = daemon.events("watch_limit_reached");
+        let (cpu, _) = proc_cpu_and_rss(daemon.pid())?;
+        daemon.stop()?;
+        let max_watches =
+            std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches").unwrap_or_default();
+        let table = &mut self.table;
+        writeln!(
+            table,
+            "\n**Many directories** {count} directories of one file each (in 100 top-level \
+             directories), there before the start; `fs.inotify.max_user_watches` = {}\n",
+            max_watches.trim()
+        )?;
+        writeln!(
+            table,
+            "| scan s | READY after s | RSS at READY MiB | all uploaded after s | CPU s | watch limit reached |\n|---|---|---|---|---|---|"
+        )?;
+        writeln!(
+            table,
+            "| {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {} |",
+            scanned["duration_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
+            ready_after.as_secs_f64(),
+            rss as f64 / 1024.0,
+            wall.as_secs_f64(),
+            cpu.as_secs_f64(),
+            if limit.is_empty() {
+                "no".to_string()
+            } else {
+                format!("yes, said {} time(s)", limit.len())
+            }
+        )?;
+        Ok(())
+    }
+}
+
 /// Bytes the process caused to be written to storage (`/proc/PID/io`).
 fn proc_write_bytes(pid: u32) -> Result<u64> {
     let io = std::fs::read_to_string(format!("/proc/{pid}/io"))?;
@@ -1394,6 +1528,12 @@ async fn main() -> Result<()> {
     }
     if options.wants(Part::First) {
         bench.first_file().await?;
+    }
+    if options.wants(Part::Linear) {
+        bench.linear(options.quick).await?;
+    }
+    if options.wants(Part::Dirs) {
+        bench.dirs(options.quick).await?;
     }
 
     let mut out = String::new();
