@@ -1386,6 +1386,23 @@ impl Bench {
         let wall = started.elapsed();
         let limit = daemon.events("watch_limit_reached");
         let (cpu, _) = proc_cpu_and_rss(daemon.pid())?;
+        let pid = daemon.pid();
+        let watched = inotify_watches(pid)?;
+        // Removed directories release their watches: the tree removed, then 10 cycles of
+        // 10,000 directories made and removed, counted by the kernel (fdinfo).
+        for top in 0..100 {
+            std::fs::remove_dir_all(site.watch.join(format!("t{top:02}")))?;
+        }
+        let cycle_dirs = count / 10;
+        for cycle in 0..10 {
+            let top = site.watch.join(format!("cycle{cycle}"));
+            for i in 0..cycle_dirs {
+                std::fs::create_dir_all(top.join(format!("d{i:05}")))?;
+            }
+            wait_watches(pid, |n| n > cycle_dirs, "the cycle's directories watched")?;
+            std::fs::remove_dir_all(&top)?;
+        }
+        let left = wait_watches(pid, |n| n == 1, "only watch_dir's own watch left")?;
         daemon.stop()?;
         let max_watches =
             std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches").unwrap_or_default();
@@ -1398,11 +1415,11 @@ impl Bench {
         )?;
         writeln!(
             table,
-            "| scan s | READY after s | RSS at READY MiB | all uploaded after s | CPU s | watch limit reached |\n|---|---|---|---|---|---|"
+            "| scan s | READY after s | RSS at READY MiB | all uploaded after s | CPU s | watch limit reached | watches held | after removing them and 10 cycles of {cycle_dirs} made and removed |\n|---|---|---|---|---|---|---|---|"
         )?;
         writeln!(
             table,
-            "| {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {} |",
+            "| {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {} | {watched} | {left} |",
             scanned["duration_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
             ready_after.as_secs_f64(),
             rss as f64 / 1024.0,
@@ -1415,6 +1432,34 @@ impl Bench {
             }
         )?;
         Ok(())
+    }
+}
+
+/// The inotify watches process `pid` holds, as the kernel lists them (`/proc/PID/fdinfo`).
+fn inotify_watches(pid: u32) -> Result<usize> {
+    let mut watches = 0;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
+        let info = std::fs::read_to_string(entry?.path()).unwrap_or_default();
+        watches += info
+            .lines()
+            .filter(|l| l.starts_with("inotify wd:"))
+            .count();
+    }
+    Ok(watches)
+}
+
+/// Waits (up to 120 s) until `pid`'s watch count satisfies `done`; returns it.
+fn wait_watches(pid: u32, done: impl Fn(usize) -> bool, what: &str) -> Result<usize> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let n = inotify_watches(pid)?;
+        if done(n) {
+            return Ok(n);
+        }
+        if Instant::now() > deadline {
+            bail!("{what}: {n} watches after 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
