@@ -1089,19 +1089,13 @@ impl Bench {
         env: &[(&'static str, String)],
     ) -> Result<(i64, Duration, u64)> {
         let mut daemon = Daemon::start_with_env(site, binary, env)?;
-        let scanned = daemon.wait_for_event(
-            "scanned",
-            &[("reason", "startup")],
-            Duration::from_secs(600),
-        )?;
-        daemon.wait_until_ready(Duration::from_secs(60))?;
+        let took = startup_scan(&mut daemon)?;
         std::thread::sleep(Duration::from_secs(2));
         let (_, rss) = proc_cpu_and_rss(daemon.pid())?;
         let written = proc_write_bytes(daemon.pid())?;
         let uploaded = daemon.events("uploaded").len();
         anyhow::ensure!(uploaded == 0, "{uploaded} uploads without a session");
         daemon.stop()?;
-        let took = Duration::from_millis(scanned["duration_ms"].as_u64().context("duration_ms")?);
         Ok((rss, took, written))
     }
 
@@ -1363,26 +1357,17 @@ impl Bench {
         eprintln!("dirs: {count} directories");
         let server = Server::start().await?;
         let site = Site::new(BUCKET, &format!("concurrency = {CONCURRENCY}"))?;
-        let day_ago = SystemTime::now() - Duration::from_secs(86_400);
         for i in 0..count {
             let dir = site
                 .watch
                 .join(format!("t{:02}", i % 100))
                 .join(format!("d{i:06}"));
             std::fs::create_dir_all(&dir)?;
-            let file = std::fs::File::create(dir.join("f.dat"))?;
-            use std::io::Write;
-            (&file).write_all(b"x")?;
-            file.set_modified(day_ago)?;
+            settled_file(&dir.join("f.dat"))?;
         }
         let started = Instant::now();
         let mut daemon = Daemon::start(&site, &self.s3drop, &server.fc)?;
-        let scanned = daemon.wait_for_event(
-            "scanned",
-            &[("reason", "startup")],
-            Duration::from_secs(600),
-        )?;
-        daemon.wait_until_ready(Duration::from_secs(60))?;
+        let scan = startup_scan(&mut daemon)?;
         let ready_after = started.elapsed();
         let (_, rss) = proc_cpu_and_rss(daemon.pid())?;
         UploadCounter::new(&daemon)?.wait_for(count, Duration::from_secs(1800))?;
@@ -1423,7 +1408,7 @@ impl Bench {
         writeln!(
             table,
             "| {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {} | {watched} | {left} |",
-            scanned["duration_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
+            scan.as_secs_f64(),
             ready_after.as_secs_f64(),
             rss as f64 / 1024.0,
             wall.as_secs_f64(),
@@ -1480,18 +1465,36 @@ fn proc_write_bytes(pid: u32) -> Result<u64> {
 /// Grows the backlog from `from` to `to` files of 1 byte, spread over 1,000 directories,
 /// each last modified a day ago (a host that was offline: every file has settled).
 fn grow_backlog(tree: &Path, from: usize, to: usize) -> Result<()> {
-    let day_ago = SystemTime::now() - Duration::from_secs(86_400);
     for i in from..to {
         let dir = tree.join(format!("d{:03}", i % 1000));
         if i < 1000 {
             std::fs::create_dir_all(&dir)?;
         }
-        let file = std::fs::File::create(dir.join(format!("f{i:07}.dat")))?;
-        use std::io::Write;
-        (&file).write_all(b"x")?;
-        file.set_modified(day_ago)?;
+        settled_file(&dir.join(format!("f{i:07}.dat")))?;
     }
     Ok(())
+}
+
+/// A file of 1 byte last modified a day ago: settled, so a scan takes it at once.
+fn settled_file(path: &Path) -> Result<()> {
+    use std::io::Write;
+    let file = std::fs::File::create(path)?;
+    (&file).write_all(b"x")?;
+    file.set_modified(SystemTime::now() - Duration::from_secs(86_400))?;
+    Ok(())
+}
+
+/// Waits for the daemon's start-up scan and READY; the scan's own duration.
+fn startup_scan(daemon: &mut Daemon) -> Result<Duration> {
+    let scanned = daemon.wait_for_event(
+        "scanned",
+        &[("reason", "startup")],
+        Duration::from_secs(600),
+    )?;
+    daemon.wait_until_ready(Duration::from_secs(60))?;
+    Ok(Duration::from_millis(
+        scanned["duration_ms"].as_u64().context("duration_ms")?,
+    ))
 }
 
 #[tokio::main]
