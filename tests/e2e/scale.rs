@@ -68,7 +68,11 @@ async fn deleting_many_waiting_files_is_said_in_one_summary() {
     daemon
         .wait_for_event("uploaded", &[], Duration::from_secs(60))
         .unwrap();
-    std::fs::remove_dir_all(&batch).unwrap();
+    // Gone at once (moved out of the tree, then deleted), so the workers meet one burst of
+    // vanished files rather than a deletion they race file by file.
+    let away = site.dir.path().join("deleted");
+    std::fs::rename(&batch, &away).unwrap();
+    std::fs::remove_dir_all(&away).unwrap();
     // Every file ends uploaded, or said as deleted: one by one, or in the summary.
     let accounted = |daemon: &Daemon| {
         let summarized: u64 = daemon
