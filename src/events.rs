@@ -318,14 +318,15 @@ impl Event for GoneSummary<'_> {
 impl Event for Dropped<'_> {
     fn emit(self) {
         crate::metrics::get().dropped(self.why.kind());
-        if self.why == DropReason::GoneBeforeUpload && !gone_said_alone(self.path) {
-            tracing::debug!(event = "dropped", path = %self.path.display(), reason = "gone_before_upload", "{} was deleted before its upload; nothing to do", shown(self.path));
-            return;
-        }
         let path = shown(self.path);
         let (level, sentence) = match self.why {
+            // Beyond the first few of a burst, said by the summary instead.
             DropReason::GoneBeforeUpload => (
-                tracing::Level::INFO,
+                if gone_said_alone(self.path) {
+                    tracing::Level::INFO
+                } else {
+                    tracing::Level::DEBUG
+                },
                 format!("{path} was deleted before its upload; nothing to do"),
             ),
             DropReason::GoneDuringUpload => (

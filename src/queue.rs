@@ -15,7 +15,7 @@
 
 use std::collections::VecDeque;
 use std::ffi::OsStr;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, Hash, RandomState};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
@@ -174,17 +174,95 @@ impl<T> Slab<T> {
     }
 }
 
-/// Interned values (directories, lanes) and known files, each found by a keyed hash (file
-/// names come from producers, so the hasher is std's randomly keyed SipHash).
+/// What a [`Keyed`] table finds its entries by.
+trait Keyed {
+    type Key<'a>: Hash + Eq
+    where
+        Self: 'a;
+    fn key(&self) -> Self::Key<'_>;
+}
+
+impl Keyed for Slot {
+    type Key<'a> = (u32, &'a [u8]);
+    fn key(&self) -> Self::Key<'_> {
+        (self.dir, self.name.as_bytes())
+    }
+}
+
+impl Keyed for Dir {
+    type Key<'a> = &'a [u8];
+    fn key(&self) -> Self::Key<'_> {
+        self.path.as_os_str().as_bytes()
+    }
+}
+
+impl Keyed for Lane {
+    type Key<'a> = &'a [u8];
+    fn key(&self) -> Self::Key<'_> {
+        &self.name
+    }
+}
+
+/// A slab whose entries are also found by their key: a `HashTable` of 4-byte slot numbers,
+/// hashed from the entries themselves (so no key is stored twice), with std's randomly
+/// keyed SipHash (names are producers' text). Files, directories and lanes each have one.
+struct Table<T> {
+    hasher: RandomState,
+    items: Slab<T>,
+    index: HashTable<u32>,
+}
+
+impl<T> Default for Table<T> {
+    fn default() -> Self {
+        Table {
+            hasher: RandomState::new(),
+            items: Slab::default(),
+            index: HashTable::new(),
+        }
+    }
+}
+
+impl<T: Keyed> Table<T> {
+    fn find<'a>(&'a self, key: T::Key<'a>) -> Option<u32> {
+        let items = &self.items;
+        self.index
+            .find(self.hasher.hash_one(&key), |&at| items.get(at).key() == key)
+            .copied()
+    }
+
+    /// Adds `item`, whose key is not in the table yet.
+    fn insert(&mut self, item: T) -> u32 {
+        let hash = self.hasher.hash_one(item.key());
+        let at = self.items.insert(item);
+        let (items, hasher) = (&self.items, &self.hasher);
+        self.index
+            .insert_unique(hash, at, |&at| hasher.hash_one(items.get(at).key()));
+        at
+    }
+
+    fn remove(&mut self, at: u32) -> T {
+        let hash = self.hasher.hash_one(self.items.get(at).key());
+        if let Ok(entry) = self.index.find_entry(hash, |&x| x == at) {
+            entry.remove();
+        }
+        self.items.remove(at)
+    }
+
+    fn get(&self, at: u32) -> &T {
+        self.items.get(at)
+    }
+
+    fn get_mut(&mut self, at: u32) -> &mut T {
+        self.items.get_mut(at)
+    }
+}
+
+/// Known files, the directories they are in and the lanes those belong to.
 struct State {
     epoch: Instant,
-    hasher: RandomState,
-    slots: Slab<Slot>,
-    slot_index: HashTable<u32>,
-    dirs: Slab<Dir>,
-    dir_index: HashTable<u32>,
-    lanes: Slab<Lane>,
-    lane_index: HashTable<u32>,
+    slots: Table<Slot>,
+    dirs: Table<Dir>,
+    lanes: Table<Lane>,
     /// Lanes with queued files, in turn.
     turns: VecDeque<u32>,
     queued: usize,
@@ -195,13 +273,9 @@ impl Default for State {
     fn default() -> Self {
         State {
             epoch: Instant::now(),
-            hasher: RandomState::new(),
-            slots: Slab::default(),
-            slot_index: HashTable::new(),
-            dirs: Slab::default(),
-            dir_index: HashTable::new(),
-            lanes: Slab::default(),
-            lane_index: HashTable::new(),
+            slots: Table::default(),
+            dirs: Table::default(),
+            lanes: Table::default(),
             turns: VecDeque::new(),
             queued: 0,
             in_flight: 0,
@@ -239,86 +313,42 @@ impl State {
         self.epoch.elapsed().as_secs().min(u64::from(u32::MAX)) as u32
     }
 
-    fn slot_hash(hasher: &RandomState, dir: u32, name: &[u8]) -> u64 {
-        hasher.hash_one((dir, name))
-    }
-
-    fn find_dir(&self, dir: &Path) -> Option<u32> {
-        let hash = self.hasher.hash_one(dir.as_os_str().as_bytes());
-        let dirs = &self.dirs;
-        self.dir_index
-            .find(hash, |&d| &*dirs.get(d).path == dir)
-            .copied()
-    }
-
     fn find(&self, parts: &Parts) -> Option<u32> {
-        let dir = self.find_dir(parts.dir)?;
-        let hash = Self::slot_hash(&self.hasher, dir, parts.name);
-        let slots = &self.slots;
-        self.slot_index
-            .find(hash, |&s| {
-                let slot = slots.get(s);
-                slot.dir == dir && slot.name.as_bytes() == parts.name
-            })
-            .copied()
+        let dir = self.dirs.find(parts.dir.as_os_str().as_bytes())?;
+        self.slots.find((dir, parts.name))
     }
 
-    fn lane_for(&mut self, name: &[u8]) -> u32 {
-        let hash = self.hasher.hash_one(name);
-        let lanes = &self.lanes;
-        if let Some(&lane) = self.lane_index.find(hash, |&l| &*lanes.get(l).name == name) {
-            return lane;
-        }
-        let lane = self.lanes.insert(Lane {
-            name: name.into(),
-            head: NONE,
-            tail: NONE,
-            dirs: 0,
-        });
-        let (lanes, hasher) = (&self.lanes, &self.hasher);
-        self.lane_index
-            .insert_unique(hash, lane, |&l| hasher.hash_one(&*lanes.get(l).name));
-        lane
-    }
-
-    fn dir_for(&mut self, dir: &Path, lane: &[u8]) -> u32 {
-        if let Some(d) = self.find_dir(dir) {
-            return d;
-        }
-        let lane = self.lane_for(lane);
-        self.lanes.get_mut(lane).dirs += 1;
-        let d = self.dirs.insert(Dir {
-            path: dir.into(),
-            lane,
-            files: 0,
-        });
-        let (dirs, hasher) = (&self.dirs, &self.hasher);
-        self.dir_index
-            .insert_unique(hasher.hash_one(dir.as_os_str().as_bytes()), d, |&d| {
-                hasher.hash_one(dirs.get(d).path.as_os_str().as_bytes())
-            });
-        d
-    }
-
-    /// A new slot for a file, queued.
+    /// A new slot for a file (its directory and lane made if new), not yet queued.
     fn insert(&mut self, parts: &Parts) -> u32 {
-        let dir = self.dir_for(parts.dir, parts.lane);
+        let dir = match self.dirs.find(parts.dir.as_os_str().as_bytes()) {
+            Some(dir) => dir,
+            None => {
+                let lane = match self.lanes.find(parts.lane) {
+                    Some(lane) => lane,
+                    None => self.lanes.insert(Lane {
+                        name: parts.lane.into(),
+                        head: NONE,
+                        tail: NONE,
+                        dirs: 0,
+                    }),
+                };
+                self.lanes.get_mut(lane).dirs += 1;
+                self.dirs.insert(Dir {
+                    path: parts.dir.into(),
+                    lane,
+                    files: 0,
+                })
+            }
+        };
         self.dirs.get_mut(dir).files += 1;
         let since = self.now();
-        let s = self.slots.insert(Slot {
+        self.slots.insert(Slot {
             name: Name::new(parts.name),
             dir,
             next: NONE,
             since,
             stage: Stage::Waiting,
-        });
-        let (slots, hasher) = (&self.slots, &self.hasher);
-        self.slot_index
-            .insert_unique(Self::slot_hash(hasher, dir, parts.name), s, |&s| {
-                let slot = slots.get(s);
-                Self::slot_hash(hasher, slot.dir, slot.name.as_bytes())
-            });
-        s
+        })
     }
 
     /// Puts a slot at the end of its lane.
@@ -360,25 +390,11 @@ impl State {
 
     /// Forgets a slot no lane holds, and its directory and lane once unused.
     fn remove(&mut self, s: u32) {
-        let (dir, name_hash) = {
-            let slot = self.slots.get(s);
-            (
-                slot.dir,
-                Self::slot_hash(&self.hasher, slot.dir, slot.name.as_bytes()),
-            )
-        };
-        if let Ok(entry) = self.slot_index.find_entry(name_hash, |&x| x == s) {
-            entry.remove();
-        }
-        self.slots.remove(s);
+        let dir = self.slots.remove(s).dir;
         let d = self.dirs.get_mut(dir);
         d.files -= 1;
         if d.files > 0 {
             return;
-        }
-        let dir_hash = self.hasher.hash_one(d.path.as_os_str().as_bytes());
-        if let Ok(entry) = self.dir_index.find_entry(dir_hash, |&x| x == dir) {
-            entry.remove();
         }
         let lane = self.dirs.remove(dir).lane;
         let l = self.lanes.get_mut(lane);
@@ -386,16 +402,11 @@ impl State {
         if l.dirs > 0 {
             return;
         }
-        let lane_hash = self.hasher.hash_one(&*l.name);
-        if let Ok(entry) = self.lane_index.find_entry(lane_hash, |&x| x == lane) {
-            entry.remove();
-        }
         self.lanes.remove(lane);
-        if self.slots.used == 0 {
+        if self.slots.items.used == 0 {
             // Emptied after a backlog: give the memory back.
             *self = State {
                 epoch: self.epoch,
-                hasher: self.hasher.clone(),
                 ..State::default()
             };
         }
@@ -509,7 +520,7 @@ impl Queue {
     /// The oldest file not yet settled, and how long it has been pending.
     pub fn oldest_pending(&self) -> Option<(PathBuf, Duration)> {
         let state = self.state();
-        let oldest = state.slots.iter().min_by_key(|slot| slot.since)?;
+        let oldest = state.slots.items.iter().min_by_key(|slot| slot.since)?;
         let age = state
             .epoch
             .elapsed()

@@ -952,12 +952,7 @@ impl Bench {
             let mut latencies: Vec<f64> = Vec::new();
             let events = daemon.events("uploaded");
             for (path, at) in &closed {
-                let event = events
-                    .iter()
-                    .find(|e| e["path"] == path.to_string_lossy().as_ref())
-                    .context("an upload event for every file")?;
-                let ts = event["timestamp"].as_str().context("timestamp")?;
-                let done = parse_rfc3339(ts)?;
+                let done = stored_at(&events, path)?;
                 latencies.push(done.duration_since(*at).unwrap_or_default().as_secs_f64() * 1000.0);
             }
             latencies.sort_by(f64::total_cmp);
@@ -1138,15 +1133,9 @@ impl Bench {
             let wall = started.elapsed();
             let (cpu, _) = proc_cpu_and_rss(daemon.pid())?;
             let waited = match &canary {
-                Some((path, at)) => {
-                    let event = daemon
-                        .events("uploaded")
-                        .into_iter()
-                        .find(|e| e["path"] == path.to_string_lossy().as_ref())
-                        .context("the canary's upload")?;
-                    let done = parse_rfc3339(event["timestamp"].as_str().context("timestamp")?)?;
-                    done.duration_since(*at).unwrap_or_default()
-                }
+                Some((path, at)) => stored_at(&daemon.events("uploaded"), path)?
+                    .duration_since(*at)
+                    .unwrap_or_default(),
                 None => Duration::ZERO,
             };
             daemon.stop()?;
@@ -1230,7 +1219,7 @@ impl Bench {
                         &[("path", &path.to_string_lossy())],
                         Duration::from_secs(60),
                     )?;
-                    let done = parse_rfc3339(event["timestamp"].as_str().context("timestamp")?)?;
+                    let done = stored_at(std::slice::from_ref(&event), &path)?;
                     these.push(
                         done.duration_since(closed)
                             .unwrap_or_default()
@@ -1625,4 +1614,13 @@ async fn main() -> Result<()> {
 /// `2026-11-24T07:10:34.561707Z` → SystemTime.
 fn parse_rfc3339(ts: &str) -> Result<SystemTime> {
     Ok(humantime::parse_rfc3339(ts)?)
+}
+
+/// When S3 confirmed `path`: the timestamp of its `uploaded` event among `events`.
+fn stored_at(events: &[serde_json::Value], path: &Path) -> Result<SystemTime> {
+    let event = events
+        .iter()
+        .find(|e| e["path"] == path.to_string_lossy().as_ref())
+        .with_context(|| format!("no upload event for {}", path.display()))?;
+    parse_rfc3339(event["timestamp"].as_str().context("timestamp")?)
 }
